@@ -1,0 +1,140 @@
+"""Public API: load a model into a bound-propagation graph and bound it over input regions.
+
+>>> model = verifier.load("net.onnx")
+>>> b = model.bounds(verifier.LinfBall(x, eps=0.01), method="crown")   # b.lower, b.upper: [B, *out]
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, fx, nn
+
+from verifier.engine.bounds import compute_bounds
+from verifier.engine.state import METHODS, BoundConfig
+from verifier.errors import InputError, ModelLoadError
+from verifier.graph import onnx_import
+from verifier.graph.fx_import import translate
+from verifier.graph.graph import Graph
+from verifier.spec.regions import Region
+
+__all__ = ["Bounds", "BoundedModel", "load", "supported_onnx_operators", "METHODS"]
+
+
+class Bounds(NamedTuple):
+    lower: Tensor
+    upper: Tensor | None
+
+
+class BoundedModel:
+    """A model translated into a bound-propagation graph. Float32 on the CPU unless moved with ``to``."""
+
+    def __init__(self, graph: Graph, source: str = "<module>"):
+        self.graph = graph
+        self.source = source
+
+    input_shape = property(lambda self: self.graph.input_shape, doc="per-sample input shape")
+    output_shape = property(lambda self: self.graph.output_shape, doc="per-sample output shape")
+    has_batch_dim = property(lambda self: self.graph.batched, doc="whether the source model's input has one")
+
+    def to(self, device=None, dtype=None) -> "BoundedModel":
+        return BoundedModel(self.graph.to(device, dtype), self.source)
+
+    def _like(self) -> Tensor | None:
+        for node in self.graph.nodes:
+            for value in vars(node.op).values() if node.op is not None else ():
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    return value
+        return None
+
+    def _check_input(self, x: Tensor, what: str) -> None:
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(f"{what} has shape {tuple(x.shape)}; expected (batch, *{self.input_shape})")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Forward pass on x of shape [B, *input_shape]."""
+        self._check_input(x, "input")
+        return self.graph.forward(x)
+
+    def bounds(self, region: Region, method: str = "crown", C: Tensor | None = None, *,
+               relu_lower: str = "adaptive", grad: bool = False) -> Bounds:  # fmt: skip
+        """Sound bounds of ``f(x)`` (shape [B, *output_shape]) or of ``C f(x)`` (C: [B, S, n_out] -> [B, S])
+        for every x in the region. ``grad=True`` keeps the computation differentiable."""
+        lower, upper = self._bound(region, method, C, relu_lower, grad, upper=True)
+        return Bounds(lower, upper)
+
+    def margins(self, region: Region, labels: Tensor, method: str = "crown", *,
+                relu_lower: str = "adaptive", grad: bool = False) -> Tensor:  # fmt: skip
+        """Certified lower bounds of ``f_y - f_j`` for j != y: [B, n_classes - 1]; all > 0 proves robustness."""
+        n = int(torch.Size(self.output_shape).numel())
+        labels = torch.as_tensor(labels).reshape(-1)
+        eye = torch.eye(n)
+        others = torch.stack([torch.cat([eye[:y], eye[y + 1 :]]) for y in labels.tolist()])
+        C = eye[labels].unsqueeze(1) - others
+        return self._bound(region, method, C, relu_lower, grad, upper=False)[0]
+
+    def _bound(self, region, method, C, relu_lower, grad, upper):
+        like = self._like()
+        device, dtype = (like.device, like.dtype) if like is not None else (None, torch.get_default_dtype())
+        region = region.to(device, dtype)
+        lo, _ = region.box()
+        self._check_input(lo, "region")
+        batch, n_out = lo.shape[0], int(torch.Size(self.output_shape).numel())
+        spec = self._spec(C, batch, n_out, lo)
+        if relu_lower not in ("adaptive", "zero"):
+            raise InputError(f"relu_lower must be 'adaptive' or 'zero', got {relu_lower!r}")
+        cfg = BoundConfig(method=method, relu_lower=relu_lower)
+        with torch.enable_grad() if grad else torch.no_grad():
+            lower, upper_b = compute_bounds(self.graph, region, cfg, spec, upper=upper)
+        if C is None:
+            shape = (batch, *self.output_shape)
+            return lower.T.reshape(shape), upper_b.T.reshape(shape)
+        return lower.T, None if upper_b is None else upper_b.T
+
+    def _spec(self, C: Tensor | None, batch: int, n_out: int, like: Tensor) -> Tensor:
+        """Engine layout [S, B, *output_shape] from C [B, S, n_out] (identity when C is None)."""
+        if C is None:
+            eye = torch.eye(n_out, dtype=like.dtype, device=like.device)
+            return eye.reshape(n_out, 1, *self.output_shape).expand(n_out, batch, *self.output_shape)
+        C = torch.as_tensor(C).to(like.device, like.dtype)
+        if C.dim() != 3 or C.shape[2] != n_out or C.shape[0] not in (1, batch):
+            raise InputError(f"C has shape {tuple(C.shape)}; expected ({batch}, n_spec, {n_out})")
+        if not torch.isfinite(C).all():
+            raise InputError("C contains NaN or inf")
+        return C.expand(batch, -1, -1).transpose(0, 1).reshape(C.shape[1], batch, *self.output_shape)
+
+
+def load(model: str | Path | nn.Module, example_input: Tensor | None = None) -> BoundedModel:
+    """Load an ONNX file, or a torch module traceable by torch.fx (with an example input [B, *shape])."""
+    if isinstance(model, nn.Module):
+        if example_input is None:
+            raise InputError("loading a torch module needs example_input")
+        module = copy.deepcopy(model).eval()
+        try:
+            gm = fx.symbolic_trace(module)
+        except Exception as exc:
+            raise ModelLoadError(f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
+        return _checked(gm, example_input.detach().float(), True, type(model).__name__)
+    proto = onnx_import.read_onnx(model)
+    _, dims = onnx_import.data_input(proto)
+    example, batched = onnx_import.example_input(dims)
+    return _checked(onnx_import.to_fx(proto, model), example, batched, str(model))
+
+
+def _checked(gm: fx.GraphModule, example: Tensor, batched: bool, source: str) -> BoundedModel:
+    """Translate, then check the graph reproduces the original module on the example input."""
+    with torch.no_grad():
+        graph = translate(gm, example, batched)
+        expected = gm(example)
+        got = graph.forward(example if batched else example.unsqueeze(0))
+        got = got if batched else got[0]
+    if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+        raise ModelLoadError(f"{source}: the translated graph does not reproduce the model's output")
+    return BoundedModel(graph, source)
+
+
+def supported_onnx_operators() -> list[str]:
+    return sorted(onnx_import.SUPPORTED_ONNX_OPERATORS)

@@ -1,0 +1,199 @@
+"""torch.fx front end: translate a GraphModule (from torch.fx tracing or from onnx2torch) into a Graph.
+
+The module is run once on an example input while walking its nodes. Nodes that do not depend on the
+input's values (parameters, constants, shape computations) are folded into constants; every other node is
+translated by the converter registered for its target (see ``verifier.ops.base.converts``). All failures
+are collected and reported together, naming each node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from onnx2torch.node_converters import OnnxShape
+from torch import Tensor, fx
+from torch.utils import _pytree as pytree
+
+import verifier.ops  # noqa: F401  (registers every converter)
+from verifier.errors import ModelLoadError, UnsupportedOperatorError
+from verifier.graph.graph import Graph, Node
+from verifier.ops.base import CONVERTERS
+from verifier.ops.linear import ConversionError
+
+_STATIC = ("size", "dim", getattr)  # with OnnxShape: read only the (static) shape of their input
+
+
+@dataclass
+class Data:
+    """Marks a graph tensor inside a call's arguments."""
+
+    node: int
+    value: Tensor
+
+
+@dataclass
+class Call:
+    """What a converter sees of one fx node: the target, constant arguments in place and graph tensors
+    marked as :class:`Data`, per-sample shapes, and ways to run the original operator."""
+
+    name: str
+    target: Any
+    args: tuple
+    kwargs: dict
+    batched: bool
+    out_value: Tensor
+    data: list[Data] = field(default_factory=list)
+
+    @property
+    def data_positions(self) -> list[int]:
+        return [k for k, a in enumerate(self.args) if isinstance(a, Data)]
+
+    @property
+    def in_shapes(self) -> list[tuple[int, ...]]:
+        return [self._per_sample(d.value.shape) for d in self.data]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self._per_sample(self.out_value.shape)
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        return self.out_value.dtype
+
+    def _per_sample(self, shape) -> tuple[int, ...]:
+        return tuple(shape[1:]) if self.batched else tuple(shape)
+
+    def probe_shape(self, i: int) -> tuple[int, ...]:
+        return ((1,) if self.batched else ()) + self.in_shapes[i]
+
+    def const(self, position: int, name: str, default: Any = ...) -> Any:
+        """A constant argument by position or keyword."""
+        if position < len(self.args):
+            value = self.args[position]
+        elif name in self.kwargs:
+            value = self.kwargs[name]
+        elif default is not ...:
+            return default
+        else:
+            raise ConversionError(f"missing argument {name!r}")
+        if isinstance(value, Data):
+            raise ConversionError(f"argument {name!r} must be a constant, not a graph tensor")
+        return value
+
+    def run(self, *data: Tensor) -> Tensor:
+        """Call the original operator with these tensors in place of the graph tensors."""
+        it = iter(data)
+        swap = lambda a: next(it) if isinstance(a, Data) else a  # noqa: E731
+        args, kwargs = pytree.tree_map(swap, (self.args, self.kwargs), is_leaf=lambda a: isinstance(a, Data))
+        if isinstance(self.target, str):
+            return getattr(args[0], self.target)(*args[1:], **kwargs)
+        return self.target(*args, **kwargs)
+
+    def run_per_sample(self, *data: Tensor) -> Tensor:
+        """``run`` on one sample (batch of 1 when batched); checks the batch dimension is kept."""
+        out = self.run(*data)
+        if self.batched and (out.dim() == 0 or out.shape[0] != 1):
+            raise ConversionError("operator moves or removes the batch dimension")
+        return out[0] if self.batched else out
+
+
+def _target(gm: fx.GraphModule, node: fx.Node) -> Any:
+    return gm.get_submodule(node.target) if node.op == "call_module" else node.target
+
+
+def _key(target: Any) -> Any:
+    return type(target) if isinstance(target, torch.nn.Module) else target
+
+
+def _describe(target: Any) -> str:
+    if isinstance(target, torch.nn.Module):
+        name = type(target).__name__
+        inner = getattr(target, "math_op_function", None)
+        return f"{name}[{inner.__name__}]" if inner is not None else name
+    return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+
+
+def translate(gm: fx.GraphModule, example: Tensor, batched: bool) -> Graph:
+    """Translate ``gm`` run on ``example`` ([1, *shape] when batched, else the per-sample tensor)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ModelLoadError(f"models with {len(placeholders)} inputs are not supported (exactly one needed)")
+    values: dict[fx.Node, Any] = {}
+    data_of: dict[fx.Node, int] = {}
+    nodes = [Node("input", None, (), tuple(example.shape[1:]) if batched else tuple(example.shape))]
+    failures: list[tuple[str, str]] = []
+    output = None
+    for fx_node in gm.graph.nodes:
+        if fx_node.op == "placeholder":
+            values[fx_node], data_of[fx_node] = example, 0
+        elif fx_node.op == "get_attr":
+            values[fx_node] = _fetch_attr(gm, fx_node.target)
+        elif fx_node.op == "output":
+            output = fx_node.args[0]
+        else:
+            _step(gm, fx_node, values, data_of, nodes, failures, batched)
+    if failures:
+        raise UnsupportedOperatorError(failures)
+    if not isinstance(output, fx.Node) or output not in data_of:
+        raise ModelLoadError("the model must return a single tensor that depends on its input")
+    return _prune(nodes, data_of[output], batched)
+
+
+def _step(gm, fx_node, values, data_of, nodes, failures, batched) -> None:
+    """Evaluate one call node; fold it or translate it into a graph node."""
+    target = _target(gm, fx_node)
+    args, kwargs = pytree.tree_map(lambda a: values[a] if isinstance(a, fx.Node) else a, (fx_node.args, fx_node.kwargs))
+    try:
+        value = target(*args, **kwargs) if not isinstance(target, str) else getattr(args[0], target)(*args[1:], **kwargs)
+    except Exception as exc:  # the original model fails on its own example input
+        raise ModelLoadError(f"node {fx_node.name}: evaluating {_describe(target)} failed: {exc}") from exc
+    values[fx_node] = value
+    leaves = [a for a in pytree.tree_leaves((fx_node.args, fx_node.kwargs)) if isinstance(a, fx.Node)]
+    sources = [a for a in leaves if a in data_of]
+    if not sources or isinstance(target, OnnxShape) or (not isinstance(target, torch.nn.Module) and target in _STATIC):
+        return  # a constant given the input's shape: folded
+    if not isinstance(value, Tensor):
+        failures.append((_describe(target), f"{fx_node.name}: output is not a tensor"))
+        return
+    marked = lambda a: Data(data_of[a], values[a]) if a in data_of else (values[a] if isinstance(a, fx.Node) else a)  # noqa: E731
+    call_args, call_kwargs = pytree.tree_map(marked, (fx_node.args, fx_node.kwargs))
+    data = [a for a in pytree.tree_leaves((call_args, call_kwargs), is_leaf=lambda a: isinstance(a, Data))
+            if isinstance(a, Data)]  # fmt: skip
+    call = Call(fx_node.name, target, tuple(call_args), dict(call_kwargs), batched, value, data)
+    converter = CONVERTERS.get(_key(target))
+    if converter is None:
+        failures.append((_describe(target), fx_node.name))
+        return
+    try:
+        op = converter(call)
+    except ConversionError as exc:
+        failures.append((f"{_describe(target)}: {exc}", fx_node.name))
+        return
+    if op is None:
+        data_of[fx_node] = data[0].node
+        return
+    shape = call.out_shape
+    nodes.append(Node(fx_node.name, op, tuple(d.node for d in data), shape))
+    data_of[fx_node] = len(nodes) - 1
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj.detach() if isinstance(obj, Tensor) else obj
+
+
+def _prune(nodes: list[Node], output: int, batched: bool) -> Graph:
+    """Keep the ancestors of the output only, renumbered in the same (topological) order."""
+    keep = {output}
+    for k in range(output, -1, -1):
+        if k in keep:
+            keep.update(nodes[k].inputs)
+    keep.add(0)
+    order = sorted(keep)
+    new_index = {old: new for new, old in enumerate(order)}
+    kept = tuple(Node(nodes[k].name, nodes[k].op, tuple(new_index[i] for i in nodes[k].inputs), nodes[k].shape)
+                 for k in order)  # fmt: skip
+    return Graph(kept, new_index[output], batched)

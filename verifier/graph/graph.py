@@ -1,0 +1,77 @@
+"""The internal graph: a topologically ordered list of nodes, node 0 being the (single) input.
+
+Shapes are per sample: every tensor flowing through the graph carries one extra leading batch dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from verifier.ops.base import Nonlinear, Op
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    op: Op | None  # None for the input node
+    inputs: tuple[int, ...]
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[Node, ...]
+    output: int
+    batched: bool = True  # False when the source model's input has no batch dimension
+    last_use: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        last = list(range(len(self.nodes)))
+        for k, node in enumerate(self.nodes):
+            for i in node.inputs:
+                last[i] = max(last[i], k)
+        last[self.output] = len(self.nodes)
+        object.__setattr__(self, "last_use", tuple(last))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.nodes[0].shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.nodes[self.output].shape
+
+    def needs_bounds(self) -> set[int]:
+        """Nodes whose concrete bounds the relaxations read: the inputs of nonlinear operators."""
+        return {n.inputs[0] for n in self.nodes if isinstance(n.op, Nonlinear)}
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Evaluate the graph on a batch ``x`` of shape [B, *input_shape]; values are freed after last use."""
+        values: dict[int, Tensor] = {0: x}
+        for k, node in enumerate(self.nodes[1 : self.output + 1], start=1):
+            values[k] = node.op.forward(*[values[i] for i in node.inputs])
+            for i in set(node.inputs):
+                if self.last_use[i] <= k:
+                    del values[i]
+        return values[self.output]
+
+    def to(self, device=None, dtype=None) -> "Graph":
+        nodes = tuple(n if n.op is None else replace(n, op=n.op.to(device, dtype)) for n in self.nodes)
+        return Graph(nodes, self.output, self.batched)
+
+    def ops(self) -> dict[str, int]:
+        """Histogram of operator classes, for reports."""
+        counts: dict[str, int] = {}
+        for n in self.nodes[1:]:
+            counts[type(n.op).__name__] = counts.get(type(n.op).__name__, 0) + 1
+        return counts
+
+
+def identity_coefficients(shape: tuple[int, ...], batch: int, like: Tensor) -> Tensor:
+    """[n, batch, *shape] with row j the indicator of flat position j, for every batch element."""
+    n = int(torch.Size(shape).numel())
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    return eye.reshape(n, 1, *shape).expand(n, batch, *shape)

@@ -1,0 +1,82 @@
+"""ONNX front end: file -> checked onnx model -> onnx2torch GraphModule -> Graph."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import version_converter
+
+from verifier.errors import ModelLoadError, UnsupportedOperatorError
+
+# ONNX operator types with bound rules (or folded at load time when they only touch constants and shapes).
+SUPPORTED_ONNX_OPERATORS = frozenset({
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
+    "Dropout", "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul",
+    "MaxPool", "Mul", "Neg", "Pad", "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Squeeze", "Sub", "Tanh",
+    "Tile", "Transpose", "Unsqueeze",
+})  # fmt: skip
+_TARGET_OPSET = 17
+
+
+def read_onnx(path: str | Path) -> onnx.ModelProto:
+    """Read and sanity-check an ONNX file; every problem is a ModelLoadError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    if not model.graph.node:
+        raise ModelLoadError(f"{path}: the ONNX graph has no nodes")
+    unsupported = [(n.op_type, n.name or f"#{k}") for k, n in enumerate(model.graph.node)
+                   if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_ONNX_OPERATORS]  # fmt: skip
+    if unsupported:
+        raise UnsupportedOperatorError(unsupported)
+    return model
+
+
+def data_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
+    """Name and dims (None where symbolic) of the single graph input that is not an initializer."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelLoadError(f"models with {len(inputs)} data inputs are not supported (exactly one needed)")
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in inputs[0].type.tensor_type.shape.dim]  # fmt: skip
+    return inputs[0].name, dims
+
+
+def to_fx(model: onnx.ModelProto, path: str | Path):
+    """onnx2torch conversion, after lifting old opsets (onnx2torch refuses e.g. opset-8 Flatten)."""
+    import onnx2torch  # imported here: it imports torchvision, which is slow
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=_TARGET_OPSET)
+    if opset < _TARGET_OPSET:
+        try:
+            model = version_converter.convert_version(model, _TARGET_OPSET)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot lift opset {opset} to {_TARGET_OPSET}: {exc}") from exc
+    initializers = {t.name for t in model.graph.initializer}
+    if any(i.name in initializers for i in model.graph.input):  # old exporters list weights as inputs
+        keep = [i for i in model.graph.input if i.name not in initializers]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return onnx2torch.convert(model)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: onnx2torch could not convert the model: {exc}") from exc
+
+
+def example_input(dims: list[int | None]) -> tuple[torch.Tensor, bool]:
+    """A random input of the declared shape (symbolic dims as 1) and whether dim 0 is a batch dimension:
+    it is when the input has rank >= 2 and dim 0 is 1 or symbolic."""
+    shape = [d or 1 for d in dims]
+    batched = len(dims) >= 2 and dims[0] in (None, 1)
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=gen), batched

@@ -1,0 +1,180 @@
+"""Elementwise activations: ReLU / LeakyReLU (one piecewise-linear rule) and the S-shaped Sigmoid / Tanh."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from verifier.ops.base import Nonlinear, RelaxConfig, Relaxation, converts, register
+from verifier.ops.linear import ConversionError
+
+
+@register
+@dataclass(frozen=True)
+class ReLU(Nonlinear):
+    """``f(h) = h`` for h >= 0 and ``negative_slope * h`` below: ReLU (slope 0) and LeakyReLU.
+
+    On a box crossing zero the chord through (l, f(l)) and (u, f(u)) bounds f from above when f is convex
+    (slope <= 1) and from below when concave; the other side is any line through the origin with a slope
+    between the two pieces' slopes (CROWN's adaptive choice, or the smaller one for "zero")."""
+
+    negative_slope: float = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.leaky_relu(x, self.negative_slope) if self.negative_slope else F.relu(x)
+
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        lo, hi = bounds
+        return self.forward(lo), self.forward(hi)  # monotone for a slope >= 0
+
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return (lo < 0) & (hi > 0)
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+        alpha = self.negative_slope
+        unstable = self.needs_bounds(lo, hi)
+        # stable neurons: the function is linear on the box, both lines are that piece
+        piece = torch.where(hi <= 0, torch.full_like(lo, alpha), torch.ones_like(lo))
+        width = torch.where(unstable, hi - lo, torch.ones_like(lo))
+        chord_a = (hi - alpha * lo) / width
+        chord_b = alpha * lo - chord_a * lo
+        small, large = min(alpha, 1.0), max(alpha, 1.0)
+        if cfg.relu_lower == "zero":
+            through_origin = torch.full_like(lo, small)
+        else:
+            through_origin = torch.where(hi > -lo, torch.full_like(lo, large), torch.full_like(lo, small))
+        zero = torch.zeros_like(lo)
+        convex = alpha <= 1.0
+        a_chord, b_chord = torch.where(unstable, chord_a, piece), torch.where(unstable, chord_b, zero)
+        a_tangent = torch.where(unstable, through_origin, piece)
+        if convex:
+            return Relaxation(a_tangent, zero, a_chord, b_chord)
+        return Relaxation(a_chord, b_chord, a_tangent, zero)
+
+
+@converts(nn.ReLU, F.relu, torch.relu, "relu")
+def _relu(call) -> ReLU:
+    return ReLU()
+
+
+@converts(nn.LeakyReLU, F.leaky_relu)
+def _leaky_relu(call) -> ReLU:
+    slope = call.target.negative_slope if isinstance(call.target, nn.Module) else call.const(1, "negative_slope", 0.01)
+    if slope < 0:
+        raise ConversionError("LeakyReLU with a negative slope is not monotone")
+    return ReLU(float(slope))
+
+
+# --------------------------------------------------------------------------------------------- S-shaped
+
+
+def _sigmoid_grad(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+def _tanh_grad(x: Tensor) -> Tensor:
+    return 1 - torch.tanh(x) ** 2
+
+
+_FUNCTIONS = {"sigmoid": (torch.sigmoid, _sigmoid_grad), "tanh": (torch.tanh, _tanh_grad)}
+_SEARCH_SPAN = 20.0  # tangent points are searched in [0, 20]; beyond it both functions are flat in float64
+_SEARCH_STEPS = 40
+
+
+@register
+@dataclass(frozen=True)
+class SShaped(Nonlinear):
+    """Sigmoid or Tanh: increasing, convex for h < 0, concave for h > 0.
+
+    Convex box: chord above, tangent at the midpoint below; concave box: the mirror image. Box crossing
+    zero: the upper line is the tangent at the point ``d >= 0`` whose tangent passes through (l, f(l))
+    (the chord when ``d >= u``); any tangent point beyond ``d`` is also sound, so the search keeps the side
+    of its bracket that is sound. The lower line is the mirror construction through (u, f(u)). Lines are
+    computed in float64 and then widened by a few units of rounding of the working precision."""
+
+    function: str = "sigmoid"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _FUNCTIONS[self.function][0](x)
+
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        lo, hi = bounds
+        return self.forward(lo), self.forward(hi)
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+        f, df = _FUNCTIONS[self.function]
+        l, u = lo.double(), hi.double()
+        fl, fu = f(l), f(u)
+        degenerate = (u - l) < 1e-9
+        chord_a = torch.where(degenerate, torch.zeros_like(l), (fu - fl) / torch.where(degenerate, 1.0, u - l))
+        chord_lo = (chord_a, fl - chord_a * l)  # through (l, f(l)): an upper line on a convex box
+        chord_up = (chord_a, fu - chord_a * u)  # through (u, f(u)): the same line, anchored at u
+        m = (l + u) / 2
+        mid = (df(m), f(m) - df(m) * m)
+        upper_cross = self._cross_line(f, df, l, u, upper=True)
+        lower_cross = self._cross_line(f, df, u, l, upper=False)
+        convex, concave = u <= 0, l >= 0
+        a_up = torch.where(convex, chord_lo[0], torch.where(concave, mid[0], upper_cross[0]))
+        b_up = torch.where(convex, chord_lo[1], torch.where(concave, mid[1], upper_cross[1]))
+        a_lo = torch.where(convex, mid[0], torch.where(concave, chord_up[0], lower_cross[0]))
+        b_lo = torch.where(convex, mid[1], torch.where(concave, chord_up[1], lower_cross[1]))
+        # a flat box: the constant lines f(l) <= f(h) <= f(u) (f is increasing)
+        zero = torch.zeros_like(l)
+        a_lo, b_lo = torch.where(degenerate, zero, a_lo), torch.where(degenerate, fl, b_lo)
+        a_up, b_up = torch.where(degenerate, zero, a_up), torch.where(degenerate, fu, b_up)
+        return _widened(a_lo, b_lo, a_up, b_up, l, u, lo.dtype)
+
+    @staticmethod
+    def _cross_line(f, df, anchor: Tensor, far: Tensor, upper: bool) -> tuple[Tensor, Tensor]:
+        """Line through (anchor, f(anchor)) tangent to f on the other side of zero (sign s = +1 for the upper
+        line with anchor l < 0; -1 for the lower line with anchor u > 0); the chord when the tangent point
+        lies beyond ``far``. Sound side of the search: tangent points farther from zero."""
+        s = 1.0 if upper else -1.0
+        f_anchor = f(anchor)
+
+        def sound(t):  # the tangent at s*t passes on the right side of (anchor, f(anchor))
+            gap = f(s * t) + df(s * t) * (anchor - s * t) - f_anchor
+            return gap >= 0 if upper else gap <= 0
+
+        near, far_t = torch.zeros_like(anchor), torch.full_like(anchor, _SEARCH_SPAN)
+        for _ in range(_SEARCH_STEPS):
+            mid = (near + far_t) / 2
+            ok = sound(mid)
+            far_t, near = torch.where(ok, mid, far_t), torch.where(ok, near, mid)
+        found = sound(far_t)
+        t = s * far_t
+        tangent = (df(t), f(t) - df(t) * t)
+        span = far - anchor
+        chord_a = (f(far) - f_anchor) / torch.where(span == 0, 1.0, span)
+        chord = (chord_a, f_anchor - chord_a * anchor)
+        use_chord = near >= s * far  # even the unsound end of the bracket lies beyond far: so does d
+        a = torch.where(use_chord, chord[0], tangent[0])
+        b = torch.where(use_chord, chord[1], tangent[1])
+        # no sound tangent point found in the span: fall back to the constant line through f(far)
+        a = torch.where(found | use_chord, a, torch.zeros_like(a))
+        b = torch.where(found | use_chord, b, f(far))
+        return a, b
+
+
+def _widened(a_lo, b_lo, a_up, b_up, l, u, dtype) -> Relaxation:
+    """Cast float64 lines to ``dtype`` and move each intercept outward by a few roundings of ``dtype`` scaled
+    to the size of the terms, so rounding in casting and in the caller's arithmetic cannot cut into f."""
+    eps = torch.finfo(dtype).eps
+    reach = torch.maximum(l.abs(), u.abs())
+    slack_lo = 8 * eps * (1 + a_lo.abs() * reach + b_lo.abs())
+    slack_up = 8 * eps * (1 + a_up.abs() * reach + b_up.abs())
+    return Relaxation(a_lo.to(dtype), (b_lo - slack_lo).to(dtype), a_up.to(dtype), (b_up + slack_up).to(dtype))
+
+
+@converts(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid")
+def _sigmoid(call) -> SShaped:
+    return SShaped("sigmoid")
+
+
+@converts(nn.Tanh, torch.tanh, F.tanh, "tanh")
+def _tanh(call) -> SShaped:
+    return SShaped("tanh")

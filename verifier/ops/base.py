@@ -1,0 +1,144 @@
+"""Operator kinds and the registry.
+
+Every operator is a small frozen dataclass holding only its constants; its rules are pure functions of
+bounds. Tensors always carry one leading "row" dimension ``N`` before the per-sample shape: the batch for
+concrete values, and ``spec * batch`` (or ``inputs * batch``) when the engine pushes coefficient tensors
+through an operator. The engine stores linear coefficients as ``[rows, batch, *node_shape]`` and merges the
+first two dimensions before calling an operator, so no operator knows about specifications.
+
+Two kinds cover every operator:
+
+* :class:`Affine`: ``y = sum_i J_i x_i + c`` exactly. It gives the linear maps ``J_i`` and ``|J_i|``
+  (elementwise absolute value of the coefficients) and the offset ``c``; IBP, the CROWN backward step
+  (``J_i^T``, by default the vector-Jacobian product of ``J_i``) and the LBP forward step follow from these.
+* :class:`Nonlinear`: one input. It gives IBP and a :class:`Relaxation`: two lines per output that bracket
+  the function for every input in the box, optionally after a gather of its input (max pooling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+Interval = tuple[Tensor, Tensor]
+
+
+class Op:
+    """Base of all operators: a forward function and interval bound propagation."""
+
+    arity: ClassVar[int] = 1
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def ibp(self, *bounds: Interval) -> Interval:
+        raise NotImplementedError
+
+    def to(self, device=None, dtype=None) -> "Op":
+        """A copy with every floating tensor constant moved to ``device`` / cast to ``dtype``."""
+        changes = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Tensor):
+                changes[f.name] = v.to(device=device, dtype=dtype if v.is_floating_point() else None)
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+class Affine(Op):
+    """``y = sum_i J_i x_i + c``: the bound rules of every affine operator follow from four pieces."""
+
+    def linear(self, i: int, x: Tensor) -> Tensor:
+        """``J_i x`` for a tensor of shape [N, *input_i_shape]."""
+        raise NotImplementedError
+
+    def abs_linear(self, i: int, x: Tensor) -> Tensor:
+        """``|J_i| x``: the same map with every coefficient replaced by its absolute value."""
+        raise NotImplementedError
+
+    def offset(self) -> Tensor | None:
+        """``c``, broadcastable to [1, *output_shape]; None when zero."""
+        return None
+
+    def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        """``J_i^T a`` for a of shape [N, *output_shape]: the vector-Jacobian product of ``J_i``."""
+        primal = torch.zeros((a.shape[0], *in_shape), dtype=a.dtype, device=a.device)
+        _, vjp = torch.func.vjp(lambda x: self.linear(i, x), primal)
+        return vjp(a)[0]
+
+    def ibp(self, *bounds: Interval) -> Interval:
+        """Centre and radius: ``y = J c + c0 +- |J| r`` contains ``J x + c0`` for every x in the box."""
+        centre = self.forward(*[(lo + hi) / 2 for lo, hi in bounds])
+        radius = sum(self.abs_linear(i, (hi - lo) / 2) for i, (lo, hi) in enumerate(bounds))
+        return centre - radius, centre + radius
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """Linear lines around a nonlinear operator, valid for every input in its bounds.
+
+    With ``v = x.flatten(1)[:, index]`` (or ``v = x`` when ``index`` is None), for every x in the box:
+    ``a_lo * v + b_lo <= op(x) <= a_up * v + b_up``, all of shape [B, *output_shape].
+    """
+
+    a_lo: Tensor
+    b_lo: Tensor
+    a_up: Tensor
+    b_up: Tensor
+    index: Tensor | None = None  # [B, n_out] long: flat input position each output's lines read
+
+
+@dataclass(frozen=True)
+class RelaxConfig:
+    """Choices a relaxation may depend on. ``relu_lower``: "adaptive" (CROWN) or "zero"."""
+
+    relu_lower: str = "adaptive"
+
+
+class Nonlinear(Op):
+    """A one-input nonlinear operator: IBP plus a sound linear relaxation."""
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+        raise NotImplementedError
+
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """Mask over the input (shape of ``lo``) of neurons whose relaxation is inexact with these bounds:
+        where tighter pre-activation bounds can help. Default: every non-degenerate neuron."""
+        return lo < hi
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+OPS: list[type[Op]] = []
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator adding an operator to the registry (the soundness test walks it)."""
+    if cls in OPS:
+        raise ValueError(f"operator {cls.__name__} registered twice")
+    OPS.append(cls)
+    return cls
+
+
+Converter = Callable[..., object]
+CONVERTERS: dict[object, Converter] = {}
+
+
+def converts(*targets: object) -> Callable[[Converter], Converter]:
+    """Register a translator from torch.fx targets (module classes, functions, method names) to an Op.
+
+    A converter is called as ``conv(call)`` with a :class:`verifier.graph.fx_import.Call` and returns an Op
+    (whose inputs are the call's data arguments, in order) or ``None`` to alias its single data input.
+    """
+
+    def deco(fn: Converter) -> Converter:
+        for t in targets:
+            if t in CONVERTERS:
+                raise ValueError(f"converter for {t!r} registered twice")
+            CONVERTERS[t] = fn
+        return fn
+
+    return deco

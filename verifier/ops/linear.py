@@ -1,0 +1,209 @@
+"""Affine operators with weights: Linear (Gemm, MatMul by a constant), elementwise scale-and-shift
+(Add/Sub/Mul/Div by a constant, Neg, inference BatchNorm) and the sum of graph tensors (residuals)."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from onnx2torch.node_converters.batch_norm import OnnxBatchNorm
+from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation, _onnx_div
+from onnx2torch.node_converters.gemm import OnnxGemm
+from onnx2torch.node_converters.matmul import OnnxMatMul
+from onnx2torch.node_converters.neg import OnnxNeg
+from torch import Tensor, nn
+
+from verifier.ops.base import Affine, converts, register
+
+
+class ConversionError(Exception):
+    """A call that names a supported operator but uses it in a way without bound rules."""
+
+
+@register
+@dataclass(frozen=True)
+class Linear(Affine):
+    """``y = x W^T + b`` over the last dimension (torch.nn.Linear convention, W: [out, in])."""
+
+    weight: Tensor
+    bias: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def linear(self, i: int, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+    def abs_linear(self, i: int, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.abs())
+
+    def offset(self) -> Tensor | None:
+        return self.bias
+
+    def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        return a @ self.weight
+
+
+@register
+@dataclass(frozen=True)
+class ScaleShift(Affine):
+    """``y = x * scale + shift`` elementwise, with constants broadcast against the input."""
+
+    scale: Tensor | None = None
+    shift: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x if self.scale is None else x * self.scale
+        return y if self.shift is None else y + self.shift
+
+    def linear(self, i: int, x: Tensor) -> Tensor:
+        return x if self.scale is None else x * self.scale
+
+    def abs_linear(self, i: int, x: Tensor) -> Tensor:
+        return x if self.scale is None else x * self.scale.abs()
+
+    def offset(self) -> Tensor | None:
+        return self.shift
+
+
+@register
+@dataclass(frozen=True)
+class Sum(Affine):
+    """``y = sum_i sign_i * x_i`` for graph tensors of one shape (residual Add, Sub)."""
+
+    signs: tuple[float, ...] = (1.0, 1.0)
+
+    @property
+    def arity(self) -> int:  # type: ignore[override]
+        return len(self.signs)
+
+    def forward(self, *xs: Tensor) -> Tensor:
+        return sum(s * x for s, x in zip(self.signs, xs))
+
+    def linear(self, i: int, x: Tensor) -> Tensor:
+        return self.signs[i] * x
+
+    def abs_linear(self, i: int, x: Tensor) -> Tensor:
+        return abs(self.signs[i]) * x
+
+    def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        return self.signs[i] * a
+
+
+# --------------------------------------------------------------------------------------------- converters
+
+
+@converts(nn.Linear)
+def _linear_module(call) -> Linear:
+    return Linear(call.target.weight.detach(), None if call.target.bias is None else call.target.bias.detach())
+
+
+@converts(F.linear)
+def _linear_function(call) -> Linear:
+    weight = call.const(1, "weight")
+    return Linear(weight, call.const(2, "bias", None))
+
+
+@converts(OnnxMatMul, torch.matmul, operator.matmul, "matmul")
+def _matmul(call) -> Linear:
+    """``data @ W`` with a constant matrix W; ``W @ data`` only for an unbatched 1-d input (then W x)."""
+    if len(call.args) != 2 or len(call.data) != 1:
+        raise ConversionError("MatMul of two graph tensors is not affine")
+    w = call.args[1 - call.data_positions[0]].detach()
+    if w.dim() != 2:
+        raise ConversionError(f"MatMul by a constant of rank {w.dim()} (only matrices are supported)")
+    if call.data_positions == [0]:
+        return Linear(w.T.contiguous())
+    if call.batched or len(call.in_shapes[0]) != 1:
+        raise ConversionError("MatMul with a constant on the left of a batched or multi-dimensional tensor")
+    return Linear(w.contiguous())
+
+
+@converts(OnnxGemm)
+def _gemm(call) -> Linear:
+    gemm = call.target
+    if call.data_positions != [0] or gemm.trans_a:
+        raise ConversionError("Gemm needs a graph tensor as A (not transposed) and constant B, C")
+    b = call.args[1].detach()
+    weight = gemm.alpha * (b if gemm.trans_b else b.T)
+    c = call.args[2] if len(call.args) > 2 else None
+    return Linear(weight.contiguous(), None if c is None else gemm.beta * c.detach().reshape(-1))
+
+
+_BINARY = {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div", _onnx_div: "div"}
+_OPERATORS = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div",
+              "add": "add", "sub": "sub", "mul": "mul", "div": "div"}  # fmt: skip
+
+
+@converts(OnnxBinaryMathOperation)
+def _onnx_binary(call):
+    name = _BINARY.get(call.target.math_op_function)
+    if name is None or call.target.broadcast == 1:
+        raise ConversionError("binary operation without bound rules")
+    return _binary(call, name)
+
+
+@converts(torch.add, torch.sub, torch.mul, torch.div, *_OPERATORS)
+def _torch_binary(call):
+    name = _BINARY.get(call.target) or _OPERATORS[call.target]
+    if call.kwargs.get("alpha", 1) != 1:
+        raise ConversionError("add/sub with alpha != 1")
+    return _binary(call, name)
+
+
+def _binary(call, name: str) -> Affine:
+    """Add/Sub/Mul/Div with one constant operand become ScaleShift; Add/Sub of two graph tensors a Sum."""
+    data = call.data_positions
+    if len(data) == 2:
+        if name not in ("add", "sub"):
+            raise ConversionError(f"{name} of two graph tensors is not affine")
+        if call.in_shapes[0] != call.in_shapes[1]:
+            raise ConversionError(f"{name} of graph tensors with shapes {call.in_shapes} (broadcasting)")
+        return Sum((1.0, 1.0 if name == "add" else -1.0))
+    const = torch.as_tensor(call.args[1 - data[0]]).detach()
+    if not const.is_floating_point():
+        const = const.to(torch.get_default_dtype())
+    left = data[0] == 0
+    if name == "add":
+        return ScaleShift(shift=const)
+    if name == "sub":
+        return ScaleShift(shift=-const) if left else ScaleShift(scale=-torch.ones_like(const), shift=const)
+    if name == "mul":
+        return ScaleShift(scale=const)
+    if not left:
+        raise ConversionError("division by a graph tensor is not affine")
+    if (const == 0).any():
+        raise ConversionError("division by a constant containing zero")
+    return ScaleShift(scale=1.0 / const)
+
+
+@converts(OnnxNeg, torch.neg, operator.neg, "neg")
+def _neg(call) -> ScaleShift:
+    return ScaleShift(scale=-torch.ones(()))
+
+
+@converts(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+def _batch_norm(call) -> ScaleShift:
+    bn = call.target
+    if bn.running_mean is None:
+        raise ConversionError("BatchNorm without running statistics")
+    return _scale_shift_bn(call, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+
+
+@converts(OnnxBatchNorm)
+def _onnx_batch_norm(call) -> ScaleShift:
+    if call.data_positions != [0]:
+        raise ConversionError("BatchNorm with statistics computed in the graph")
+    return _scale_shift_bn(call, *call.args[1:5], call.target.epsilon)
+
+
+def _scale_shift_bn(call, gamma, beta, mean, var, eps) -> ScaleShift:
+    """Inference BatchNorm: ``(x - mean) / sqrt(var + eps) * gamma + beta`` per channel (dim 1 of the input)."""
+    mean, var = mean.detach(), var.detach()
+    gamma = torch.ones_like(mean) if gamma is None else gamma.detach()
+    beta = torch.zeros_like(mean) if beta is None else beta.detach()
+    scale = gamma / torch.sqrt(var + eps)
+    shape = (-1,) + (1,) * (len(call.in_shapes[0]) - 1)
+    return ScaleShift(scale=scale.reshape(shape), shift=(beta - mean * scale).reshape(shape))

@@ -1,0 +1,111 @@
+"""Pooling: average pooling (affine, non-negative weights) and max pooling (relaxed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from onnx2torch.node_converters.global_average_pool import (
+    OnnxGlobalAveragePool,
+    OnnxGlobalAveragePoolWithKnownInputShape,
+)
+from torch import Tensor, nn
+
+from verifier.ops.base import Affine, Nonlinear, RelaxConfig, Relaxation, converts, register
+from verifier.ops.linear import ConversionError
+
+_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
+
+
+@register
+@dataclass(frozen=True)
+class AvgPool(Affine):
+    """Average pooling over the trailing 1 or 2 dimensions: a linear map with non-negative weights."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        pool = _AVG[len(self.kernel)]
+        return pool(x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def linear(self, i: int, x: Tensor) -> Tensor:
+        return self.forward(x)
+
+    def abs_linear(self, i: int, x: Tensor) -> Tensor:
+        return self.forward(x)
+
+
+@converts(nn.AvgPool1d, nn.AvgPool2d)
+def _avg_pool(call) -> AvgPool:
+    m = call.target
+    if getattr(m, "divisor_override", None):
+        raise ConversionError("average pooling with divisor_override")
+    dims = len(call.in_shapes[0]) - 1
+    tup = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims)
+    return AvgPool(tup(m.kernel_size), tup(m.stride), tup(m.padding), bool(m.ceil_mode), bool(m.count_include_pad))
+
+
+@converts(OnnxGlobalAveragePool, OnnxGlobalAveragePoolWithKnownInputShape)
+def _global_avg_pool(call) -> AvgPool:
+    spatial = tuple(call.in_shapes[0][1:])
+    if len(spatial) not in _AVG:
+        raise ConversionError(f"global average pooling over {len(spatial)} dimensions")
+    return AvgPool(spatial, spatial, (0,) * len(spatial))
+
+
+@register
+@dataclass(frozen=True)
+class MaxPool(Nonlinear):
+    """2-d max pooling. Relaxation of ``y = max_k x_k`` over a window, with ``j`` the input of largest lower
+    bound: ``x_j <= y`` always; ``y <= x_j`` when ``l_j >= u_k`` for every other k (then y = x_j), and
+    ``y <= max_k u_k`` otherwise."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(x, self.kernel, self.stride, self.padding, self.dilation)
+
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        lo, hi = bounds
+        return self.forward(lo), self.forward(hi)  # max is monotone in each argument
+
+    def _windows(self, x: Tensor, fill: float) -> Tensor:
+        """[B, C, H, W] -> [B, C, K, L]: the K entries of each of the L windows (padding = ``fill``)."""
+        ph, pw = self.padding
+        x = F.pad(x, (pw, pw, ph, ph), value=fill)
+        cols = F.unfold(x, self.kernel, self.dilation, 0, self.stride)
+        return cols.reshape(x.shape[0], x.shape[1], -1, cols.shape[-1])
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+        b, c, h, w = lo.shape
+        positions = torch.arange(c * h * w, device=lo.device, dtype=torch.float64).reshape(1, c, h, w)
+        pos = self._windows(positions, -1.0)[0].long()  # [C, K, L]
+        lw, uw = self._windows(lo, float("-inf")), self._windows(hi, float("-inf"))
+        l_best, k_best = lw.max(dim=2, keepdim=True)
+        others = uw.scatter(2, k_best, float("-inf")).amax(dim=2, keepdim=True)
+        dominant = (l_best >= others).squeeze(2)
+        index = pos.unsqueeze(0).expand(b, -1, -1, -1).gather(2, k_best).squeeze(2)  # [B, C, L]
+        out_shape = (b, c) + self.forward(lo[:1, :1]).shape[2:]
+        one, zero = torch.ones_like(dominant, dtype=lo.dtype), torch.zeros_like(dominant, dtype=lo.dtype)
+        a_up = torch.where(dominant, one, zero)
+        b_up = torch.where(dominant, zero, uw.amax(dim=2))
+        shape = lambda t: t.reshape(out_shape)  # noqa: E731
+        return Relaxation(shape(one), shape(zero), shape(a_up), shape(b_up), index.reshape(b, -1))
+
+
+@converts(nn.MaxPool2d)
+def _max_pool(call) -> MaxPool:
+    m = call.target
+    if m.ceil_mode or m.return_indices:
+        raise ConversionError("max pooling with ceil_mode or returned indices")
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    return MaxPool(pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size),
+                   pair(m.padding), pair(m.dilation))  # fmt: skip
