@@ -5,7 +5,18 @@ from verifier.errors import InputError, ModelLoadError, UnsupportedOperatorError
 from verifier.spec.regions import Box, L2Ball, LinfBall, Region
 
 __all__ = [
-    "METHODS", "BoundedModel", "Bounds", "load", "supported_onnx_operators", "InputError", "ModelLoadError",
-    "UnsupportedOperatorError", "VerifierError", "Box", "L2Ball", "LinfBall", "Region",
+    "METHODS",
+    "BoundedModel",
+    "Bounds",
+    "Box",
+    "InputError",
+    "L2Ball",
+    "LinfBall",
+    "ModelLoadError",
+    "Region",
+    "UnsupportedOperatorError",
+    "VerifierError",
+    "load",
+    "supported_onnx_operators",
 ]  # fmt: skip
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ from verifier.graph.fx_import import translate
 from verifier.graph.graph import Graph
 from verifier.spec.regions import Region
 
-__all__ = ["Bounds", "BoundedModel", "load", "supported_onnx_operators", "METHODS"]
+__all__ = ["METHODS", "BoundedModel", "Bounds", "load", "supported_onnx_operators"]
 
 
 class Bounds(NamedTuple):
@@ -40,7 +40,7 @@ class BoundedModel:
     output_shape = property(lambda self: self.graph.output_shape, doc="per-sample output shape")
     has_batch_dim = property(lambda self: self.graph.batched, doc="whether the source model's input has one")
 
-    def to(self, device=None, dtype=None) -> "BoundedModel":
+    def to(self, device=None, dtype=None) -> BoundedModel:
         return BoundedModel(self.graph.to(device, dtype), self.source)
 
     def _like(self) -> Tensor | None:
@@ -78,8 +78,8 @@ class BoundedModel:
 
     def _bound(self, region, method, C, relu_lower, grad, upper):
         like = self._like()
-        device, dtype = (like.device, like.dtype) if like is not None else (None, torch.get_default_dtype())
-        region = region.to(device, dtype)
+        if like is not None:  # bounds are computed in the model's precision, on its device
+            region = region.to(like.device, like.dtype)
         lo, _ = region.box()
         self._check_input(lo, "region")
         batch, n_out = lo.shape[0], int(torch.Size(self.output_shape).numel())

@@ -104,4 +104,6 @@ def _linear_spec(state: BoundState, b: lbp.LinearBounds, spec: Tensor) -> tuple[
 def _check_finite(lower: Tensor, upper: Tensor | None) -> None:
     for name, t in (("lower", lower), ("upper", upper)):
         if t is not None and torch.isnan(t).any():
-            raise VerifierError(f"numerical failure: NaN in the {name} bound (overflow in the model's range?)")
+            raise VerifierError(
+                f"numerical failure: NaN in the {name} bound (overflow in the model's range?)"
+            )

@@ -47,8 +47,8 @@ def _affine(op: Affine, shape: tuple[int, ...], inputs: list[LinearBounds]) -> L
 
     def apply(i: int, lower: Tensor, upper: Tensor, exact: bool) -> tuple[Tensor, Tensor]:
         lead = lower.shape[: lower.dim() - len(op_in_shapes[i])]
-        merge = lambda t: t.reshape(-1, *op_in_shapes[i])  # noqa: E731
-        split = lambda t: t.reshape(*lead, *shape)  # noqa: E731
+        merge = lambda t: t.reshape(-1, *op_in_shapes[i])
+        split = lambda t: t.reshape(*lead, *shape)
         if exact:
             y = split(op.linear(i, merge(lower)))
             return y, y
@@ -76,7 +76,9 @@ def _relaxed(rel: Relaxation, b: LinearBounds) -> LinearBounds:
     lower, lower_c, upper, upper_c = b.lower, b.lower_const, b.upper, b.upper_const
     if rel.index is not None:
         lower, upper = (_gather(t, rel.index, rel.a_lo.shape[1:]) for t in (lower, upper))
-        lower_c, upper_c = (_gather(t.unsqueeze(0), rel.index, rel.a_lo.shape[1:])[0] for t in (lower_c, upper_c))
+        lower_c, upper_c = (
+            _gather(t.unsqueeze(0), rel.index, rel.a_lo.shape[1:])[0] for t in (lower_c, upper_c)
+        )
 
     def line(a: Tensor, c: Tensor, same: tuple[Tensor, Tensor], other: tuple[Tensor, Tensor]):
         pos, neg = a.clamp(min=0), a.clamp(max=0)
@@ -90,7 +92,9 @@ def _relaxed(rel: Relaxation, b: LinearBounds) -> LinearBounds:
 def _gather(t: Tensor, index: Tensor, out_shape) -> Tensor:
     """t: [n, B, *in_shape] -> [n, B, *out_shape], output j reading flat input position index[b, j]."""
     flat = t.flatten(2)
-    return flat.gather(2, index.unsqueeze(0).expand(flat.shape[0], -1, -1)).reshape(*flat.shape[:2], *out_shape)
+    return flat.gather(2, index.unsqueeze(0).expand(flat.shape[0], -1, -1)).reshape(
+        *flat.shape[:2], *out_shape
+    )
 
 
 def concretize(state: BoundState, b: LinearBounds) -> Interval:

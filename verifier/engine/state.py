@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from verifier.graph.graph import Graph
-from verifier.ops.base import Interval, RelaxConfig, Relaxation
+from verifier.ops.base import Interval, Relaxation, RelaxConfig
 from verifier.spec.regions import Region
 
 METHODS = ("ibp", "crown", "crown-ibp", "lbp", "crown-lbp")

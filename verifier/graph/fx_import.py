@@ -84,7 +84,7 @@ class Call:
     def run(self, *data: Tensor) -> Tensor:
         """Call the original operator with these tensors in place of the graph tensors."""
         it = iter(data)
-        swap = lambda a: next(it) if isinstance(a, Data) else a  # noqa: E731
+        swap = lambda a: next(it) if isinstance(a, Data) else a
         args, kwargs = pytree.tree_map(swap, (self.args, self.kwargs), is_leaf=lambda a: isinstance(a, Data))
         if isinstance(self.target, str):
             return getattr(args[0], self.target)(*args[1:], **kwargs)
@@ -143,20 +143,32 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool) -> Graph:
 def _step(gm, fx_node, values, data_of, nodes, failures, batched) -> None:
     """Evaluate one call node; fold it or translate it into a graph node."""
     target = _target(gm, fx_node)
-    args, kwargs = pytree.tree_map(lambda a: values[a] if isinstance(a, fx.Node) else a, (fx_node.args, fx_node.kwargs))
+    args, kwargs = pytree.tree_map(
+        lambda a: values[a] if isinstance(a, fx.Node) else a, (fx_node.args, fx_node.kwargs)
+    )
     try:
-        value = target(*args, **kwargs) if not isinstance(target, str) else getattr(args[0], target)(*args[1:], **kwargs)
+        value = (
+            target(*args, **kwargs)
+            if not isinstance(target, str)
+            else getattr(args[0], target)(*args[1:], **kwargs)
+        )
     except Exception as exc:  # the original model fails on its own example input
         raise ModelLoadError(f"node {fx_node.name}: evaluating {_describe(target)} failed: {exc}") from exc
     values[fx_node] = value
     leaves = [a for a in pytree.tree_leaves((fx_node.args, fx_node.kwargs)) if isinstance(a, fx.Node)]
     sources = [a for a in leaves if a in data_of]
-    if not sources or isinstance(target, OnnxShape) or (not isinstance(target, torch.nn.Module) and target in _STATIC):
+    if (
+        not sources
+        or isinstance(target, OnnxShape)
+        or (not isinstance(target, torch.nn.Module) and target in _STATIC)
+    ):
         return  # a constant given the input's shape: folded
     if not isinstance(value, Tensor):
         failures.append((_describe(target), f"{fx_node.name}: output is not a tensor"))
         return
-    marked = lambda a: Data(data_of[a], values[a]) if a in data_of else (values[a] if isinstance(a, fx.Node) else a)  # noqa: E731
+    marked = lambda a: (
+        Data(data_of[a], values[a]) if a in data_of else (values[a] if isinstance(a, fx.Node) else a)
+    )
     call_args, call_kwargs = pytree.tree_map(marked, (fx_node.args, fx_node.kwargs))
     data = [a for a in pytree.tree_leaves((call_args, call_kwargs), is_leaf=lambda a: isinstance(a, Data))
             if isinstance(a, Data)]  # fmt: skip

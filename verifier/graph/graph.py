@@ -58,7 +58,7 @@ class Graph:
                     del values[i]
         return values[self.output]
 
-    def to(self, device=None, dtype=None) -> "Graph":
+    def to(self, device=None, dtype=None) -> Graph:
         nodes = tuple(n if n.op is None else replace(n, op=n.op.to(device, dtype)) for n in self.nodes)
         return Graph(nodes, self.output, self.batched)
 

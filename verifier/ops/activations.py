@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from verifier.ops.base import Nonlinear, RelaxConfig, Relaxation, converts, register
+from verifier.ops.base import Nonlinear, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
 
 
@@ -62,7 +62,11 @@ def _relu(call) -> ReLU:
 
 @converts(nn.LeakyReLU, F.leaky_relu)
 def _leaky_relu(call) -> ReLU:
-    slope = call.target.negative_slope if isinstance(call.target, nn.Module) else call.const(1, "negative_slope", 0.01)
+    slope = (
+        call.target.negative_slope
+        if isinstance(call.target, nn.Module)
+        else call.const(1, "negative_slope", 0.01)
+    )
     if slope < 0:
         raise ConversionError("LeakyReLU with a negative slope is not monotone")
     return ReLU(float(slope))
@@ -110,7 +114,9 @@ class SShaped(Nonlinear):
         l, u = lo.double(), hi.double()
         fl, fu = f(l), f(u)
         degenerate = (u - l) < 1e-9
-        chord_a = torch.where(degenerate, torch.zeros_like(l), (fu - fl) / torch.where(degenerate, 1.0, u - l))
+        chord_a = torch.where(
+            degenerate, torch.zeros_like(l), (fu - fl) / torch.where(degenerate, 1.0, u - l)
+        )
         chord_lo = (chord_a, fl - chord_a * l)  # through (l, f(l)): an upper line on a convex box
         chord_up = (chord_a, fu - chord_a * u)  # through (u, f(u)): the same line, anchored at u
         m = (l + u) / 2
@@ -167,7 +173,9 @@ def _widened(a_lo, b_lo, a_up, b_up, l, u, dtype) -> Relaxation:
     reach = torch.maximum(l.abs(), u.abs())
     slack_lo = 8 * eps * (1 + a_lo.abs() * reach + b_lo.abs())
     slack_up = 8 * eps * (1 + a_up.abs() * reach + b_up.abs())
-    return Relaxation(a_lo.to(dtype), (b_lo - slack_lo).to(dtype), a_up.to(dtype), (b_up + slack_up).to(dtype))
+    return Relaxation(
+        a_lo.to(dtype), (b_lo - slack_lo).to(dtype), a_up.to(dtype), (b_up + slack_up).to(dtype)
+    )
 
 
 @converts(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid")

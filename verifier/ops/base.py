@@ -18,8 +18,9 @@ Two kinds cover every operator:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -38,7 +39,7 @@ class Op:
     def ibp(self, *bounds: Interval) -> Interval:
         raise NotImplementedError
 
-    def to(self, device=None, dtype=None) -> "Op":
+    def to(self, device=None, dtype=None) -> Op:
         """A copy with every floating tensor constant moved to ``device`` / cast to ``dtype``."""
         changes = {}
         for f in dataclasses.fields(self):

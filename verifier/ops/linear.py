@@ -97,7 +97,9 @@ class Sum(Affine):
 
 @converts(nn.Linear)
 def _linear_module(call) -> Linear:
-    return Linear(call.target.weight.detach(), None if call.target.bias is None else call.target.bias.detach())
+    return Linear(
+        call.target.weight.detach(), None if call.target.bias is None else call.target.bias.detach()
+    )
 
 
 @converts(F.linear)

@@ -12,7 +12,7 @@ from onnx2torch.node_converters.global_average_pool import (
 )
 from torch import Tensor, nn
 
-from verifier.ops.base import Affine, Nonlinear, RelaxConfig, Relaxation, converts, register
+from verifier.ops.base import Affine, Nonlinear, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
 
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
@@ -46,8 +46,10 @@ def _avg_pool(call) -> AvgPool:
     if getattr(m, "divisor_override", None):
         raise ConversionError("average pooling with divisor_override")
     dims = len(call.in_shapes[0]) - 1
-    tup = (lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims)
-    return AvgPool(tup(m.kernel_size), tup(m.stride), tup(m.padding), bool(m.ceil_mode), bool(m.count_include_pad))
+    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+    return AvgPool(
+        tup(m.kernel_size), tup(m.stride), tup(m.padding), bool(m.ceil_mode), bool(m.count_include_pad)
+    )
 
 
 @converts(OnnxGlobalAveragePool, OnnxGlobalAveragePoolWithKnownInputShape)
@@ -97,7 +99,7 @@ class MaxPool(Nonlinear):
         one, zero = torch.ones_like(dominant, dtype=lo.dtype), torch.zeros_like(dominant, dtype=lo.dtype)
         a_up = torch.where(dominant, one, zero)
         b_up = torch.where(dominant, zero, uw.amax(dim=2))
-        shape = lambda t: t.reshape(out_shape)  # noqa: E731
+        shape = lambda t: t.reshape(out_shape)
         return Relaxation(shape(one), shape(zero), shape(a_up), shape(b_up), index.reshape(b, -1))
 
 
@@ -106,6 +108,6 @@ def _max_pool(call) -> MaxPool:
     m = call.target
     if m.ceil_mode or m.return_indices:
         raise ConversionError("max pooling with ceil_mode or returned indices")
-    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
     return MaxPool(pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size),
                    pair(m.padding), pair(m.dilation))  # fmt: skip

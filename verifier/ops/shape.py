@@ -11,9 +11,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from onnx2torch.node_converters import (
-    OnnxCast, OnnxConcat, OnnxCopyIdentity, OnnxExpand, OnnxFlatten, OnnxGather, OnnxPadStatic, OnnxReshape,
-    OnnxSlice, OnnxSqueezeDynamicAxes, OnnxSqueezeStaticAxes, OnnxTile, OnnxTranspose,
-    OnnxUnsqueezeDynamicAxes, OnnxUnsqueezeStaticAxes,
+    OnnxCast,
+    OnnxConcat,
+    OnnxCopyIdentity,
+    OnnxExpand,
+    OnnxFlatten,
+    OnnxGather,
+    OnnxPadStatic,
+    OnnxReshape,
+    OnnxSlice,
+    OnnxSqueezeDynamicAxes,
+    OnnxSqueezeStaticAxes,
+    OnnxTile,
+    OnnxTranspose,
+    OnnxUnsqueezeDynamicAxes,
+    OnnxUnsqueezeStaticAxes,
 )  # fmt: skip
 from onnx2torch.node_converters.slice import OnnxSliceV9
 from torch import Tensor, nn
@@ -59,7 +71,9 @@ class Rearrange(Affine):
         return self.linear(i, x)
 
     def offset(self) -> Tensor | None:
-        return None if self.fill is None else torch.where(self.index < 0, self.fill, 0.0).reshape(self.out_shape)
+        return (
+            None if self.fill is None else torch.where(self.index < 0, self.fill, 0.0).reshape(self.out_shape)
+        )
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         flat = a.reshape(a.shape[0], -1)
@@ -69,7 +83,7 @@ class Rearrange(Affine):
             flat = out.index_add_(1, local[valid], flat[:, valid])
         return flat.reshape(a.shape[0], *in_shape)
 
-    def to(self, device=None, dtype=None) -> "Rearrange":
+    def to(self, device=None, dtype=None) -> Rearrange:
         index = None if self.index is None else self.index.to(device)
         fill = None if self.fill is None else self.fill.to(device, dtype)
         return Rearrange(self.sizes, self.out_shape, index, fill)
@@ -116,4 +130,3 @@ def _rearrange(call) -> Rearrange:
 def _alias(call) -> None:
     if not call.out_dtype.is_floating_point:
         raise ConversionError(f"cast of a graph tensor to {call.out_dtype}")
-    return None

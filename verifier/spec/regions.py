@@ -43,7 +43,7 @@ class Region:
     def concretize(self, a: Tensor, c: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def to(self, device=None, dtype=None) -> "Region":
+    def to(self, device=None, dtype=None) -> Region:
         raise NotImplementedError
 
     @property
@@ -76,7 +76,7 @@ class Box(Region):
         a = a.flatten(2)
         return c + (a * centre.flatten(1)).sum(-1) - (a.abs() * radius.flatten(1)).sum(-1)
 
-    def to(self, device=None, dtype=None) -> "Box":
+    def to(self, device=None, dtype=None) -> Box:
         return Box(self.lower.to(device, dtype), self.upper.to(device, dtype))
 
 
@@ -117,6 +117,6 @@ class L2Ball(Region):
             return ball
         return torch.maximum(ball, Box(*self.box()).concretize(a, c))
 
-    def to(self, device=None, dtype=None) -> "L2Ball":
+    def to(self, device=None, dtype=None) -> L2Ball:
         eps = self.eps.to(device, dtype) if isinstance(self.eps, Tensor) else self.eps
         return L2Ball(self.x.to(device, dtype), eps, self.clip)

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Time IBP / CROWN / LBP (and the hybrids) on the mnist_fc 256x6 network and the oval21 cifar_base CNN.
+
+Inputs are real: MNIST test images (eps 0.03 in pixel space, clipped to [0, 1]) and the input boxes of the
+oval21 cifar_base properties (tiled to the batch size). Reports the median time of repeats, the mean width
+of the output bounds, and for CROWN the matrix-multiply FLOPs it ran against this machine's measured GEMM
+throughput (the "floor": the time the GEMMs alone would take). JSON out.
+
+    .venv/bin/python scripts/bench_bounds.py --out results/bench_bounds.json [--threads 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import verifier
+from verifier.datasets import read_mnist
+from verifier.spec.vnnlib import load_property
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def mnist_regions(model, batch: int) -> verifier.Box:
+    images, _ = read_mnist(SHARED / "data" / "mnist", "test")
+    x = torch.from_numpy(images[:batch]).reshape(batch, *model.input_shape)
+    return verifier.LinfBall(x, 0.03, clip=(0.0, 1.0))
+
+
+def oval_regions(model, batch: int) -> verifier.Box:
+    folder = SHARED / "benchmarks" / "oval21"
+    names = sorted({line.split(",")[1] for line in (folder / "instances.csv").read_text().splitlines()
+                    if line.startswith("onnx/cifar_base_kw")})  # fmt: skip
+    cases = [load_property(folder / n).cases[0] for n in names]
+    lo = torch.stack([torch.from_numpy(c.lower).float() for c in cases])
+    hi = torch.stack([torch.from_numpy(c.upper).float() for c in cases])
+    reps = -(-batch // len(cases))
+    lo, hi = lo.repeat(reps, 1)[:batch], hi.repeat(reps, 1)[:batch]
+    return verifier.Box(lo.reshape(batch, *model.input_shape), hi.reshape(batch, *model.input_shape))
+
+
+def gemm_rate(repeats: int = 50) -> float:
+    """Measured float32 GEMM throughput (GFLOP/s) on shapes like CROWN's: [512 x 256] @ [256 x 256]."""
+    a, b = torch.randn(512, 256), torch.randn(256, 256)
+    for _ in range(5):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * 512 * 256 * 256 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(name, path, make_region, batches, repeats, rate) -> list[dict]:
+    model = verifier.load(path)
+    rows = []
+    for batch in batches:
+        region = make_region(model, batch)
+        for method in verifier.METHODS:
+            seconds = median_time(lambda r=region, m=method: model.bounds(r, method=m), repeats)
+            b = model.bounds(region, method=method)
+            row = {"model": name, "batch": batch, "method": method, "median_ms": round(1000 * seconds, 2),
+                   "mean_width": float((b.upper - b.lower).mean())}  # fmt: skip
+            if method == "crown":
+                with FlopCounterMode(display=False) as counter:
+                    model.bounds(region, method=method)
+                gflop = counter.get_total_flops() / 1e9
+                row.update(gflop=round(gflop, 3), floor_ms=round(1000 * gflop / rate, 2),
+                           ratio_to_floor=round(seconds * rate / gflop, 2))  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/bench_bounds.json"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    args = parser.parse_args(argv)
+    if not SHARED.is_dir():
+        sys.exit(f"benchmark data not found at {SHARED}")
+    torch.set_num_threads(args.threads)
+    rate = gemm_rate()
+    bench = SHARED / "benchmarks"
+    rows = run("mnist_fc_256x6", bench / "mnist_fc/onnx/mnist-net_256x6.onnx", mnist_regions, args.batches,
+               args.repeats, rate)  # fmt: skip
+    rows += run("oval21_cifar_base", bench / "oval21/onnx/cifar_base_kw.onnx", oval_regions, args.batches,
+                args.repeats, rate)  # fmt: skip
+    result = {
+        "threads": args.threads,
+        "gemm_gflops": round(rate, 1),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

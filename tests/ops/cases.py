@@ -1,0 +1,74 @@
+"""The table of operator cases for the generic soundness test: add a row when you add an operator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from verifier.ops.activations import ReLU, SShaped
+from verifier.ops.base import Op
+from verifier.ops.conv import Conv, ConvTranspose
+from verifier.ops.linear import Linear, ScaleShift, Sum
+from verifier.ops.pooling import AvgPool, MaxPool
+from verifier.ops.shape import Rearrange
+
+_gen = torch.Generator().manual_seed(1234)
+
+
+def _w(*shape, scale=1.0):
+    return scale * torch.randn(shape, generator=_gen)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    op: Op
+    in_shapes: tuple[tuple[int, ...], ...]
+    relu_lower: str = "adaptive"
+
+
+def _index(shape, fn):
+    return fn(torch.arange(int(torch.Size(shape).numel())).reshape(shape)).flatten()
+
+
+CASES = (
+    Case("linear", Linear(_w(4, 6), _w(4)), ((6,),)),
+    Case("linear_nobias_3d", Linear(_w(3, 5)), ((2, 5),)),
+    Case("scale_shift_channel", ScaleShift(_w(2, 1, 1), _w(2, 1, 1)), ((2, 3, 3),)),
+    Case("scale_shift_with_zero_scale", ScaleShift(torch.tensor([1.5, 0.0, -2.0]), None), ((3,),)),
+    Case("shift_only", ScaleShift(None, _w(4)), ((4,),)),
+    Case("sum_add", Sum((1.0, 1.0)), ((2, 3), (2, 3))),
+    Case("sum_sub", Sum((1.0, -1.0)), ((5,), (5,))),
+    Case("conv2d_stride_pad", Conv(_w(3, 2, 3, 3), _w(3), (2, 2), (1, 1), (1, 1), 1), ((2, 5, 5),)),
+    Case("conv2d_groups_dilation", Conv(_w(4, 1, 2, 2), None, (1, 1), (0, 1), (2, 2), 2), ((2, 5, 4),)),
+    Case("conv1d", Conv(_w(2, 3, 3), _w(2), (2,), (1,), (1,), 1), ((3, 7),)),
+    Case(
+        "conv_transpose",
+        ConvTranspose(_w(2, 3, 3, 3), _w(3), (2, 2), (1, 1), (1, 1), (1, 1), 1),
+        ((2, 3, 3),),
+    ),
+    Case("avgpool2d", AvgPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),
+    Case("avgpool2d_pad_exclude", AvgPool((3, 3), (1, 1), (1, 1), False, False), ((1, 4, 4),)),
+    Case("avgpool1d", AvgPool((3,), (2,), (1,)), ((2, 7),)),
+    Case("reshape", Rearrange((12,), (3, 4)), ((2, 6),)),
+    Case(
+        "permute", Rearrange((24,), (4, 2, 3), _index((2, 3, 4), lambda t: t.permute(2, 0, 1))), ((2, 3, 4),)
+    ),
+    Case("slice_and_copy", Rearrange((6,), (5,), torch.tensor([0, 2, 2, 5, 1])), ((6,),)),
+    Case("concat", Rearrange((4, 6), (10,), torch.arange(10)), ((4,), (2, 3))),
+    Case(
+        "pad_with_fill",
+        Rearrange((3,), (5,), torch.tensor([-1, 0, 1, 2, -1]), torch.tensor([0.5, 0, 0, 0, -2.0])),
+        ((3,),),
+    ),
+    Case("relu", ReLU(), ((3, 4),)),
+    Case("relu_zero_lower", ReLU(), ((7,),), relu_lower="zero"),
+    Case("leaky_relu", ReLU(0.1), ((6,),)),
+    Case("leaky_relu_steep", ReLU(2.5), ((6,),)),
+    Case("sigmoid", SShaped("sigmoid"), ((3, 5),)),
+    Case("tanh", SShaped("tanh"), ((2, 6),)),
+    Case("maxpool", MaxPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),
+    Case("maxpool_overlap_pad", MaxPool((3, 3), (2, 2), (1, 1)), ((1, 5, 5),)),
+    Case("maxpool_dilation", MaxPool((2, 2), (1, 1), (0, 0), (2, 2)), ((1, 4, 4),)),
+)

@@ -1,0 +1,120 @@
+"""The generic soundness test: every registered operator, on boxes of every kind, in float32 and float64.
+
+For each case: IBP contains the true outputs at sampled points and corners; a nonlinear operator's
+relaxation lines bracket it; an affine operator's backward rule satisfies the adjoint identity and its
+absolute-value map is the entrywise absolute value of its matrix; and IBP, CROWN and LBP bounds of the
+operator alone (run through the engine) contain the samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import BOX_KINDS, assert_inside, make_box, samples
+from tests.ops.cases import CASES
+from verifier.api import BoundedModel
+from verifier.engine.state import METHODS
+from verifier.graph.graph import Graph, Node
+from verifier.ops.base import OPS, Affine, Nonlinear, RelaxConfig
+from verifier.ops.shape import Rearrange
+from verifier.spec.regions import Box
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def test_every_registered_operator_has_cases():
+    covered = {type(case.op) for case in CASES}
+    missing = [cls.__name__ for cls in OPS if cls not in covered]
+    assert not missing, f"registered operators without soundness cases: {missing}"
+
+
+def _inputs(case, kind, dtype, gen, batch=3):
+    boxes = [make_box(kind, shape, batch, dtype, gen) for shape in case.in_shapes]
+    return [(lo, hi) for lo, hi in boxes]
+
+
+def _points(boxes, gen):
+    """Samples of every input, drawn jointly: [n, batch, *shape_i] per input."""
+    flat_lo = torch.cat([lo.flatten(1) for lo, _ in boxes], 1)
+    flat_hi = torch.cat([hi.flatten(1) for _, hi in boxes], 1)
+    pts = samples(flat_lo, flat_hi, 200, gen)
+    out, start = [], 0
+    for lo, _ in boxes:
+        size = lo[0].numel()
+        out.append(pts[:, :, start : start + size].reshape(pts.shape[0], *lo.shape))
+        start += size
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", BOX_KINDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_ibp_and_relaxation_contain_samples(case, kind, dtype):
+    gen = torch.Generator().manual_seed(hash((case.name, kind)) % 2**31)
+    op = case.op.to(dtype=dtype)
+    boxes = _inputs(case, kind, dtype, gen)
+    points = _points(boxes, gen)
+    n = points[0].shape[0]
+    y = op.forward(*[p.flatten(0, 1) for p in points])
+    y = y.reshape(n, -1, *y.shape[1:])
+    lo, hi = op.ibp(*boxes)
+    assert_inside(y, lo, hi, f"{case.name} IBP")
+    if isinstance(op, Nonlinear):
+        rel = op.relax(*boxes[0], RelaxConfig(case.relu_lower))
+        v = points[0]
+        if rel.index is not None:
+            v = v.flatten(2).gather(2, rel.index.expand(n, -1, -1)).reshape(y.shape)
+        assert_inside(y, rel.a_lo * v + rel.b_lo, rel.a_up * v + rel.b_up, f"{case.name} relaxation")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if isinstance(c.op, Affine)], ids=lambda c: c.name)
+def test_affine_rules_are_adjoint_and_abs(case):
+    gen = torch.Generator().manual_seed(1)
+    op = case.op.to(dtype=torch.float64)
+    xs = [torch.randn((4, *s), generator=gen, dtype=torch.float64) for s in case.in_shapes]
+    zeros = [torch.zeros_like(x) for x in xs]
+    offset = op.forward(*zeros)
+    y = op.forward(*xs)
+    linear = sum(op.linear(i, x) for i, x in enumerate(xs))
+    torch.testing.assert_close(y, linear + offset)  # forward = linear part + offset
+    if op.offset() is not None:
+        torch.testing.assert_close(offset, torch.broadcast_to(op.offset(), offset.shape))
+    a = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    for i, (x, shape) in enumerate(zip(xs, case.in_shapes)):
+        lhs = (a * op.linear(i, x)).flatten(1).sum(1)
+        rhs = (op.transpose(i, a, shape) * x).flatten(1).sum(1)
+        torch.testing.assert_close(lhs, rhs)  # <a, J x> = <J^T a, x>
+        numel = x[0].numel()
+        basis = torch.eye(numel, dtype=torch.float64).reshape(numel, *shape)
+        torch.testing.assert_close(op.abs_linear(i, basis), op.linear(i, basis).abs())
+
+
+def _single_op_graph(op, in_shapes) -> Graph:
+    """input (all operands flattened and concatenated) -> one slice per operand -> op."""
+    sizes = [int(torch.Size(s).numel()) for s in in_shapes]
+    total = sum(sizes)
+    nodes = [Node("input", None, (), (total,))]
+    for i, (shape, size) in enumerate(zip(in_shapes, sizes)):
+        index = torch.arange(sum(sizes[:i]), sum(sizes[:i]) + size)
+        nodes.append(Node(f"operand{i}", Rearrange((total,), tuple(shape), index), (0,), tuple(shape)))
+    y = op.forward(*[torch.zeros((1, *s), dtype=torch.float64) for s in in_shapes])
+    nodes.append(Node("op", op, tuple(range(1, len(in_shapes) + 1)), tuple(y.shape[1:])))
+    return Graph(tuple(nodes), len(nodes) - 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ("mixed", "degenerate", "wide"))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_engine_bounds_of_single_operator(case, kind, method):
+    gen = torch.Generator().manual_seed(hash((case.name, kind, method)) % 2**31)
+    op = case.op.to(dtype=torch.float64)
+    model = BoundedModel(_single_op_graph(op, case.in_shapes).to(dtype=torch.float64))
+    boxes = _inputs(case, kind, torch.float64, gen)
+    lo = torch.cat([b[0].flatten(1) for b in boxes], 1)
+    hi = torch.cat([b[1].flatten(1) for b in boxes], 1)
+    bounds = model.bounds(Box(lo, hi), method=method, relu_lower=case.relu_lower)
+    pts = samples(lo, hi, 200, gen)
+    y = model(pts.flatten(0, 1))
+    assert_inside(
+        y.reshape(pts.shape[0], *bounds.lower.shape), bounds.lower, bounds.upper, f"{case.name} {method}"
+    )
