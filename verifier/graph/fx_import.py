@@ -18,6 +18,7 @@ from torch.utils import _pytree as pytree
 import verifier.ops  # noqa: F401  (registers every converter)
 from verifier.errors import ModelLoadError, UnsupportedOperatorError
 from verifier.graph.graph import Graph, Node
+from verifier.graph.simplify import fuse_bias
 from verifier.ops.base import CONVERTERS
 from verifier.ops.linear import ConversionError
 
@@ -137,7 +138,7 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool) -> Graph:
         raise UnsupportedOperatorError(failures)
     if not isinstance(output, fx.Node) or output not in data_of:
         raise ModelLoadError("the model must return a single tensor that depends on its input")
-    return _prune(nodes, data_of[output], batched)
+    return _prune(fuse_bias(nodes), data_of[output], batched)
 
 
 def _step(gm, fx_node, values, data_of, nodes, failures, batched) -> None:
