@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import grad as nn_grad
@@ -45,10 +44,9 @@ class Conv(Affine):
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         grad = _CONV_INPUT_GRAD[self.weight.dim() - 2]
-        with torch.backends.mkldnn.flags(enabled=False):  # oneDNN is 2x slower here (few channels, many rows)
-            return grad(
-                (a.shape[0], *in_shape), self.weight, a, self.stride, self.padding, self.dilation, self.groups
-            )
+        return grad(
+            (a.shape[0], *in_shape), self.weight, a, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 @register
