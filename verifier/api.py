@@ -15,7 +15,7 @@ from torch import Tensor, fx, nn
 
 from verifier.engine.bounds import compute_bounds
 from verifier.engine.state import METHODS, BoundConfig
-from verifier.errors import InputError, ModelLoadError
+from verifier.errors import InputError, ModelLoadError, UnsupportedOperatorError
 from verifier.graph import onnx_import
 from verifier.graph.fx_import import translate
 from verifier.graph.graph import Graph
@@ -55,8 +55,16 @@ class BoundedModel:
             raise InputError(f"{what} has shape {tuple(x.shape)}; expected (batch, *{self.input_shape})")
 
     def __call__(self, x: Tensor) -> Tensor:
-        """Forward pass on x of shape [B, *input_shape]."""
+        """Forward pass on x of shape [B, *input_shape] (cast to the model's device and precision)."""
+        x = torch.as_tensor(x)
         self._check_input(x, "input")
+        like = self._like()
+        if like is not None:
+            x = x.to(like.device, like.dtype)
+        elif not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        if not torch.isfinite(x).all():
+            raise InputError("input contains NaN or inf")
         return self.graph.forward(x)
 
     def bounds(self, region: Region, method: str = "crown", C: Tensor | None = None, *,
@@ -71,6 +79,9 @@ class BoundedModel:
         """Certified lower bounds of ``f_y - f_j`` for j != y: [B, n_classes - 1]; all > 0 proves robustness."""
         n = int(torch.Size(self.output_shape).numel())
         labels = torch.as_tensor(labels).reshape(-1)
+        batch = region.box()[0].shape[0]
+        if labels.is_floating_point() or labels.numel() != batch or (labels < 0).any() or (labels >= n).any():
+            raise InputError(f"labels must be {batch} integers in [0, {n}), got {labels.tolist()}")
         eye = torch.eye(n)
         others = torch.stack([torch.cat([eye[:y], eye[y + 1 :]]) for y in labels.tolist()])
         C = eye[labels].unsqueeze(1) - others
@@ -99,7 +110,10 @@ class BoundedModel:
         if C is None:
             eye = torch.eye(n_out, dtype=like.dtype, device=like.device)
             return eye.reshape(n_out, 1, *self.output_shape).expand(n_out, batch, *self.output_shape)
-        C = torch.as_tensor(C).to(like.device, like.dtype)
+        try:
+            C = torch.as_tensor(C).to(like.device, like.dtype)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"C is not a numeric tensor: {exc}") from exc
         if C.dim() != 3 or C.shape[2] != n_out or C.shape[0] not in (1, batch):
             raise InputError(f"C has shape {tuple(C.shape)}; expected ({batch}, n_spec, {n_out})")
         if not torch.isfinite(C).all():
@@ -108,28 +122,47 @@ class BoundedModel:
 
 
 def load(model: str | Path | nn.Module, example_input: Tensor | None = None) -> BoundedModel:
-    """Load an ONNX file, or a torch module traceable by torch.fx (with an example input [B, *shape])."""
+    """Load an ONNX file, or a torch module traceable by torch.fx (with an example input [B, *shape]).
+    Models are translated with inference semantics (BatchNorm running statistics, no Dropout)."""
     if isinstance(model, nn.Module):
-        if example_input is None:
-            raise InputError("loading a torch module needs example_input")
+        if not isinstance(example_input, Tensor) or example_input.dim() < 1:
+            raise InputError("loading a torch module needs example_input, a tensor [batch, *input_shape]")
         module = copy.deepcopy(model).eval()
         try:
             gm = fx.symbolic_trace(module)
         except Exception as exc:
             raise ModelLoadError(f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
-        return _checked(gm, example_input.detach().float(), True, type(model).__name__)
+        example = example_input[:1].detach().to(torch.get_default_dtype())  # traced sizes are per sample
+        return _checked(gm, example, True, type(model).__name__)
+    if not isinstance(model, (str, Path)):
+        raise InputError(f"load() takes an ONNX path or a torch.nn.Module, not {type(model).__name__}")
     proto = onnx_import.read_onnx(model)
     _, dims = onnx_import.data_input(proto)
     example, batched = onnx_import.example_input(dims)
-    return _checked(onnx_import.to_fx(proto, model), example, batched, str(model))
+    unsupported = onnx_import.unsupported_nodes(proto)
+    try:
+        gm = onnx_import.to_fx(proto, model)
+        return _checked(gm, example, batched, str(model), onnx_import.node_names(proto), unsupported)
+    except UnsupportedOperatorError as exc:  # report what translation refused too, all at once
+        named = {name for _, name in unsupported}
+        unsupported += [(op, name) for op, name in exc.unsupported if name not in named]
+    except ModelLoadError:
+        if not unsupported:
+            raise
+    raise UnsupportedOperatorError(unsupported)
 
 
-def _checked(gm: fx.GraphModule, example: Tensor, batched: bool, source: str) -> BoundedModel:
+def _checked(gm, example: Tensor, batched: bool, source: str, names=None, unsupported=()) -> BoundedModel:
     """Translate, then check the graph reproduces the original module on the example input."""
     with torch.no_grad():
-        graph = translate(gm, example, batched)
+        graph = translate(gm, example, batched, names)
+        if unsupported:
+            raise UnsupportedOperatorError(list(unsupported))
         expected = gm(example)
-        got = graph.forward(example if batched else example.unsqueeze(0))
+        try:
+            got = graph.forward(example if batched else example.unsqueeze(0))
+        except Exception as exc:
+            raise ModelLoadError(f"{source}: the translated graph fails on the example input: {exc}") from exc
         got = got if batched else got[0]
     if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
         raise ModelLoadError(f"{source}: the translated graph does not reproduce the model's output")

@@ -22,6 +22,7 @@ from verifier.graph.simplify import fuse_bias
 from verifier.ops.base import CONVERTERS
 from verifier.ops.linear import ConversionError
 
+_FAILED = -1  # data index of a node that failed: its consumers still count as data-dependent
 _STATIC = ("size", "dim", getattr)  # with OnnxShape: read only the (static) shape of their input
 
 
@@ -115,8 +116,10 @@ def _describe(target: Any) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
 
-def translate(gm: fx.GraphModule, example: Tensor, batched: bool) -> Graph:
-    """Translate ``gm`` run on ``example`` ([1, *shape] when batched, else the per-sample tensor)."""
+def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | None = None) -> Graph:
+    """Translate ``gm`` run on ``example`` ([1, *shape] when batched, else the per-sample tensor).
+
+    ``names`` maps submodule paths to the source's (node name, op type), for error messages."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ModelLoadError(f"models with {len(placeholders)} inputs are not supported (exactly one needed)")
@@ -133,7 +136,7 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool) -> Graph:
         elif fx_node.op == "output":
             output = fx_node.args[0]
         else:
-            _step(gm, fx_node, values, data_of, nodes, failures, batched)
+            _step(gm, fx_node, values, data_of, nodes, failures, batched, names or {})
     if failures:
         raise UnsupportedOperatorError(failures)
     if not isinstance(output, fx.Node) or output not in data_of:
@@ -141,7 +144,7 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool) -> Graph:
     return _prune(fuse_bias(nodes), data_of[output], batched)
 
 
-def _step(gm, fx_node, values, data_of, nodes, failures, batched) -> None:
+def _step(gm, fx_node, values, data_of, nodes, failures, batched, names) -> None:
     """Evaluate one call node; fold it or translate it into a graph node."""
     target = _target(gm, fx_node)
     args, kwargs = pytree.tree_map(
@@ -156,32 +159,41 @@ def _step(gm, fx_node, values, data_of, nodes, failures, batched) -> None:
     except Exception as exc:  # the original model fails on its own example input
         raise ModelLoadError(f"node {fx_node.name}: evaluating {_describe(target)} failed: {exc}") from exc
     values[fx_node] = value
-    leaves = [a for a in pytree.tree_leaves((fx_node.args, fx_node.kwargs)) if isinstance(a, fx.Node)]
-    sources = [a for a in leaves if a in data_of]
+    is_data = lambda a: isinstance(a, fx.Node) and a in data_of
+    sources = [a for a in pytree.tree_leaves((fx_node.args, fx_node.kwargs)) if is_data(a)]
     if (
         not sources
         or isinstance(target, OnnxShape)
         or (not isinstance(target, torch.nn.Module) and target in _STATIC)
     ):
         return  # a constant given the input's shape: folded
+    # ONNX models: name the ONNX node (the submodule path onnx2torch gives it) and its ONNX type
+    name, kind = names.get(fx_node.target, (fx_node.name, _describe(target)))
     if not isinstance(value, Tensor):
-        failures.append((_describe(target), f"{fx_node.name}: output is not a tensor"))
+        failures.append((f"{kind}: output is not a tensor", name))
+        data_of[fx_node] = _FAILED
         return
     marked = lambda a: (
-        Data(data_of[a], values[a]) if a in data_of else (values[a] if isinstance(a, fx.Node) else a)
+        Data(data_of[a], values[a]) if is_data(a) else (values[a] if isinstance(a, fx.Node) else a)
     )
     call_args, call_kwargs = pytree.tree_map(marked, (fx_node.args, fx_node.kwargs))
     data = [a for a in pytree.tree_leaves((call_args, call_kwargs), is_leaf=lambda a: isinstance(a, Data))
             if isinstance(a, Data)]  # fmt: skip
-    call = Call(fx_node.name, target, tuple(call_args), dict(call_kwargs), batched, value, data)
+    call = Call(name, target, tuple(call_args), dict(call_kwargs), batched, value, data)
     converter = CONVERTERS.get(_key(target))
     if converter is None:
-        failures.append((_describe(target), fx_node.name))
+        failures.append((kind, name))
+        data_of[fx_node] = _FAILED
         return
     try:
         op = converter(call)
     except ConversionError as exc:
-        failures.append((f"{_describe(target)}: {exc}", fx_node.name))
+        failures.append((f"{kind}: {exc}", name))
+        data_of[fx_node] = _FAILED
+        return
+    except Exception as exc:  # noqa: BLE001 (a converter meeting an unexpected use: report it, never crash)
+        failures.append((f"{kind}: cannot translate ({type(exc).__name__}: {exc})", name))
+        data_of[fx_node] = _FAILED
         return
     if op is None:
         data_of[fx_node] = data[0].node

@@ -9,7 +9,7 @@ import onnx
 import torch
 from onnx import version_converter
 
-from verifier.errors import ModelLoadError, UnsupportedOperatorError
+from verifier.errors import ModelLoadError
 
 # ONNX operator types with bound rules (or folded at load time when they only touch constants and shapes).
 SUPPORTED_ONNX_OPERATORS = frozenset({
@@ -32,11 +32,18 @@ def read_onnx(path: str | Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if not model.graph.node:
         raise ModelLoadError(f"{path}: the ONNX graph has no nodes")
-    unsupported = [(n.op_type, n.name or f"#{k}") for k, n in enumerate(model.graph.node)
-                   if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_ONNX_OPERATORS]  # fmt: skip
-    if unsupported:
-        raise UnsupportedOperatorError(unsupported)
     return model
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(op type, node name) of every node whose type has no rules here."""
+    return [(n.op_type, n.name or f"#{k}") for k, n in enumerate(model.graph.node)
+            if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_ONNX_OPERATORS]  # fmt: skip
+
+
+def node_names(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """onnx2torch submodule path (the ONNX name without a leading '/') -> (ONNX node name, op type)."""
+    return {n.name.lstrip("/"): (n.name, n.op_type) for n in model.graph.node if n.name}
 
 
 def data_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
@@ -68,7 +75,7 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return onnx2torch.convert(model)
+            return onnx2torch.convert(model).eval()  # inference semantics (BatchNorm, Dropout)
     except Exception as exc:
         raise ModelLoadError(f"{path}: onnx2torch could not convert the model: {exc}") from exc
 
@@ -78,5 +85,9 @@ def example_input(dims: list[int | None]) -> tuple[torch.Tensor, bool]:
     it is when the input has rank >= 2 and dim 0 is 1 or symbolic."""
     shape = [d or 1 for d in dims]
     batched = len(dims) >= 2 and dims[0] in (None, 1)
+    if len(dims) >= 3 and not batched:
+        raise ModelLoadError(
+            f"input with a fixed batch of {dims[0]} (shape {dims}): export the model with batch 1"
+        )
     gen = torch.Generator().manual_seed(0)
     return torch.randn(shape, generator=gen), batched

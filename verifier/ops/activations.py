@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from onnx2torch.node_converters.functions import OnnxFunction
 from torch import Tensor, nn
 
 from verifier.ops.base import Nonlinear, Relaxation, RelaxConfig, converts, register
@@ -186,3 +187,13 @@ def _sigmoid(call) -> SShaped:
 @converts(nn.Tanh, torch.tanh, F.tanh, "tanh")
 def _tanh(call) -> SShaped:
     return SShaped("tanh")
+
+
+@converts(OnnxFunction)
+def _onnx_function(call) -> Nonlinear:
+    """onnx2torch's generic elementwise module (ONNX Tanh, Sigmoid, ...): dispatch on its torch function."""
+    by_function = {torch.tanh: SShaped("tanh"), torch.sigmoid: SShaped("sigmoid"), torch.relu: ReLU()}
+    op = by_function.get(call.target.function)
+    if op is None:
+        raise ConversionError(f"elementwise function {getattr(call.target.function, '__name__', '?')}")
+    return op

@@ -59,10 +59,16 @@ class ScaleShift(Affine):
         return y if self.shift is None else y + self.shift
 
     def linear(self, i: int, x: Tensor) -> Tensor:
-        return x if self.scale is None else x * self.scale
+        return self._broadcast(x if self.scale is None else x * self.scale)
 
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
-        return x if self.scale is None else x * self.scale.abs()
+        return self._broadcast(x if self.scale is None else x * self.scale.abs())
+
+    def _broadcast(self, y: Tensor) -> Tensor:
+        """A shift may broadcast the input to a larger shape: the linear part must have that shape too."""
+        if self.shift is None:
+            return y
+        return y.expand(torch.broadcast_shapes(y.shape, self.shift.shape))
 
     def offset(self) -> Tensor | None:
         return self.shift

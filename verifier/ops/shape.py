@@ -14,9 +14,11 @@ from onnx2torch.node_converters import (
     OnnxCast,
     OnnxConcat,
     OnnxCopyIdentity,
+    OnnxDropoutDynamic,
     OnnxExpand,
     OnnxFlatten,
     OnnxGather,
+    OnnxPadDynamic,
     OnnxPadStatic,
     OnnxReshape,
     OnnxSlice,
@@ -116,7 +118,7 @@ _MOVES = (
     OnnxTranspose, torch.permute, "permute", torch.transpose, "transpose", OnnxConcat, torch.cat, torch.concat,
     OnnxSliceV9, OnnxSlice, operator.getitem, OnnxGather, OnnxSqueezeStaticAxes, OnnxSqueezeDynamicAxes,
     torch.squeeze, "squeeze", OnnxUnsqueezeStaticAxes, OnnxUnsqueezeDynamicAxes, torch.unsqueeze, "unsqueeze",
-    OnnxPadStatic, F.pad, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, OnnxExpand, "expand", OnnxTile,
+    OnnxPadStatic, OnnxPadDynamic, F.pad, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, OnnxExpand, "expand", OnnxTile,
     "repeat",
 )  # fmt: skip
 
@@ -126,7 +128,9 @@ def _rearrange(call) -> Rearrange:
     return probe_rearrangement(call)
 
 
-@converts(nn.Identity, OnnxCopyIdentity, nn.Dropout, F.dropout, "contiguous", "float", OnnxCast)
+@converts(
+    nn.Identity, OnnxCopyIdentity, nn.Dropout, OnnxDropoutDynamic, F.dropout, "contiguous", "float", OnnxCast
+)
 def _alias(call) -> None:
     if not call.out_dtype.is_floating_point:
         raise ConversionError(f"cast of a graph tensor to {call.out_dtype}")

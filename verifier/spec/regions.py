@@ -30,8 +30,15 @@ def _radius(eps, like: Tensor) -> Tensor:
     if not torch.isfinite(eps).all() or (eps < 0).any():
         raise InputError(f"eps must be finite and >= 0, got {eps.tolist() if eps.numel() < 8 else eps}")
     if eps.dim() == 1 and eps.numel() == like.shape[0]:  # one radius per batch row
-        eps = eps.reshape((-1,) + (1,) * (like.dim() - 1))
-    return eps
+        return eps.reshape((-1,) + (1,) * (like.dim() - 1))
+    try:
+        if torch.broadcast_shapes(eps.shape, like.shape) == like.shape:
+            return eps
+    except RuntimeError:
+        pass
+    raise InputError(
+        f"eps of shape {tuple(eps.shape)} fits neither one radius per row nor x {tuple(like.shape)}"
+    )
 
 
 class Region:
@@ -101,6 +108,8 @@ class L2Ball(Region):
     def __post_init__(self):
         object.__setattr__(self, "x", _finite("x", self.x))
         object.__setattr__(self, "eps", _radius(self.eps, self.x))
+        if self.eps.numel() not in (1, self.x.shape[0]):
+            raise InputError("an L2 ball takes one radius, or one per batch row")
 
     def box(self) -> tuple[Tensor, Tensor]:
         lo, hi = self.x - self.eps, self.x + self.eps
