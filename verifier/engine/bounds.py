@@ -21,8 +21,10 @@ from verifier.engine import crown, lbp
 from verifier.engine.state import METHODS, BoundConfig, BoundState, tighten
 from verifier.errors import InputError, VerifierError
 from verifier.graph.graph import Graph
-from verifier.ops.base import Nonlinear
-from verifier.spec.regions import Region
+from verifier.ops.base import Affine, Nonlinear
+from verifier.ops.linear import ScaleShift
+from verifier.ops.shape import Rearrange
+from verifier.spec.regions import Box, Region
 
 
 def compute_bounds(graph: Graph, region: Region, cfg: BoundConfig, spec: Tensor, upper: bool = True):
@@ -51,6 +53,10 @@ def _intermediate_bounds(state: BoundState) -> lbp.LinearBounds | None:
     graph, method = state.graph, state.cfg.method
     state.bounds[0] = state.region.box()
     needed = graph.needs_bounds()
+    if isinstance(state.region, Box):  # IBP is already exact there: nothing for CROWN to tighten
+        needed_crown = needed - _exact_by_ibp(graph)
+    else:
+        needed_crown = needed
     use_lbp = method in ("lbp", "crown-lbp")
     linear = {0: lbp.input_bounds(state)} if use_lbp else {}
     for k, node in enumerate(graph.nodes[1:], start=1):
@@ -63,9 +69,29 @@ def _intermediate_bounds(state: BoundState) -> lbp.LinearBounds | None:
             if k in needed:
                 bounds = tighten(bounds, lbp.concretize(state, linear[k]))
         state.bounds[k] = bounds
-        if method == "crown" and k in needed:
+        if method == "crown" and k in needed_crown:
             crown.refine(state, k, _unstable(state, k))
     return linear.get(graph.output)
+
+
+def _exact_by_ibp(graph: Graph) -> set[int]:
+    """Nodes whose IBP bounds over a box are exact: reached from the input through coordinate-wise
+    injective maps (a box stays a box) and at most one other affine map (each output coordinate of an
+    affine map of a box attains its interval bound)."""
+    mixing = {0: 0}
+    for k, node in enumerate(graph.nodes[1:], start=1):
+        src = node.inputs[0]
+        if not isinstance(node.op, Affine) or len(node.inputs) != 1 or src not in mixing:
+            continue
+        op = node.op
+        same_shape = node.shape == graph.nodes[src].shape
+        coordinatewise = (isinstance(op, ScaleShift) and same_shape) or (
+            isinstance(op, Rearrange) and op.injective
+        )
+        count = mixing[src] + (0 if coordinatewise else 1)
+        if count <= 1:
+            mixing[k] = count
+    return set(mixing)
 
 
 def _unstable(state: BoundState, k: int) -> Tensor:

@@ -49,23 +49,29 @@ def _accumulate(pending: dict[int, Tensor], k: int, a: Tensor) -> None:
 def refine(state: BoundState, k: int, mask: Tensor) -> None:
     """Tighten ``state.bounds[k]`` by CROWN on the neurons selected by ``mask`` ([B, *shape]).
 
-    The union of the mask over the batch is bounded, both sides in one pass (rows ``e_j`` and ``-e_j``),
-    in chunks that keep each coefficient tensor under ``cfg.max_elements``."""
+    Row j of batch element b bounds the j-th selected neuron of b (rows past b's count are zero and
+    ignored), both sides in one pass (rows ``e_j`` and ``-e_j``), in chunks that keep each coefficient
+    tensor under ``cfg.max_elements``."""
     lo, hi = state.bounds[k]
     batch, numel = lo.shape[0], lo[0].numel()
-    selected = mask.reshape(batch, numel).any(0).nonzero().flatten()
-    if selected.numel() == 0:
+    flat_mask = mask.reshape(batch, numel)
+    counts = flat_mask.sum(1)
+    most = int(counts.max())
+    if most == 0:
         return
+    # per batch element: its selected positions first (a permutation, so positions never repeat)
+    order = flat_mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :most]
+    valid = torch.arange(most, device=lo.device) < counts[:, None]  # [B, most]
     widest = max(int(torch.Size(n.shape).numel()) for n in state.graph.nodes[: k + 1])
     chunk = max(1, state.cfg.max_elements // (2 * batch * widest))
     lo_flat, hi_flat = lo.reshape(batch, numel), hi.reshape(batch, numel)
-    for part in selected.split(chunk):
-        m = part.numel()
-        rows = torch.zeros(2 * m, batch, numel, dtype=lo.dtype, device=lo.device)
-        eye = torch.arange(m, device=lo.device)
-        rows[eye, :, part] = 1.0
-        rows[eye + m, :, part] = -1.0
-        res = backward(state, k, rows.reshape(2 * m, batch, *state.graph.nodes[k].shape))
-        lo_flat = lo_flat.index_copy(1, part, torch.maximum(lo_flat[:, part], res[:m].T))
-        hi_flat = hi_flat.index_copy(1, part, torch.minimum(hi_flat[:, part], -res[m:].T))
+    for start in range(0, most, chunk):
+        pos, ok = order[:, start : start + chunk], valid[:, start : start + chunk]  # [B, m]
+        m = pos.shape[1]
+        rows = torch.zeros(m, batch, numel, dtype=lo.dtype, device=lo.device)
+        rows.scatter_(2, pos.T.unsqueeze(2), ok.T.unsqueeze(2).to(lo.dtype))
+        res = backward(state, k, torch.cat([rows, -rows]).reshape(2 * m, batch, *state.graph.nodes[k].shape))
+        old_lo, old_hi = lo_flat.gather(1, pos), hi_flat.gather(1, pos)
+        lo_flat = lo_flat.scatter(1, pos, torch.where(ok, torch.maximum(old_lo, res[:m].T), old_lo))
+        hi_flat = hi_flat.scatter(1, pos, torch.where(ok, torch.minimum(old_hi, -res[m:].T), old_hi))
     state.bounds[k] = (lo_flat.reshape(lo.shape), hi_flat.reshape(hi.shape))

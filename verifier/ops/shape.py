@@ -52,6 +52,14 @@ class Rearrange(Affine):
     def arity(self) -> int:  # type: ignore[override]
         return len(self.sizes)
 
+    @property
+    def injective(self) -> bool:
+        """No input position is read twice (so a box maps to a box)."""
+        if self.index is None:
+            return True
+        read = self.index[self.index >= 0]
+        return read.unique().numel() == read.numel()
+
     def _local(self, i: int) -> tuple[Tensor, Tensor]:
         """Positions in input i read by each output, and the mask of outputs that read input i."""
         start = sum(self.sizes[:i])
