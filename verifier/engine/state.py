@@ -64,9 +64,9 @@ def apply_relaxation(a: Tensor, rel: Relaxation, in_numel: int) -> tuple[Tensor,
     ``a+ y >= a+ (a_lo v + b_lo)`` and ``a- y >= a- (a_up v + b_up)``: the positive part of the
     coefficients takes the lower line, the negative part the upper line. Returns the coefficients on the
     operator's input, [S, B, in_numel], and the constant term [S, B]."""
-    pos, neg = a.clamp(min=0), a.clamp(max=0)
-    new = pos * rel.a_lo + neg * rel.a_up
-    const = (pos * rel.b_lo + neg * rel.b_up).flatten(2).sum(-1)
+    use_lower = a >= 0
+    new = a * torch.where(use_lower, rel.a_lo, rel.a_up)
+    const = (a * torch.where(use_lower, rel.b_lo, rel.b_up)).flatten(2).sum(-1)
     new = new.flatten(2)
     if rel.index is not None:
         index = rel.index.unsqueeze(0).expand(new.shape[0], -1, -1)
