@@ -1,0 +1,90 @@
+"""Benchmark verify-model's batch mode on VNN-COMP suites and store the figures as JSON.
+
+    .venv/bin/python scripts/bench_vnncomp.py [BENCHMARK_DIR ...] --timeout-cap 30 --out bench.json
+
+Each BENCHMARK_DIR holds an ``instances.csv`` (and optionally ``reference_results.csv``); the default
+is test, acasxu, rl_benchmarks and mnist_fc under ``../shared/benchmarks``. Per benchmark the JSON
+records solved / total, every verdict count, wrong answers (contradictions of the reference
+consensus), the median time, and how many of the same instances the reference consensus solved.
+``--every K`` runs every K-th instance only, for quick looks; per-instance rows go to ``--results-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from verifier.verify.batch import read_instances, run_batch
+from verifier.verify.instance import VerifyConfig
+from verifier.verify.report import BenchmarkSummary, format_table, read_consensus, summarise
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BENCHMARKS = [REPO.parent / "shared" / "benchmarks" / name for name in ("test", "acasxu", "rl_benchmarks", "mnist_fc")]  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "benchmarks", nargs="*", type=Path, default=DEFAULT_BENCHMARKS, help="benchmark folders"
+    )
+    parser.add_argument(
+        "--timeout-cap", type=float, default=30.0, help="per-instance time cap (s), default 30"
+    )
+    parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply the listed timeouts")
+    parser.add_argument(
+        "--attack-seconds", type=float, default=5.0, help="extra attack budget (s), default 5"
+    )
+    parser.add_argument("--method", default="auto", help="bound method (default auto: ibp then crown)")
+    parser.add_argument("--every", type=int, default=1, help="run every K-th instance only")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--out", type=Path, default=Path("bench_vnncomp.json"), help="JSON output file")
+    parser.add_argument("--results-dir", type=Path, help="write <benchmark>.csv per-instance results here")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def run_benchmark(folder: Path, config: VerifyConfig, args) -> tuple[BenchmarkSummary, float]:
+    """Batch-run one benchmark folder; returns its summary and the wall time in seconds."""
+    instances = read_instances(folder / "instances.csv")[:: args.every]
+    results = args.results_dir / f"{folder.name}.csv" if args.results_dir else None
+    start = time.monotonic()
+    rows = run_batch(instances, config, results, args.timeout_scale, args.timeout_cap, not args.no_progress)
+    (summary,) = summarise(rows, {folder.name: read_consensus(folder / "reference_results.csv")})
+    return summary, time.monotonic() - start
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.results_dir:
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+    config = VerifyConfig(method=args.method, extra_attack_seconds=args.attack_seconds)
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "benchmarks"},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
+        "benchmarks": {},
+    }  # fmt: skip
+    summaries = []
+    for folder in args.benchmarks:
+        summary, seconds = run_benchmark(folder, config, args)
+        summaries.append(summary)
+        report["benchmarks"][folder.name] = summary.as_dict() | {"wall_time_s": round(seconds, 1)}
+        args.out.write_text(
+            json.dumps(report, indent=2) + "\n"
+        )  # after every benchmark: partial runs survive
+    print(format_table(summaries))
+    wrong = sum(b["wrong"] for b in report["benchmarks"].values())
+    print(f"\nwrong answers: {wrong}; figures in {args.out}")
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

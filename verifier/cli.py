@@ -1,0 +1,186 @@
+"""verify-model: the command line. Parses arguments, calls ``verifier.verify``, prints; no logic here.
+
+    verify-model MODEL.onnx PROPERTY.vnnlib [--timeout S] [--out RESULT.txt] [--method M] [--json]
+    verify-model --instances DIR/instances.csv [...] [--results results.csv] [--timeout-scale F]
+    verify-model verify QUERY --network NAME=MODEL.onnx [--timeout S]      (VNN-LIB 2.0 standard)
+    verify-model supports --onnx-operators | ...                           (VNN-LIB 2.0 standard)
+    verify-model --name | --version
+
+Exit status 0 for every verdict; 1 for unusable input (unreadable or unsupported model or property);
+2 for a usage error. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from verifier.errors import InputError, VerifierError
+from verifier.verify import standard
+from verifier.verify.batch import read_instances, run_batch
+from verifier.verify.deadline import Deadline, Watchdog, process_age, report_once
+from verifier.verify.instance import (
+    InstanceResult,
+    VerifyConfig,
+    bound_methods,
+    check_device,
+    verify_instance,
+)
+from verifier.verify.report import format_table, read_consensus, summarise
+from verifier.verify.result_file import vnncomp_text
+
+PROG = "verify-model"
+EXIT_INPUT, EXIT_USAGE = 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Decide VNN-LIB properties of ONNX networks soundly.",
+                     epilog="Commands of the VNN-LIB 2.0 standard: 'verify-model verify --help', "
+                            "'verify-model supports --help'.")  # fmt: skip
+    parser.add_argument("model", nargs="?", help="ONNX model file")
+    parser.add_argument("property", nargs="?", help="VNN-LIB property file")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole run (default 60)")
+    parser.add_argument("--out", help="write the VNN-COMP result file here")
+    parser.add_argument("--method", default="auto", help="auto (ibp then crown) or a bound method")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--attack-seconds",
+        type=float,
+        default=5.0,
+        help="extra attack time once bounds are exhausted (default 5)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the attack")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: small nets)")
+    batch = parser.add_argument_group("batch mode")
+    batch.add_argument("--instances", nargs="+", metavar="CSV", help="instances.csv file(s) to run")
+    batch.add_argument("--results", help="write per-instance results to this CSV")
+    batch.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every instance's timeout")
+    batch.add_argument("--timeout-cap", type=float, help="cap every instance's timeout at this many seconds")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ident = parser.add_mutually_exclusive_group()
+    ident.add_argument("--name", action="store_true", help="print the tool's name")
+    ident.add_argument("--version", action="store_true", help="print the tool's version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. ``argv=None`` means a real process (``sys.argv``): only then may a watchdog end the
+    process at the deadline plus a grace second, does start-up time count against ``--timeout``, and
+    does the process end with ``os._exit`` once its output is flushed (interpreter shutdown with torch
+    and onnxruntime loaded takes seconds, which would overrun the budget)."""
+    process = argv is None
+    status = _dispatch(list(sys.argv[1:] if argv is None else argv), process)
+    if process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _dispatch(args: list[str], process: bool) -> int:
+    if args and args[0] in standard.COMMANDS:
+        return standard.main(args, process=process)
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    if ns.name or ns.version:
+        if ns.model or ns.instances:
+            parser.error("--name and --version take no other arguments")
+        print(standard.TOOL_NAME if ns.name else standard.tool_version())
+        return 0
+    if ns.instances:
+        return _batch(ns, parser)
+    if not (ns.model and ns.property):
+        parser.error("give MODEL.onnx PROPERTY.vnnlib, or --instances CSV, or a command")
+    return _single(ns, parser, process)
+
+
+def _config(ns, parser):
+    if ns.timeout is not None and ns.timeout < 0:
+        parser.error("--timeout must be >= 0")
+    if ns.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(ns.threads)
+    try:
+        bound_methods(ns.method)
+        check_device(ns.device)
+    except InputError as error:
+        parser.error(str(error))
+    return VerifyConfig(method=ns.method, timeout=ns.timeout, device=ns.device,
+                        extra_attack_seconds=ns.attack_seconds, seed=ns.seed)  # fmt: skip
+
+
+def _single(ns, parser, process: bool) -> int:
+    deadline = Deadline(ns.timeout, start=_start(process))
+    config = _config(ns, parser)
+
+    def report(result) -> None:
+        text = vnncomp_text(result)
+        if ns.out:
+            Path(ns.out).write_text(text)
+        sys.stdout.write(json.dumps(_as_json(result)) + "\n" if ns.json else text)
+        sys.stdout.flush()
+
+    timed_out = InstanceResult("timeout", "", deadline.seconds)
+    watchdog = Watchdog(deadline, lambda: report(timed_out)) if process else None
+    try:
+        result = verify_instance(ns.model, ns.property, config, deadline)
+    except VerifierError as error:
+        return _input_error(error, watchdog)
+    report_once(watchdog, lambda: report(result))
+    return 0
+
+
+def _batch(ns, parser) -> int:
+    config = _config(ns, parser)
+    try:
+        instances = [inst for csv_path in ns.instances for inst in read_instances(csv_path)]
+    except VerifierError as error:
+        return _input_error(error, None)
+    references = {
+        Path(p).parent.name: read_consensus(Path(p).parent / "reference_results.csv") for p in ns.instances
+    }
+    rows = run_batch(instances, config, ns.results, ns.timeout_scale, ns.timeout_cap, not ns.no_progress)
+    summaries = summarise(rows, references)
+    if ns.json:
+        print(json.dumps({s.name: s.as_dict() for s in summaries}, indent=2))
+    else:
+        print(format_table(summaries))
+    return 0
+
+
+def _start(process: bool) -> float | None:
+    """When the budget started: at process start for a real process, else now."""
+    return time.monotonic() - process_age() if process else None
+
+
+def _as_json(result) -> dict:
+    out = {"verdict": result.verdict, "method": result.method, "time_s": round(result.seconds, 3)}
+    if result.counterexample is not None:
+        out["counterexample"] = {"x": result.counterexample.x.tolist(), "y": result.counterexample.y.tolist()}
+    return out
+
+
+def _input_error(error: Exception, watchdog: Watchdog | None) -> int:
+    """One line on stderr, exit status 1."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    report_once(watchdog, lambda: print(f"{PROG}: error: {message}", file=sys.stderr, flush=True))
+    return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""One verification instance (ONNX model + VNN-LIB property) to one sound verdict.
+
+Verdicts (VNN-COMP semantics: the property describes the *unsafe* set):
+
+- ``sat``: a counterexample was found by the attack and re-checked on the ONNX file with onnxruntime
+  (``onnx_check``); it is returned with the result.
+- ``unsat``: every disjunct of every case is excluded by a sound bound with a safety margin
+  (``bounding``).
+- ``unknown``: the bound methods are exhausted and the extra attack budget found nothing.
+- ``timeout``: the time budget (loading, attack and bounding together) ran out first.
+
+Stages: load; one attack round; one bound pass per method (cheap to tight) until every case is
+excluded; then more attack rounds for at most ``extra_attack_seconds``. Every stage polls the
+deadline; a single engine call is not interruptible, so overruns are bounded by one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import verifier
+from verifier.errors import InputError
+from verifier.spec.property import Property, check_against_model
+from verifier.spec.vnnlib import load_property
+from verifier.verify.attack import Attack, AttackConfig
+from verifier.verify.bounding import Bounder
+from verifier.verify.deadline import Deadline, DeadlineReached
+from verifier.verify.onnx_check import Counterexample, OnnxChecker
+from verifier.verify.spec_batch import spec_batch
+
+VERDICTS = ("sat", "unsat", "unknown", "timeout")
+AUTO_METHODS = ("ibp", "crown")
+NOT_IMPLEMENTED = ("alpha-crown", "beta-crown")
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """How to decide one instance. ``method`` is ``auto`` (IBP then CROWN) or one engine method."""
+
+    method: str = "auto"
+    timeout: float = 60.0
+    device: str = "cpu"
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    extra_attack_seconds: float = 5.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """``method`` names what decided the verdict (``attack`` or a bound method; empty if undecided)."""
+
+    verdict: str
+    method: str
+    seconds: float
+    counterexample: Counterexample | None = None
+
+
+@dataclass(frozen=True)
+class LoadedInstance:
+    prop: Property
+    checker: OnnxChecker
+    model: object
+
+
+class ModelCache:
+    """Keeps the most recently loaded model (onnxruntime session and engine model) for reuse by the
+    next instance on the same file, as in benchmark suites that list one model's properties in a row."""
+
+    def __init__(self):
+        self._key, self._value = None, None
+
+    def get(self, onnx_path: str | Path, device: str) -> tuple[OnnxChecker, object]:
+        key = (str(Path(onnx_path).resolve()), device)
+        if key != self._key:
+            self._key, self._value = None, None
+            self._value, self._key = load_model(onnx_path, device), key
+        return self._value
+
+
+def bound_methods(method: str) -> tuple[str, ...]:
+    """The engine methods ``method`` stands for; ``InputError`` for an unknown or unimplemented one."""
+    if method == "auto":
+        return AUTO_METHODS
+    if method in NOT_IMPLEMENTED:
+        raise InputError(
+            f"method {method!r} is not implemented yet; choose auto or one of {verifier.METHODS}"
+        )
+    if method not in verifier.METHODS:
+        raise InputError(f"unknown method {method!r}; choose auto or one of {verifier.METHODS}")
+    return (method,)
+
+
+def check_device(device: str) -> None:
+    """``InputError`` unless ``device`` names a torch device that is usable here."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {device!r}; use cpu or cuda") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda requested but CUDA is not available")
+
+
+def load_model(onnx_path: str | Path, device: str = "cpu") -> tuple[OnnxChecker, object]:
+    """Open the model in onnxruntime and in the bound engine; ``ModelLoadError`` (or a subclass) if not."""
+    model = verifier.load(str(onnx_path)).to(device=device)
+    checker = OnnxChecker(str(onnx_path))
+    if int(np.prod(model.input_shape)) != checker.n_inputs:
+        raise InputError(f"{onnx_path}: engine input shape {model.input_shape} does not match the ONNX input")
+    return checker, model
+
+
+def load_instance(onnx_path, vnnlib_path, device: str = "cpu", cache: ModelCache | None = None):
+    """Parse the property, load the model (through ``cache`` if given) and check that they fit.
+
+    Raises ``VnnlibError``, ``ModelLoadError`` / ``UnsupportedOperatorError`` or ``InputError``.
+    """
+    prop = load_property(vnnlib_path)
+    checker, model = cache.get(onnx_path, device) if cache is not None else load_model(onnx_path, device)
+    check_against_model(prop, checker.n_inputs, checker.n_outputs, str(vnnlib_path))
+    return LoadedInstance(prop, checker, model)
+
+
+def verify_instance(
+    onnx_path,
+    vnnlib_path,
+    config: VerifyConfig = VerifyConfig(),
+    deadline=None,
+    cache: ModelCache | None = None,
+) -> InstanceResult:
+    """Decide one instance within ``config.timeout`` seconds (or the given ``Deadline``).
+
+    Returns an ``InstanceResult``. Errors in the inputs (unreadable files, unsupported operators,
+    mismatched shapes, bad method) raise ``VerifierError`` subclasses instead.
+    """
+    deadline = deadline or Deadline(config.timeout)
+    bound_methods(config.method)
+    loaded = load_instance(onnx_path, vnnlib_path, config.device, cache)
+    return verify_loaded(loaded, config, deadline)
+
+
+def verify_loaded(loaded: LoadedInstance, config: VerifyConfig, deadline: Deadline) -> InstanceResult:
+    """``decide`` on a loaded instance, turning a spent budget into a ``timeout`` result."""
+    try:
+        deadline.check()
+        return decide(loaded, bound_methods(config.method), config, deadline)
+    except DeadlineReached:
+        return InstanceResult("timeout", "", deadline.elapsed())
+
+
+def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfig, deadline: Deadline):
+    """The attack / bound schedule of the module docstring on an already loaded instance."""
+    spec = spec_batch(loaded.prop, loaded.checker.dtype)
+    model = loaded.model
+    attack = Attack(
+        model,
+        model.input_shape,
+        spec,
+        loaded.checker,
+        loaded.prop,
+        config.attack,
+        seed=config.seed,
+        device=config.device,
+    )
+
+    def sat(found) -> InstanceResult:
+        return InstanceResult("sat", "attack", deadline.elapsed(), found)
+
+    found = attack.run_round(deadline)
+    if found is not None:
+        return sat(found)
+    bounder = Bounder(model, spec, attack.best_x, device=config.device)
+    for method in methods:
+        deadline.check()
+        with torch.no_grad():
+            if bounder.run(method, deadline):
+                return InstanceResult("unsat", method, deadline.elapsed())
+    extra = deadline.sub(config.extra_attack_seconds)
+    try:
+        while not extra.expired():
+            found = attack.run_round(extra)
+            if found is not None:
+                return sat(found)
+    except DeadlineReached:
+        pass  # the extra attack budget is spent; the check below tells a real timeout apart
+    deadline.check()
+    return InstanceResult("unknown", "", deadline.elapsed())
