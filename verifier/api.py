@@ -68,11 +68,11 @@ class BoundedModel:
         return self.graph.forward(x)
 
     def bounds(self, region: Region, method: str = "crown", C: Tensor | None = None, *,
-               relu_lower: str = "adaptive", grad: bool = False) -> Bounds:  # fmt: skip
+               relu_lower: str = "adaptive", grad: bool = False, upper: bool = True) -> Bounds:  # fmt: skip
         """Sound bounds of ``f(x)`` (shape [B, *output_shape]) or of ``C f(x)`` (C: [B, S, n_out] -> [B, S])
-        for every x in the region. ``grad=True`` keeps the computation differentiable."""
-        lower, upper = self._bound(region, method, C, relu_lower, grad, upper=True)
-        return Bounds(lower, upper)
+        for every x in the region. ``grad=True`` keeps the computation differentiable; ``upper=False``
+        computes the lower bound only (half the work for CROWN) and returns ``upper=None``."""
+        return Bounds(*self._bound(region, method, C, relu_lower, grad, upper=upper))
 
     def margins(self, region: Region, labels: Tensor, method: str = "crown", *,
                 relu_lower: str = "adaptive", grad: bool = False) -> Tensor:  # fmt: skip
@@ -102,7 +102,7 @@ class BoundedModel:
             lower, upper_b = compute_bounds(self.graph, region, cfg, spec, upper=upper)
         if C is None:
             shape = (batch, *self.output_shape)
-            return lower.T.reshape(shape), upper_b.T.reshape(shape)
+            return lower.T.reshape(shape), None if upper_b is None else upper_b.T.reshape(shape)
         return lower.T, None if upper_b is None else upper_b.T
 
     def _spec(self, C: Tensor | None, batch: int, n_out: int, like: Tensor) -> Tensor:

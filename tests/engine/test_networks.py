@@ -92,6 +92,9 @@ def test_specification_matrix_and_margins():
     with torch.no_grad():
         y = torch.einsum("bsm,nbm->nbs", C, module(pts.flatten(0, 1)).reshape(pts.shape[0], 2, 4))
     assert_inside(y, b.lower, b.upper, "C f(x)")
+    lower_only = model.bounds(region, method="crown", C=C, upper=False)
+    assert lower_only.upper is None
+    torch.testing.assert_close(lower_only.lower, b.lower)
     labels = torch.tensor([1, 3])
     m = model.margins(region, labels, method="crown")
     assert m.shape == (2, 3)

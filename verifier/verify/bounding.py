@@ -88,7 +88,7 @@ class Bounder:
                 self._tensor(self.box_lo[cases]).reshape(shape),
                 self._tensor(self.box_hi[cases]).reshape(shape),
             )
-            bounds = self.model.bounds(box, method=method, C=self._tensor(self.spec.C[cases]))
+            bounds = self.model.bounds(box, method=method, C=self._tensor(self.spec.C[cases]), upper=False)
             lower = bounds.lower.detach().double().cpu().numpy()
             self._update(cases, lower, method)
         return bool(self.case_excluded().all())
