@@ -57,7 +57,7 @@ def test_timeout_within_budget(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args",
     [
-        ("--method", "alpha-crown", *TEST_SAT),
+        ("--method", "beta-crown", *TEST_SAT),
         ("--method", "nope", *TEST_SAT),
         ("--device", "tpu", *TEST_SAT),
         (TEST_SAT[0],),

@@ -187,7 +187,7 @@ def test_negative_eps_is_rejected():
 
 def test_an_unknown_method_is_rejected(model):
     box = verifier.LinfBall(torch.zeros(1, 4), 0.1)
-    for method in ("alpha-crown", "CROWN", "", None):
+    for method in ("beta-crown", "CROWN", "", None):
         raised(InputError, model.bounds, box, method=method)
     raised(InputError, model.bounds, box, relu_lower="one")
 

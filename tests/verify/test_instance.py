@@ -53,9 +53,10 @@ def test_unknown_when_bounds_and_attack_budget_are_exhausted():
 
 
 def test_method_names_are_checked():
-    assert bound_methods("auto") == ("ibp", "crown")
+    assert bound_methods("auto") == ("ibp", "crown", "alpha-crown")
+    assert bound_methods("alpha-crown") == ("alpha-crown",)
     with pytest.raises(InputError, match="not implemented yet"):
-        bound_methods("alpha-crown")
+        bound_methods("beta-crown")
     with pytest.raises(InputError, match="unknown method"):
         bound_methods("magic")
 

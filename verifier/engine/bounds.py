@@ -8,6 +8,7 @@ then the bound of the specification at the output.
 | lbp       | LBP, intersected with IBP                          | LBP               |
 | crown-lbp | LBP, intersected with IBP                          | CROWN backward    |
 | crown     | CROWN backward per layer, intersected with IBP     | CROWN backward    |
+| alpha-crown | as crown                                         | CROWN backward with optimised ReLU lower slopes |
 
 IBP of every node is always computed from the best bounds of its inputs: it is cheap and it decides which
 neurons need a CROWN pass at all."""
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from verifier.engine import crown, lbp
+from verifier.engine import alpha, crown, lbp
 from verifier.engine.state import METHODS, BoundConfig, BoundState, tighten
 from verifier.errors import InputError, VerifierError
 from verifier.graph.graph import Graph
@@ -41,7 +42,10 @@ def compute_bounds(graph: Graph, region: Region, cfg: BoundConfig, spec: Tensor,
         lower, upper_b = _linear_spec(state, linear, spec)
     else:
         rows = torch.cat([spec, -spec]) if upper else spec
-        result = crown.backward(state, graph.output, rows)
+        if cfg.method == "alpha-crown":
+            result = alpha.optimised_lower(state, rows)
+        else:
+            result = crown.backward(state, graph.output, rows)
         s = spec.shape[0]
         lower, upper_b = result[:s], (-result[s:] if upper else None)
     _check_finite(lower, upper_b)
@@ -69,7 +73,7 @@ def _intermediate_bounds(state: BoundState) -> lbp.LinearBounds | None:
             if k in needed:
                 bounds = tighten(bounds, lbp.concretize(state, linear[k]))
         state.bounds[k] = bounds
-        if method == "crown" and k in needed_crown:
+        if method in ("crown", "alpha-crown") and k in needed_crown:
             crown.refine(state, k, _unstable(state, k))
     return linear.get(graph.output)
 

@@ -14,7 +14,7 @@ from verifier.graph.graph import Graph
 from verifier.ops.base import Interval, Relaxation, RelaxConfig
 from verifier.spec.regions import Region
 
-METHODS = ("ibp", "crown", "crown-ibp", "lbp", "crown-lbp")
+METHODS = ("ibp", "crown", "crown-ibp", "lbp", "crown-lbp", "alpha-crown")
 
 
 @dataclass(frozen=True)

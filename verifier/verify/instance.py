@@ -33,8 +33,8 @@ from verifier.verify.onnx_check import Counterexample, OnnxChecker
 from verifier.verify.spec_batch import spec_batch
 
 VERDICTS = ("sat", "unsat", "unknown", "timeout")
-AUTO_METHODS = ("ibp", "crown")
-NOT_IMPLEMENTED = ("alpha-crown", "beta-crown")
+AUTO_METHODS = ("ibp", "crown", "alpha-crown")
+NOT_IMPLEMENTED = ("beta-crown",)
 
 
 @dataclass(frozen=True)
