@@ -82,6 +82,20 @@ def _cnn() -> nn.Module:
     return nn.Sequential(conv, head)
 
 
+class Pools(nn.Module):
+    """Pooling and convolution written as functions, and 1-d max pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool1d = nn.MaxPool1d(2)
+        self.kernel = nn.Parameter(torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(4)))
+
+    def forward(self, x):  # x: [B, 2, 6, 6]
+        h = F.max_pool2d(F.relu(x), 3, stride=1, padding=1)
+        h = F.avg_pool2d(F.conv2d(h, self.kernel, padding=1), 2)  # [B, 2, 3, 3]
+        return self.pool1d(h.flatten(2))  # [B, 2, 4]
+
+
 def _conv_transpose() -> nn.Module:
     up = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)
     return nn.Sequential(up, nn.ReLU(), nn.Conv2d(3, 1, 2))
@@ -108,6 +122,7 @@ MODULES = {  # name -> (module builder, per-sample input shape)
     "slicing": (Slicing, (4, 5)),
     "arithmetic": (Arithmetic, (4,)),
     "conv_transpose": (_conv_transpose, (2, 3, 3)),
+    "pools": (Pools, (2, 6, 6)),
     "activation_modules": (_activation_modules, (3,)),
 }
 

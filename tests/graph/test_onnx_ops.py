@@ -201,6 +201,12 @@ def _():
     return n.model(n.op("MaxPool", n.op("Relu", "x"), kernel_shape=[2, 2], dilations=[2, 2]))
 
 
+@case("maxpool_1d")
+def _():
+    n = Net([1, 2, 7])
+    return n.model(n.op("MaxPool", n.op("Relu", "x"), kernel_shape=[3], strides=[2], pads=[1, 1]))
+
+
 @case("avgpool_count_include_pad_0")
 def _():
     n = Net([1, 2, 5, 5])

@@ -71,4 +71,5 @@ CASES = (
     Case("maxpool", MaxPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),
     Case("maxpool_overlap_pad", MaxPool((3, 3), (2, 2), (1, 1)), ((1, 5, 5),)),
     Case("maxpool_dilation", MaxPool((2, 2), (1, 1), (0, 0), (2, 2)), ((1, 4, 4),)),
+    Case("maxpool_1d", MaxPool((1, 3), (1, 2), (0, 1), one_d=True), ((2, 7),)),
 )

@@ -110,3 +110,16 @@ def _conv_transpose(call) -> ConvTranspose:
         tuple(m.dilation),
         m.groups,
     )
+
+
+@converts(F.conv1d, F.conv2d)
+def _conv_function(call) -> Conv:
+    weight = call.const(1, "weight")
+    dims = weight.dim() - 2
+    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+    padding = call.const(4, "padding", 0)
+    if isinstance(padding, str):
+        raise ConversionError(f"convolution with padding {padding!r}")
+    return Conv(weight.detach(), None if call.const(2, "bias", None) is None else call.const(2, "bias").detach(),
+                tup(call.const(3, "stride", 1)), tup(padding), tup(call.const(5, "dilation", 1)),
+                call.const(6, "groups", 1))  # fmt: skip

@@ -52,6 +52,18 @@ def _avg_pool(call) -> AvgPool:
     )
 
 
+@converts(F.avg_pool1d, F.avg_pool2d)
+def _avg_pool_function(call) -> AvgPool:
+    dims = len(call.in_shapes[0]) - 1
+    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+    kernel = call.const(1, "kernel_size")
+    stride = call.const(2, "stride", None)
+    if call.const(6, "divisor_override", None) is not None:  # (avg_pool1d has 6 arguments at most)
+        raise ConversionError("average pooling with divisor_override")
+    return AvgPool(tup(kernel), tup(kernel if stride in (None, []) else stride), tup(call.const(3, "padding", 0)),
+                   bool(call.const(4, "ceil_mode", False)), bool(call.const(5, "count_include_pad", True)))  # fmt: skip
+
+
 @converts(OnnxGlobalAveragePool, OnnxGlobalAveragePoolWithKnownInputShape)
 def _global_avg_pool(call) -> AvgPool:
     spatial = tuple(call.in_shapes[0][1:])
@@ -63,7 +75,7 @@ def _global_avg_pool(call) -> AvgPool:
 @register
 @dataclass(frozen=True)
 class MaxPool(Nonlinear):
-    """2-d max pooling. Relaxation of ``y = max_k x_k`` over a window, with ``j`` the input of largest lower
+    """Max pooling (2-d, or 1-d as 2-d with a height of 1). Relaxation of ``y = max_k x_k`` over a window, with ``j`` the input of largest lower
     bound: ``x_j <= y`` always; ``y <= x_j`` when ``l_j >= u_k`` for every other k (then y = x_j), and
     ``y <= max_k u_k`` otherwise."""
 
@@ -71,9 +83,13 @@ class MaxPool(Nonlinear):
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int] = (1, 1)
+    one_d: bool = False  # input [B, C, L], pooled as [B, C, 1, L]
+
+    def _pool(self, x4: Tensor) -> Tensor:
+        return F.max_pool2d(x4, self.kernel, self.stride, self.padding, self.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.max_pool2d(x, self.kernel, self.stride, self.padding, self.dilation)
+        return self._pool(x.unsqueeze(2)).squeeze(2) if self.one_d else self._pool(x)
 
     def ibp(self, bounds) -> tuple[Tensor, Tensor]:
         lo, hi = bounds
@@ -87,6 +103,9 @@ class MaxPool(Nonlinear):
         return cols.reshape(x.shape[0], x.shape[1], -1, cols.shape[-1])
 
     def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+        out_shape = (lo.shape[0], lo.shape[1]) + self.forward(lo[:1, :1]).shape[2:]
+        if self.one_d:  # flat positions of [C, 1, L] are those of [C, L]
+            lo, hi = lo.unsqueeze(2), hi.unsqueeze(2)
         b, c, h, w = lo.shape
         positions = torch.arange(c * h * w, device=lo.device, dtype=torch.float64).reshape(1, c, h, w)
         pos = self._windows(positions, -1.0)[0].long()  # [C, K, L]
@@ -95,7 +114,6 @@ class MaxPool(Nonlinear):
         others = uw.scatter(2, k_best, float("-inf")).amax(dim=2, keepdim=True)
         dominant = (l_best >= others).squeeze(2)
         index = pos.unsqueeze(0).expand(b, -1, -1, -1).gather(2, k_best).squeeze(2)  # [B, C, L]
-        out_shape = (b, c) + self.forward(lo[:1, :1]).shape[2:]
         one, zero = torch.ones_like(dominant, dtype=lo.dtype), torch.zeros_like(dominant, dtype=lo.dtype)
         a_up = torch.where(dominant, one, zero)
         b_up = torch.where(dominant, zero, uw.amax(dim=2))
@@ -103,11 +121,27 @@ class MaxPool(Nonlinear):
         return Relaxation(shape(one), shape(zero), shape(a_up), shape(b_up), index.reshape(b, -1))
 
 
-@converts(nn.MaxPool2d)
+@converts(nn.MaxPool1d, nn.MaxPool2d)
 def _max_pool(call) -> MaxPool:
     m = call.target
-    if m.ceil_mode or m.return_indices:
+    return _max_pool_op(isinstance(m, nn.MaxPool1d), m.kernel_size, m.stride, m.padding, m.dilation,
+                        m.ceil_mode, m.return_indices)  # fmt: skip
+
+
+@converts(F.max_pool1d, F.max_pool2d)
+def _max_pool_function(call) -> MaxPool:
+    kernel = call.const(1, "kernel_size")
+    args = [call.const(k, n, d) for k, n, d in ((2, "stride", None), (3, "padding", 0), (4, "dilation", 1),
+                                                  (5, "ceil_mode", False), (6, "return_indices", False))]  # fmt: skip
+    return _max_pool_op(call.target is F.max_pool1d, kernel, *args)
+
+
+def _max_pool_op(one_d, kernel, stride, padding, dilation, ceil_mode, return_indices) -> MaxPool:
+    if ceil_mode or return_indices:
         raise ConversionError("max pooling with ceil_mode or returned indices")
+    stride = kernel if stride is None or stride == [] else stride
+    if one_d:  # 1-d pooling as 2-d over a height of 1
+        one = lambda v, pad=1: (pad, v[0] if isinstance(v, (tuple, list)) else v)
+        return MaxPool(one(kernel), one(stride), one(padding, 0), one(dilation), one_d=True)
     pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    return MaxPool(pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size),
-                   pair(m.padding), pair(m.dilation))  # fmt: skip
+    return MaxPool(pair(kernel), pair(stride), pair(padding), pair(dilation))
