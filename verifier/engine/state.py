@@ -41,10 +41,6 @@ class BoundState:
     bounds: dict[int, Interval] = field(default_factory=dict)
     relaxations: dict[int, Relaxation] = field(default_factory=dict)
 
-    @property
-    def batch(self) -> int:
-        return self.bounds[0][0].shape[0]
-
     def relaxation(self, k: int) -> Relaxation:
         """The relaxation of nonlinear node k from the (final) bounds of its input, computed once."""
         if k not in self.relaxations:

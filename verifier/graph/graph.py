@@ -62,13 +62,6 @@ class Graph:
         nodes = tuple(n if n.op is None else replace(n, op=n.op.to(device, dtype)) for n in self.nodes)
         return Graph(nodes, self.output, self.batched)
 
-    def ops(self) -> dict[str, int]:
-        """Histogram of operator classes, for reports."""
-        counts: dict[str, int] = {}
-        for n in self.nodes[1:]:
-            counts[type(n.op).__name__] = counts.get(type(n.op).__name__, 0) + 1
-        return counts
-
 
 def identity_coefficients(shape: tuple[int, ...], batch: int, like: Tensor) -> Tensor:
     """[n, batch, *shape] with row j the indicator of flat position j, for every batch element."""
