@@ -127,11 +127,6 @@ MODULES = {  # name -> (module builder, per-sample input shape)
 }
 
 
-KNOWN_BUGS: dict[str, str] = {}
-PARAMS = [pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[n])] if n in KNOWN_BUGS else [])
-          for n in MODULES]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def loaded():
     cache = {}
@@ -154,7 +149,7 @@ def _box(shape, batch: int, seed: int) -> verifier.Box:
     return verifier.Box(centre - radius, centre + radius)
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", list(MODULES))
 def test_forward_equals_the_module(name, loaded):
     module, model = loaded(name)
     x = torch.randn(5, *MODULES[name][1])
@@ -163,7 +158,7 @@ def test_forward_equals_the_module(name, loaded):
         torch.testing.assert_close(model(x), module(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", PARAMS)
+@pytest.mark.parametrize("name", list(MODULES))
 def test_bounds_contain_the_module_outputs(name, loaded):
     module, model = loaded(name)
     with torch.no_grad():

@@ -20,17 +20,14 @@ from onnx import TensorProto, numpy_helper
 import verifier
 
 CASES: dict[str, Callable[[], onnx.ModelProto]] = {}
-KNOWN_BUGS: dict[str, tuple[str, str]] = {}  # case -> (stage "load" or "bounds", reason): xfail(strict)
 
 
-def case(name: str, load_bug: str | None = None, bounds_bug: str | None = None):
-    """Register a model builder; a known package bug marks the tests from that stage on as strict xfails."""
+def case(name: str):
+    """Register a model builder under ``name``."""
 
     def deco(build: Callable[[], onnx.ModelProto]):
         assert name not in CASES, f"case {name} defined twice"
         CASES[name] = build
-        if load_bug or bounds_bug:
-            KNOWN_BUGS[name] = ("load", load_bug) if load_bug else ("bounds", bounds_bug)
         return build
 
     return deco
@@ -444,16 +441,6 @@ def _():
 # -------------------------------------------------------------------------------------------------- tests
 
 
-def _params(stage: str) -> list:
-    """Every case; those with a known bug at ``stage`` or earlier marked xfail(strict=True)."""
-    params = []
-    for name in CASES:
-        bug_stage, reason = KNOWN_BUGS.get(name, (None, None))
-        marks = [pytest.mark.xfail(strict=True, reason=reason)] if bug_stage in ("load", stage) else []
-        params.append(pytest.param(name, marks=marks))
-    return params
-
-
 class Built:
     """One case written to disk, loaded, with its onnxruntime session and a box around a random point."""
 
@@ -489,7 +476,7 @@ def built(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", _params("load"))
+@pytest.mark.parametrize("name", list(CASES))
 def test_loads_with_onnxruntime_shapes(name, built):
     case_ = built(name)
     declared = tuple(d.dim_value or 1 for d in case_.proto.graph.input[0].type.tensor_type.shape.dim)
@@ -498,20 +485,20 @@ def test_loads_with_onnxruntime_shapes(name, built):
     assert case_.model.output_shape == tuple(case_.runner(torch.zeros(1, *case_.model.input_shape)).shape[1:])
 
 
-@pytest.mark.parametrize("name", _params("load"))
+@pytest.mark.parametrize("name", list(CASES))
 def test_forward_matches_onnxruntime(name, built):
     case_ = built(name)
     x = torch.randn(1, *case_.model.input_shape, generator=case_.generator("forward"))
     np.testing.assert_allclose(case_.model(x).numpy(), case_.runner(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", _params("bounds"))
+@pytest.mark.parametrize("name", list(CASES))
 def test_bounds_contain_sampled_outputs(name, built):
     case_ = built(name)
     assert_sound(case_.model, case_.random_box(), case_.runner)
 
 
-@pytest.mark.parametrize("name", _params("bounds"))
+@pytest.mark.parametrize("name", list(CASES))
 def test_batch_of_three_boxes(name, built):
     case_ = built(name)
     assert_sound(case_.model, case_.random_box(batch=3), case_.runner, n=20)

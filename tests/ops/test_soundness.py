@@ -87,6 +87,10 @@ def test_affine_rules_are_adjoint_and_abs(case):
         numel = x[0].numel()
         basis = torch.eye(numel, dtype=torch.float64).reshape(numel, *shape)
         torch.testing.assert_close(op.abs_linear(i, basis), op.linear(i, basis).abs())
+        if op.maps_boxes_to_boxes(shape, tuple(y.shape[1:])):
+            reads = op.linear(i, basis).reshape(numel, -1) != 0  # [input, output]
+            one_each = (reads.sum(0) <= 1).all() and (reads.sum(1) <= 1).all()
+            assert one_each, f"{case.name} claims to map boxes to boxes but mixes or copies coordinates"
 
 
 def _single_op_graph(op, in_shapes) -> Graph:

@@ -23,8 +23,6 @@ from verifier.engine.state import METHODS, BoundConfig, BoundState, tighten
 from verifier.errors import InputError, VerifierError
 from verifier.graph.graph import Graph
 from verifier.ops.base import Affine, Nonlinear
-from verifier.ops.linear import ScaleShift
-from verifier.ops.shape import Rearrange
 from verifier.spec.regions import Box, Region
 
 
@@ -87,11 +85,7 @@ def _exact_by_ibp(graph: Graph) -> set[int]:
         src = node.inputs[0]
         if not isinstance(node.op, Affine) or len(node.inputs) != 1 or src not in mixing:
             continue
-        op = node.op
-        same_shape = node.shape == graph.nodes[src].shape
-        coordinatewise = (isinstance(op, ScaleShift) and same_shape) or (
-            isinstance(op, Rearrange) and op.injective
-        )
+        coordinatewise = node.op.maps_boxes_to_boxes(graph.nodes[src].shape, node.shape)
         count = mixing[src] + (0 if coordinatewise else 1)
         if count <= 1:
             mixing[k] = count

@@ -64,6 +64,9 @@ class ScaleShift(Affine):
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
         return self._broadcast(x if self.scale is None else x * self.scale.abs())
 
+    def maps_boxes_to_boxes(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+        return in_shape == out_shape  # a broadcasting shift copies coordinates
+
     def _broadcast(self, y: Tensor) -> Tensor:
         """A shift may broadcast the input to a larger shape: the linear part must have that shape too."""
         if self.shift is None:

@@ -52,9 +52,8 @@ class Rearrange(Affine):
     def arity(self) -> int:  # type: ignore[override]
         return len(self.sizes)
 
-    @property
-    def injective(self) -> bool:
-        """No input position is read twice (so a box maps to a box)."""
+    def maps_boxes_to_boxes(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+        """No input position is read twice."""
         if self.index is None:
             return True
         read = self.index[self.index >= 0]
