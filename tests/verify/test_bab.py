@@ -13,7 +13,6 @@ from verifier.spec.property import Case, Disjunct, Property
 from verifier.verify.attack import AttackConfig
 from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit
-from verifier.verify.bab.queue import BOUND
 from verifier.verify.bounding import Bounder, UnsoundBoundError
 from verifier.verify.deadline import Deadline
 from verifier.verify.instance import load_model
@@ -95,8 +94,7 @@ def test_children_bounds_are_sound_and_never_looser_than_their_parent(tiny):
     path, model, low, _ = tiny
     problem = problem_for(path, property_of(*(low - 2e-3)))
     brancher = InputSplit(problem.bounder)
-    domains = brancher.roots(np.arange(1))
-    domains[BOUND] = driver.scores(problem, domains["case"], domains["lower"])
+    domains = driver.settle(brancher, brancher.roots(np.arange(1)), problem)
     gen = torch.Generator().manual_seed(5)
     for _ in range(4):
         children = driver.expand(brancher, domains, problem)
@@ -116,7 +114,7 @@ class LooseSplit(InputSplit):
     """Input splitting whose children bounds are useless: the parents' bounds must be kept."""
 
     def bound(self, children):
-        return torch.full(children["lower"].shape, -1e9, dtype=torch.float64)
+        return super().bound(children) - 1e9
 
 
 class OverconfidentSplit(InputSplit):
@@ -130,7 +128,7 @@ def test_parent_bounds_survive_looser_children(tiny):
     path, _, low, _ = tiny
     problem = problem_for(path, property_of(*(low - 2e-3)))
     brancher = LooseSplit(problem.bounder)
-    domains = brancher.roots(np.arange(1))
+    domains = driver.settle(brancher, brancher.roots(np.arange(1)), problem)
     children = driver.expand(brancher, domains, problem)
     torch.testing.assert_close(children["lower"], domains["lower"].repeat(2, 1))
 
@@ -150,3 +148,18 @@ def test_the_domain_budget_ends_the_search_with_unknown(tiny):
     result = driver.run(brancher, roots, problem, driver.BabConfig(max_domains=4), Deadline(60))
     assert result.verdict == "unknown" and 4 <= result.domains
     assert driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(0)).verdict == "timeout"
+
+
+def test_the_split_halves_the_coordinate_the_bound_depends_on(tmp_path):
+    net = Net([1, 2])
+    weights = net.const(np.array([[0.0], [3.0]]))  # y = 3 x1: the bound does not depend on x0 at all
+    path = tmp_path / "linear.onnx"
+    onnx.save(net.model(net.op("Gemm", "x", weights, net.const(np.zeros(1)))), path)
+    case = Case(np.array([-5.0, 0.0]), np.array([5.0, 1.0]), (Disjunct(np.array([[1.0]]), np.array([-1.0])),))
+    problem = problem_for(path, Property(2, 1, (case,)))
+    brancher = InputSplit(problem.bounder)
+    children = driver.expand(
+        brancher, driver.settle(brancher, brancher.roots(np.arange(1)), problem), problem
+    )
+    np.testing.assert_array_equal(children["lo"].numpy(), [[-5.0, 0.0], [-5.0, 0.5]])
+    np.testing.assert_array_equal(children["hi"].numpy(), [[5.0, 0.5], [5.0, 1.0]])

@@ -43,7 +43,8 @@ class Brancher(Protocol):
 
     ``split`` returns children (every key of ``Domains``, ``lower`` copied from the parent, ``BOUND`` may be
     stale) that together cover each parent; ``bound`` returns ``(N, S)`` float64 lower bounds of
-    ``(C f(x))_s`` over each child; ``boxes`` returns float32 ``(N, n_in)`` input boxes containing each
+    ``(C f(x))_s`` over each domain (and may store what it learnt for the next split in the domains'
+    dict, e.g. branching scores); ``boxes`` returns float32 ``(N, n_in)`` input boxes containing each
     domain. ``exact_boxes`` says whether a domain *is* its box (then points of the box are points of the
     domain, used to check bounds against the model).
     """
@@ -63,13 +64,16 @@ class BabConfig:
     """Budget and batch sizes of branch and bound.
 
     ``max_domains``: children bounded before giving up (``unknown``). ``max_elements``: cap on the
-    elements of one coefficient tensor of a batched bound call (see ``batch_size``). Every
-    ``attack_every`` iterations PGD runs from the ``attack_domains`` lowest popped domains.
+    elements of one coefficient tensor of a batched bound call (see ``batch_size``); the batch is also
+    kept to about ``iteration_seconds`` of work (measured), since the deadline is polled between
+    iterations. Every ``attack_every`` iterations PGD runs from the ``attack_domains`` lowest popped
+    domains.
     """
 
     max_domains: int = 20_000_000
     max_elements: int = 2**22
     max_batch: int = 4096
+    iteration_seconds: float = 0.5
     attack_every: int = 8
     attack_domains: int = 64
     progress: bool = False
@@ -114,16 +118,20 @@ def scores(problem: Problem, cases: Tensor, lower: Tensor) -> Tensor:
 
 
 def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig, deadline: Deadline):
-    """Branch and bound from ``roots`` (domains with ``case`` and ``lower``) until every domain is
+    """Branch and bound from ``roots`` (domains with ``case`` and ``lower``, bounded once more here) until
+    every domain is
     verified (``unsat``), a checked counterexample is found (``sat``), ``config.max_domains`` children
     were bounded (``unknown``) or the deadline passes (``timeout``, within about one iteration)."""
     queue = DomainQueue()
-    roots = dict(roots)
-    roots[BOUND] = scores(problem, roots["case"], roots["lower"])
+    roots = settle(brancher, dict(roots), problem)
+    found = _check_points(brancher, roots, problem)
+    if found is not None:
+        return BabResult("sat", found, 0, 0)
     queue.push(take(roots, roots[BOUND] <= 0))
     widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
     size = batch_size(problem.bounder.spec.d.shape[1], widest, config)
     visited, iteration, shown = 0, 0, time.monotonic()
+    rate = 64 / config.iteration_seconds  # parents per second, measured from the first iteration on
 
     def result(verdict: str, found: Counterexample | None = None) -> BabResult:
         return BabResult(verdict, found, visited, iteration)
@@ -133,13 +141,16 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
             return result("timeout")
         if visited >= config.max_domains:
             return result("unknown")
-        parents = queue.pop(size)
+        seconds = min(config.iteration_seconds, deadline.remaining() / 2)
+        parents = queue.pop(max(1, min(size, int(rate * seconds))))
         if iteration % config.attack_every == 0:
             found = _attack(brancher, take(parents, slice(0, config.attack_domains)), problem, deadline)
             if found is not None:
                 return result("sat", found)
         iteration += 1
+        start = time.monotonic()
         children = expand(brancher, parents, problem)
+        rate = domain_count(parents) / max(time.monotonic() - start, 1e-6)  # parents per second
         visited += domain_count(children)
         found = _check_points(brancher, children, problem)
         if found is not None:
@@ -153,13 +164,17 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
     return result("unsat")
 
 
+def settle(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
+    """Bound ``domains`` in one call; ``lower`` becomes the larger of the new bound and the one they
+    carry (both sound on the domain), and ``BOUND`` their score."""
+    domains["lower"] = torch.maximum(domains["lower"], brancher.bound(domains))
+    domains[BOUND] = scores(problem, domains["case"], domains["lower"])
+    return domains
+
+
 def expand(brancher: Brancher, parents: Domains, problem: Problem) -> Domains:
-    """Split ``parents`` and bound all children in one call; each child's ``lower`` is the larger of its
-    own bound and its parent's (both sound on the child), and ``BOUND`` its score."""
-    children = brancher.split(parents)
-    children["lower"] = torch.maximum(children["lower"], brancher.bound(children))
-    children[BOUND] = scores(problem, children["case"], children["lower"])
-    return children
+    """Split ``parents`` and ``settle`` all children: a child starts from its parent's ``lower``."""
+    return settle(brancher, brancher.split(parents), problem)
 
 
 def _check_points(brancher: Brancher, children: Domains, problem: Problem) -> Counterexample | None:

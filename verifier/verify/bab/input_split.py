@@ -2,14 +2,16 @@
 
 Domain keys (``N`` domains, ``n_in`` flat input coordinates): ``lo``, ``hi`` (``(N, n_in)`` float32, inside
 the case's box rounded outwards, so they cover every real point of it), ``case`` (``(N,)``), ``lower``
-(``(N, S)`` float64) and ``depth`` (``(N,)``, splits so far). Both halves share the float32 midpoint, so
+(``(N, S)`` float64), ``depth`` (``(N,)``, splits so far) and ``split_score`` (below). Both halves share the float32 midpoint, so
 their union is exactly the parent box.
 
-Which coordinate: the *smear* score ``|d(C f)_s / dx_i| x (hi_i - lo_i)`` at the box centre, for the row
-``s`` that decides the domain's score (the best row of its least excluded disjunct). It estimates how
-much the row can vary along coordinate ``i`` over the box -- the looseness that halving that width
-removes first -- and costs one forward and backward pass of the network per domain, small next to the
-CROWN bound of the children. Where the gradient vanishes the widest coordinate is split.
+Which coordinate: the one whose halving improves the deciding row's linear bound most. CROWN bounds
+row ``s`` by ``A_s x + c_s`` on the box, whose minimum there is ``sum_i min(A_si lo_i, A_si hi_i) + c_s``;
+moving either end of coordinate ``i`` to the midpoint raises that minimum for one half by
+``|A_si| (hi_i - lo_i) / 2`` (the other half keeps it, to first order). ``|A_si| (hi_i - lo_i)`` is stored
+with each domain when it is bounded (key ``split_score``, ``(N, S, n_in)``) -- it costs nothing extra,
+``A`` being the last function the engine concretises -- and the deciding row ``s`` is the best row of
+the least excluded disjunct. Where all scores vanish the widest coordinate is split.
 
 Bounding: CROWN by default (``method``); this is a pure input-box refinement, so every child's bound is
 a sound bound of the same quantity on a smaller box. Used when the flat input has at most ``max_inputs``
@@ -18,7 +20,7 @@ coordinates: splitting halves one coordinate per level, which only pays in few d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -66,7 +68,13 @@ class InputSplit:
     def split(self, parents: Domains) -> Domains:
         """Both halves of every parent along its chosen coordinate: ``2N`` children, lower halves first."""
         lo, hi = parents["lo"], parents["hi"]
-        rows, dim = torch.arange(lo.shape[0]), self._choose(parents)
+        rows = torch.arange(lo.shape[0])
+        deciding = torch.as_tensor(
+            _deciding_row(self.bounder, parents["case"].numpy(), parents["lower"].numpy())
+        )
+        score = parents["split_score"][rows, deciding]
+        score = torch.where(score.amax(dim=1, keepdim=True) > 0, score, hi - lo)
+        dim = score.argmax(dim=1)
         a, b = lo[rows, dim], hi[rows, dim]
         # One float32 value shared by both halves, inside [a, b] (rounding of the mean is monotone).
         mid = ((a.double() + b.double()) / 2).float().clamp(min=a, max=b)
@@ -76,30 +84,40 @@ class InputSplit:
         children["depth"] = children["depth"] + 1
         return children
 
-    def bound(self, children: Domains) -> Tensor:
-        """``(N, S)`` lower bounds of ``(C f(x))_s`` over each child's box, by ``config.method``."""
+    def bound(self, domains: Domains) -> Tensor:
+        """``(N, S)`` lower bounds of ``(C f(x))_s`` over each box, by ``config.method``; also sets the
+        domains' ``split_score`` from the bound's input coefficients (zero if the method has none)."""
         b = self.bounder
         shape = (-1,) + b.input_shape
-        box = verifier.Box(b.tensor(children["lo"]).reshape(shape), b.tensor(children["hi"]).reshape(shape))
-        cases = children["case"].numpy()
+        box = _RecordingBox(b.tensor(domains["lo"]).reshape(shape), b.tensor(domains["hi"]).reshape(shape))
+        C = b.tensor(b.spec.C[domains["case"].numpy()])
         with torch.no_grad():
-            lower = b.model.bounds(box, method=self.config.method, C=b.tensor(b.spec.C[cases]), upper=False)
-        return lower.lower.detach().double().cpu()
+            lower = b.model.bounds(box, method=self.config.method, C=C, upper=False).lower.detach()
+        width = (domains["hi"] - domains["lo"]).unsqueeze(1)  # (N, 1, n_in)
+        a = box.seen[-1].detach() if box.seen else None
+        if a is None or a.shape[:2] != (C.shape[1], C.shape[0]):
+            domains["split_score"] = torch.zeros(C.shape[:2] + width.shape[2:])
+        else:
+            domains["split_score"] = a.flatten(2).transpose(0, 1).abs().cpu() * width
+        return lower.double().cpu()
 
-    def _choose(self, parents: Domains) -> Tensor:
-        """``(N,)`` coordinate to split per domain: the largest smear score (module docstring)."""
-        b, lo, hi = self.bounder, parents["lo"], parents["hi"]
-        cases = parents["case"].numpy()
-        row = torch.as_tensor(_deciding_row(b, cases, parents["lower"].numpy()), device=b.device)
-        centre = b.tensor(((lo.double() + hi.double()) / 2).numpy()).requires_grad_(True)
-        with torch.enable_grad():
-            y = b.model(centre.reshape((-1,) + b.input_shape)).reshape(len(cases), -1)
-            c_row = b.tensor(b.spec.C[cases, :, :])[torch.arange(len(cases)), row]
-            (grad,) = torch.autograd.grad((c_row * y).sum(), centre)
-        width = (hi - lo).to(grad.device)
-        smear = grad.abs() * width
-        smear = torch.where(smear.amax(dim=1, keepdim=True) > 0, smear, width)
-        return smear.argmax(dim=1).cpu()
+
+@dataclass(frozen=True)
+class _RecordingBox(verifier.Box):
+    """A box that keeps the coefficients ``A`` of the last linear function concretised over it.
+
+    The engine concretises the output's spec rows after every intermediate bound, so after a bound call
+    of the CROWN family ``seen[-1]`` is the ``A`` (``[S, B, *input_shape]``) of the final ``A x + c``.
+    """
+
+    seen: list = field(default_factory=list, compare=False)
+
+    def concretize(self, a: Tensor, c: Tensor) -> Tensor:
+        self.seen[:] = [a]
+        return super().concretize(a, c)
+
+    def to(self, device=None, dtype=None) -> _RecordingBox:
+        return _RecordingBox(self.lower.to(device, dtype), self.upper.to(device, dtype), self.seen)
 
 
 def _deciding_row(bounder: Bounder, cases: np.ndarray, lower: np.ndarray) -> np.ndarray:
