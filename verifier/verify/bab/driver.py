@@ -12,7 +12,7 @@ and keeps a child only while its score is not positive:
 holds on every subset of the parent -- so scores never decrease along a branch. The children of a domain
 cover it, so when no open domain is left every case is verified (``unsat``).
 
-Bounds are checked against the model's value at a point of every child (``check_against_samples``), and
+Bounds are checked against the model's values at points of every child (``check_against_samples``), and
 those points, plus PGD runs on the lowest domains, are counterexample candidates; only a point that
 ``OnnxChecker`` confirms on the ONNX file gives ``sat``.
 """
@@ -31,11 +31,13 @@ from torch import Tensor
 
 from verifier.spec.property import Property
 from verifier.verify.attack import AttackConfig, pgd
-from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, domain_count, take
+from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, concat, domain_count, take
 from verifier.verify.bounding import Bounder, check_against_samples
 from verifier.verify.deadline import Deadline
 from verifier.verify.onnx_check import Counterexample, OnnxChecker
 from verifier.verify.spec_batch import disjunct_min
+
+MARGIN = "margin"  # per domain: the lowest spec margin of the model at the brancher's points
 
 
 class Brancher(Protocol):
@@ -44,17 +46,18 @@ class Brancher(Protocol):
     ``split`` returns children (every key of ``Domains``, ``lower`` copied from the parent, ``BOUND`` may be
     stale) that together cover each parent; ``bound`` returns ``(N, S)`` float64 lower bounds of
     ``(C f(x))_s`` over each domain (and may store what it learnt for the next split in the domains'
-    dict, e.g. branching scores); ``boxes`` returns float32 ``(N, n_in)`` input boxes containing each
-    domain. ``exact_boxes`` says whether a domain *is* its box (then points of the box are points of the
-    domain, used to check bounds against the model).
+    dict, e.g. branching scores); ``points`` returns ``(N, K, n_in)`` points *of* each domain (``K`` may
+    be 0), where bounds are checked against the model and counterexamples looked for; ``boxes`` returns
+    float32 ``(N, n_in)`` input boxes containing each domain, searched by PGD.
     """
 
     name: str
-    exact_boxes: bool
 
     def split(self, parents: Domains) -> Domains: ...
 
     def bound(self, children: Domains) -> Tensor: ...
+
+    def points(self, domains: Domains) -> Tensor: ...
 
     def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]: ...
 
@@ -66,14 +69,16 @@ class BabConfig:
     ``max_domains``: children bounded before giving up (``unknown``). ``max_elements``: cap on the
     elements of one coefficient tensor of a batched bound call (see ``batch_size``); the batch is also
     kept to about ``iteration_seconds`` of work (measured), since the deadline is polled between
-    iterations. Every ``attack_every`` iterations PGD runs from the ``attack_domains`` lowest popped
-    domains.
+    iterations. A ``sat_share`` of each batch are the domains of lowest observed margin, the rest those
+    of lowest bound. Every ``attack_every`` iterations PGD runs in the ``attack_domains`` popped domains
+    of lowest margin.
     """
 
     max_domains: int = 20_000_000
     max_elements: int = 2**22
     max_batch: int = 4096
     iteration_seconds: float = 0.5
+    sat_share: float = 0.5
     attack_every: int = 8
     attack_domains: int = 64
     progress: bool = False
@@ -124,7 +129,7 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
     were bounded (``unknown``) or the deadline passes (``timeout``, within about one iteration)."""
     queue = DomainQueue()
     roots = settle(brancher, dict(roots), problem)
-    found = _check_points(brancher, roots, problem)
+    found = check_points(brancher, roots, problem)
     if found is not None:
         return BabResult("sat", found, 0, 0)
     queue.push(take(roots, roots[BOUND] <= 0))
@@ -142,9 +147,10 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
         if visited >= config.max_domains:
             return result("unknown")
         seconds = min(config.iteration_seconds, deadline.remaining() / 2)
-        parents = queue.pop(max(1, min(size, int(rate * seconds))))
+        parents = _pop(queue, max(1, min(size, int(rate * seconds))), config.sat_share)
         if iteration % config.attack_every == 0:
-            found = _attack(brancher, take(parents, slice(0, config.attack_domains)), problem, deadline)
+            nearest = torch.argsort(parents[MARGIN])[: config.attack_domains]
+            found = _attack(brancher, take(parents, nearest), problem, deadline)
             if found is not None:
                 return result("sat", found)
         iteration += 1
@@ -152,14 +158,15 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
         children = expand(brancher, parents, problem)
         rate = domain_count(parents) / max(time.monotonic() - start, 1e-6)  # parents per second
         visited += domain_count(children)
-        found = _check_points(brancher, children, problem)
+        found = check_points(brancher, children, problem)
         if found is not None:
             return result("sat", found)
         queue.push(take(children, children[BOUND] <= 0))
         if config.progress and time.monotonic() - shown > config.progress_seconds:
             shown = time.monotonic()
             print(f"bab {brancher.name}: {len(queue)} domains open, global lower bound "
-                  f"{queue.global_bound():.4g}, {visited} bounded, {deadline.elapsed():.1f} s",
+                  f"{queue.global_bound():.4g}, lowest margin seen {queue.global_bound(MARGIN):.4g}, "
+                  f"{visited} bounded, {deadline.elapsed():.1f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
     return result("unsat")
 
@@ -177,20 +184,36 @@ def expand(brancher: Brancher, parents: Domains, problem: Problem) -> Domains:
     return settle(brancher, brancher.split(parents), problem)
 
 
-def _check_points(brancher: Brancher, children: Domains, problem: Problem) -> Counterexample | None:
-    """Evaluate the model at the centre of every child's box: check the child's bounds against it (when
-    the box is the domain) and return a checked counterexample if a centre is unsafe."""
-    lo, hi = brancher.boxes(children)
-    centre = ((lo.double() + hi.double()) / 2).numpy()
-    cases = children["case"].numpy()
-    rows, _ = problem.bounder.rows_at(centre, cases)
+def _pop(queue: DomainQueue, count: int, sat_share: float) -> Domains:
+    """``count`` domains: a ``sat_share`` of them of lowest ``MARGIN`` (nearest to a counterexample as far
+    as the model's values show), the rest of lowest ``BOUND``. The order changes which domains are
+    split first, never which ones must be split to verify everything."""
+    by_margin = int(count * sat_share)
+    first = queue.pop(count - by_margin)
+    if by_margin == 0 or not len(queue):
+        return first
+    return concat([first, queue.pop(by_margin, key=MARGIN)])
+
+
+def check_points(brancher: Brancher, domains: Domains, problem: Problem) -> Counterexample | None:
+    """Evaluate the model at the brancher's points of every domain: check the domain's bounds against the
+    values there, store the lowest spec margin seen per domain as ``MARGIN`` (``inf`` without points),
+    and return a checked counterexample if one of the points is unsafe."""
+    points = brancher.points(domains)  # (N, K, n_in)
+    n, k = points.shape[:2]
+    domains[MARGIN] = torch.full((n,), math.inf, dtype=torch.float64)
+    if k == 0:
+        return None
+    x = points.reshape(n * k, -1).double().numpy()
+    cases = domains["case"].numpy().repeat(k)
+    rows, _ = problem.bounder.rows_at(x, cases)
     spec = problem.bounder.spec
-    if brancher.exact_boxes:
-        gap = children["lower"].numpy() - spec.d[cases]
-        check_against_samples(gap, rows, spec, cases, problem.bounder.tol[cases], brancher.name, "domain")
+    gap = domains["lower"].numpy().repeat(k, axis=0) - spec.d[cases]
+    check_against_samples(gap, rows, spec, cases, problem.bounder.tol[cases], brancher.name, "domain")
     margin = disjunct_min(torch.as_tensor(rows), torch.as_tensor(spec.member[cases]),
                           torch.as_tensor(spec.valid[cases])).numpy()  # fmt: skip
-    return _confirm(centre, margin, cases, problem)
+    domains[MARGIN] = torch.as_tensor(margin).reshape(n, k).amin(dim=1)
+    return _confirm(x, margin, cases, problem)
 
 
 def _attack(brancher: Brancher, domains: Domains, problem: Problem, deadline: Deadline):

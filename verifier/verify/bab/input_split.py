@@ -2,7 +2,8 @@
 
 Domain keys (``N`` domains, ``n_in`` flat input coordinates): ``lo``, ``hi`` (``(N, n_in)`` float32, inside
 the case's box rounded outwards, so they cover every real point of it), ``case`` (``(N,)``), ``lower``
-(``(N, S)`` float64), ``depth`` (``(N,)``, splits so far) and ``split_score`` (below). Both halves share the float32 midpoint, so
+(``(N, S)`` float64), ``depth`` (``(N,)``, splits so far), ``split_score`` (below) and ``corner``
+(``(N, S, n_in)``: per row, the box corner minimising its linear bound, a counterexample candidate). Both halves share the float32 midpoint, so
 their union is exactly the parent box.
 
 Which coordinate: the one whose halving improves the deciding row's linear bound most. CROWN bounds
@@ -41,7 +42,6 @@ class InputSplit:
     """The ``Brancher`` of input splitting (see the module docstring) for the cases of ``bounder``."""
 
     name = "bab-input"
-    exact_boxes = True
 
     def __init__(self, bounder: Bounder, config: InputSplitConfig = InputSplitConfig()):
         self.bounder, self.config = bounder, config
@@ -65,6 +65,13 @@ class InputSplit:
     def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]:
         return domains["lo"], domains["hi"]
 
+    def points(self, domains: Domains) -> Tensor:
+        """``(N, 1 + S, n_in)``: each box's centre and, per spec row, the corner minimising the row's
+        linear bound (where the relaxation expects the row to be lowest)."""
+        lo, hi = domains["lo"], domains["hi"]
+        centre = ((lo.double() + hi.double()) / 2).float().clamp(min=lo, max=hi)
+        return torch.cat([centre.unsqueeze(1), domains["corner"]], dim=1)
+
     def split(self, parents: Domains) -> Domains:
         """Both halves of every parent along its chosen coordinate: ``2N`` children, lower halves first."""
         lo, hi = parents["lo"], parents["hi"]
@@ -86,19 +93,21 @@ class InputSplit:
 
     def bound(self, domains: Domains) -> Tensor:
         """``(N, S)`` lower bounds of ``(C f(x))_s`` over each box, by ``config.method``; also sets the
-        domains' ``split_score`` from the bound's input coefficients (zero if the method has none)."""
+        domains' ``split_score`` and ``corner`` from the bound's input coefficients (zero if the method
+        has none)."""
         b = self.bounder
         shape = (-1,) + b.input_shape
         box = _RecordingBox(b.tensor(domains["lo"]).reshape(shape), b.tensor(domains["hi"]).reshape(shape))
         C = b.tensor(b.spec.C[domains["case"].numpy()])
         with torch.no_grad():
             lower = b.model.bounds(box, method=self.config.method, C=C, upper=False).lower.detach()
-        width = (domains["hi"] - domains["lo"]).unsqueeze(1)  # (N, 1, n_in)
+        lo, hi = domains["lo"].unsqueeze(1), domains["hi"].unsqueeze(1)  # (N, 1, n_in)
         a = box.seen[-1].detach() if box.seen else None
         if a is None or a.shape[:2] != (C.shape[1], C.shape[0]):
-            domains["split_score"] = torch.zeros(C.shape[:2] + width.shape[2:])
-        else:
-            domains["split_score"] = a.flatten(2).transpose(0, 1).abs().cpu() * width
+            a = torch.zeros(C.shape[1], C.shape[0], lo.shape[2])
+        a = a.flatten(2).transpose(0, 1).cpu()  # (N, S, n_in)
+        domains["split_score"] = a.abs() * (hi - lo)
+        domains["corner"] = torch.where(a > 0, lo, hi)
         return lower.double().cpu()
 
 

@@ -36,8 +36,8 @@ def concat(batches: list[Domains]) -> Domains:
 
 
 class DomainQueue:
-    """Open domains; ``pop`` returns the ones of lowest ``BOUND`` first (the most promising for a
-    counterexample, and the ones holding the global lower bound down)."""
+    """Open domains; ``pop`` returns the ones of lowest ``BOUND`` first (the ones holding the global
+    lower bound down), or of lowest value of another per-domain key."""
 
     def __init__(self):
         self._parts: list[Domains] = []  # pushed batches, merged lazily at the next pop
@@ -52,18 +52,19 @@ class DomainQueue:
         if domain_count(domains):
             self._parts.append(domains)
 
-    def pop(self, count: int) -> Domains:
-        """Remove and return the ``min(count, len)`` domains of lowest ``BOUND``, lowest first."""
+    def pop(self, count: int, key: str = BOUND) -> Domains:
+        """Remove and return the ``min(count, len)`` domains of lowest ``key`` (a ``(N,)`` entry of every
+        pushed batch; ``BOUND`` by default), lowest first."""
         if not self._parts:
             raise IndexError("pop from an empty DomainQueue")
         merged = concat(self._parts) if len(self._parts) > 1 else self._parts[0]
-        bound = merged[BOUND]
+        bound = merged[key]
         first = torch.topk(bound, min(count, bound.shape[0]), largest=False, sorted=True).indices
         rest = torch.ones_like(bound, dtype=torch.bool)
         rest[first] = False
         self._parts = [take(merged, rest)] if bool(rest.any()) else []
         return take(merged, first)
 
-    def global_bound(self) -> float:
-        """The smallest ``BOUND`` of the open domains (``inf`` when none is left)."""
-        return min((float(part[BOUND].min()) for part in self._parts), default=math.inf)
+    def global_bound(self, key: str = BOUND) -> float:
+        """The smallest ``BOUND`` (or ``key``) of the open domains (``inf`` when none is left)."""
+        return min((float(part[key].min()) for part in self._parts), default=math.inf)
