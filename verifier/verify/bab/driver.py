@@ -124,51 +124,54 @@ def scores(problem: Problem, cases: Tensor, lower: Tensor) -> Tensor:
 
 def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig, deadline: Deadline):
     """Branch and bound from ``roots`` (domains with ``case`` and ``lower``, bounded once more here) until
-    every domain is
-    verified (``unsat``), a checked counterexample is found (``sat``), ``config.max_domains`` children
-    were bounded (``unknown``) or the deadline passes (``timeout``, within about one iteration)."""
-    queue = DomainQueue()
+    every domain is verified (``unsat``), a checked counterexample is found (``sat``),
+    ``config.max_domains`` children were bounded (``unknown``) or the deadline passes (``timeout``,
+    within about ``config.iteration_seconds``)."""
     roots = settle(brancher, dict(roots), problem)
     found = check_points(brancher, roots, problem)
     if found is not None:
         return BabResult("sat", found, 0, 0)
+    queue = DomainQueue()
     queue.push(take(roots, roots[BOUND] <= 0))
     widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
     size = batch_size(problem.bounder.spec.d.shape[1], widest, config)
     visited, iteration, shown = 0, 0, time.monotonic()
     rate = 64 / config.iteration_seconds  # parents per second, measured from the first iteration on
-
-    def result(verdict: str, found: Counterexample | None = None) -> BabResult:
-        return BabResult(verdict, found, visited, iteration)
-
     while len(queue):
-        if deadline.expired():
-            return result("timeout")
-        if visited >= config.max_domains:
-            return result("unknown")
+        if deadline.expired() or visited >= config.max_domains:
+            verdict = "timeout" if deadline.expired() else "unknown"
+            return BabResult(verdict, None, visited, iteration)
         seconds = min(config.iteration_seconds, deadline.remaining() / 2)
         parents = _pop(queue, max(1, min(size, int(rate * seconds))), config.sat_share)
-        if iteration % config.attack_every == 0:
-            nearest = torch.argsort(parents[MARGIN])[: config.attack_domains]
-            found = _attack(brancher, take(parents, nearest), problem, deadline)
-            if found is not None:
-                return result("sat", found)
-        iteration += 1
         start = time.monotonic()
-        children = expand(brancher, parents, problem)
-        rate = domain_count(parents) / max(time.monotonic() - start, 1e-6)  # parents per second
-        visited += domain_count(children)
-        found = check_points(brancher, children, problem)
+        attack = iteration % config.attack_every == 0
+        bounded, found = _step(brancher, queue, parents, problem, config, deadline, attack)
+        rate = domain_count(parents) / max(time.monotonic() - start, 1e-6)
+        visited, iteration = visited + bounded, iteration + 1
         if found is not None:
-            return result("sat", found)
-        queue.push(take(children, children[BOUND] <= 0))
+            return BabResult("sat", found, visited, iteration)
         if config.progress and time.monotonic() - shown > config.progress_seconds:
             shown = time.monotonic()
             print(f"bab {brancher.name}: {len(queue)} domains open, global lower bound "
                   f"{queue.global_bound():.4g}, lowest margin seen {queue.global_bound(MARGIN):.4g}, "
-                  f"{visited} bounded, {deadline.elapsed():.1f} s",
-                  file=sys.stderr, flush=True)  # fmt: skip
-    return result("unsat")
+                  f"{visited} bounded, {deadline.elapsed():.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+    return BabResult("unsat", None, visited, iteration)
+
+
+def _step(brancher: Brancher, queue: DomainQueue, parents: Domains, problem: Problem, config: BabConfig,
+          deadline: Deadline, attack: bool) -> tuple[int, Counterexample | None]:  # fmt: skip
+    """One iteration: PGD in the parents nearest to a counterexample (when ``attack``), then split,
+    bound and check the children, and push the open ones. Returns how many children were bounded and
+    a checked counterexample if one was found."""
+    if attack:
+        nearest = torch.argsort(parents[MARGIN])[: config.attack_domains]
+        found = _attack(brancher, take(parents, nearest), problem, deadline)
+        if found is not None:
+            return 0, found
+    children = expand(brancher, parents, problem)
+    found = check_points(brancher, children, problem)
+    queue.push(take(children, children[BOUND] <= 0))
+    return domain_count(children), found
 
 
 def settle(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
