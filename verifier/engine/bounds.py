@@ -96,6 +96,16 @@ def intermediate_bounds(state: BoundState, params: Params | None = None) -> lbp.
     return linear.get(graph.output)
 
 
+def refresh_after(state: BoundState, first: int) -> None:
+    """Tighten, by CROWN, the bounds of every node after node ``first`` whose relaxations read them (after a
+    split of ``first``: its clamped bounds make later layers' CROWN bounds tighter). Each node's old bounds
+    stay a sound reference: the new ones are intersected with them."""
+    for k in sorted(state.graph.needs_bounds()):
+        if k > first:
+            crown.refine(state, k, crown.select_rows(state, k, _unstable(state, k)))
+            _check_node(state, k)
+
+
 def _exact_by_ibp(graph: Graph) -> set[int]:
     """Nodes whose IBP bounds over a box are exact: reached from the input through coordinate-wise
     injective maps (a box stays a box) and at most one other affine map (each output coordinate of an

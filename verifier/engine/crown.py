@@ -17,7 +17,7 @@ from verifier.ops.base import Affine
 
 
 def backward(state: BoundState, start: int, a: Tensor, params: Params | None = None, tag=(),
-             beta: bool = False) -> Tensor:  # fmt: skip
+             beta: bool = False, record: dict[int, Tensor] | None = None) -> Tensor:  # fmt: skip
     """Lower bounds of ``<a_s, z_start>`` over the region, one per row s: shape [S, B].
 
     ``a`` has shape [S, B, *shape(start)]. Walks the ancestors of ``start`` in reverse topological order,
@@ -25,7 +25,8 @@ def backward(state: BoundState, start: int, a: Tensor, params: Params | None = N
     and add ``<a, offset>``, nonlinear nodes apply their relaxation. Every step keeps
     ``<a, z_start> >= <a_j, z_j> + const`` for all inputs in the region (and in the domain's split
     constraints, when ``beta``), so the concretisation at the input is a sound lower bound. ``tag``
-    distinguishes the parameter sets of different passes in ``params``."""
+    distinguishes the parameter sets of different passes in ``params``; ``record`` receives the
+    coefficients [S, B, *shape_j] on the output of every nonlinear node j (for branching heuristics)."""
     pending: dict[int, Tensor] = {start: a}
     const = a.new_zeros(a.shape[:2])
     for j in range(start, 0, -1):
@@ -35,6 +36,8 @@ def backward(state: BoundState, start: int, a: Tensor, params: Params | None = N
         try:
             if beta and j in state.splits:
                 a = _split_multipliers(state, j, a, params)
+            if record is not None and not isinstance(state.graph.nodes[j].op, Affine):
+                record[j] = a.detach()
             const = const + _step(state, j, a, pending, params, tag)
         except VerifierError:
             raise

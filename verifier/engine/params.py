@@ -51,11 +51,14 @@ class Params:
         for key, t in self.tensors.items():
             t.copy_(self.projections[key](t))
 
-    def select(self, index: Tensor) -> Params:
+    def select(self, index: Tensor, keep: Callable[[Hashable], bool] = lambda key: True) -> Params:
         """A new store with every tensor's batch dimension (dim 1) indexed by ``index``: sub-batches or
-        repeated entries, detached, not frozen (children may need parameters their parent did not)."""
+        repeated entries, detached, not frozen (children may need parameters their parent did not).
+        ``keep`` filters the keys carried over."""
         out = Params()
         for key, t in self.tensors.items():
+            if not keep(key):
+                continue
             out.tensors[key] = t.detach()[:, index].clone().requires_grad_(True)
             out.projections[key] = self.projections[key]
         return out

@@ -23,6 +23,7 @@ class ReLU(Nonlinear):
     between the two pieces' slopes (CROWN's adaptive choice, or the smaller one for "zero")."""
 
     negative_slope: float = 0.0
+    linear_on_each_side_of_zero = True
 
     def forward(self, x: Tensor) -> Tensor:
         return F.leaky_relu(x, self.negative_slope) if self.negative_slope else F.relu(x)

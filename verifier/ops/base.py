@@ -112,6 +112,8 @@ class Nonlinear(Op):
     per bound being computed) and ``project`` maps any tensor onto the values for which ``relax`` stays
     sound, so an optimiser may move them freely between projections (alpha-CROWN)."""
 
+    linear_on_each_side_of_zero: ClassVar[bool] = False  # a split at zero makes the relaxation exact
+
     def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
         """Lines valid on the box ``[lo, hi]`` ([B, *shape]); with ``param`` ([R, B, *shape] or [B, *shape],
         already projected) the parameterised lines, whose fields then carry the leading R dimension."""
