@@ -170,6 +170,9 @@ def _start(process: bool) -> float | None:
 
 def _as_json(result) -> dict:
     out = {"verdict": result.verdict, "method": result.method, "time_s": round(result.seconds, 3)}
+    if result.stats:
+        seconds = {stage: round(t, 3) for stage, t in result.stats.get("seconds", {}).items()}
+        out["stats"] = result.stats | {"seconds": seconds}
     if result.counterexample is not None:
         out["counterexample"] = {"x": result.counterexample.x.tolist(), "y": result.counterexample.y.tolist()}
     return out
