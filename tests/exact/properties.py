@@ -25,6 +25,7 @@ MARGINS = (0.1, -0.1, 1e-3, -1e-3)
 SIZES = {"small": SMALL, "medium": MEDIUM, "tiny": TINY}
 # Networks of every depth whose MILPs solve in a fraction of a second: the default run uses these.
 QUICK_SEEDS = (0, 3, 6, 14)
+ROWS = 2  # specification rows per network
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +43,7 @@ class ExactCase:
 
 
 @functools.cache
-def exact_case(seed: int, size: str = "small", rows: int = 2) -> ExactCase:
+def exact_case(seed: int, size: str = "small", rows: int = ROWS) -> ExactCase:
     """The network of ``seed`` drawn with ``SIZES[size]``, ``rows`` random rows and their MILP optima;
     cached, as every test file asks for the same few."""
     net = random_net(seed, SIZES[size])
