@@ -27,9 +27,9 @@ QUICK = VerifyConfig(timeout=1.0, extra_attack_seconds=0.2)
 GENEROUS = VerifyConfig(timeout=60.0, extra_attack_seconds=1.0)
 
 
-def _cases(seeds, size: str, margins=MARGINS) -> list:
-    """``(seed, size, row, margin)`` for every row of each network and every margin."""
-    return [(s, size, r, m) for s, r, m in itertools.product(seeds, range(ROWS), margins)]
+def _cases(seeds, size: str, margins=MARGINS, rows=range(ROWS)) -> list:
+    """``(seed, size, row, margin)`` for the given rows of each network and every margin."""
+    return [(s, size, r, m) for s, r, m in itertools.product(seeds, rows, margins)]
 
 
 def _run(case, directory, config: VerifyConfig) -> tuple[Instance, InstanceResult]:
@@ -66,7 +66,7 @@ def _id(case) -> str:
     return f"{size}{seed}-row{row}-margin{margin:+g}"
 
 
-@pytest.mark.parametrize("case", _cases((0,), "small", SOUNDNESS_MARGINS), ids=_id)
+@pytest.mark.parametrize("case", _cases((0,), "small", SOUNDNESS_MARGINS, rows=(0,)), ids=_id)
 def test_never_a_wrong_answer(case, tmp_path):
     _assert_sound(*_run(case, tmp_path, QUICK))
 
