@@ -11,9 +11,9 @@ the parent's), and any parameter value within its projection gives a sound bound
 every child bound is sound on the child. A domain whose constraints contradict each other is empty and
 gets an infinite bound. Neurons are chosen by ``engine.branching``.
 
-A domain is the part of the case's box where its split constraints hold, so the box is not exact
-(``exact_boxes``): the driver does not check bounds at points of the box, and counterexamples come from its
-attack on the case's box (``boxes``)."""
+A domain is the part of the case's box where its split constraints hold, so a point of the box need not
+be a point of the domain: ``points`` offers none (the driver checks no bounds at points), and
+counterexamples come from its attack on the case's box (``boxes``)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ class ReluSplit:
     """The ``Brancher`` of ReLU splitting (see the module docstring) for the cases of ``bounder``."""
 
     name = "bab-relu"
-    exact_boxes = False  # a domain is the part of its box where the split constraints hold
 
     def __init__(self, bounder: Bounder, config: ReluSplitConfig = ReluSplitConfig()):
         self.bounder, self.config = bounder, config
@@ -86,6 +85,10 @@ class ReluSplit:
     def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]:
         c = domains["case"].numpy()
         return torch.as_tensor(self.bounder.box_lo[c]), torch.as_tensor(self.bounder.box_hi[c])
+
+    def points(self, domains: Domains) -> Tensor:
+        """No points (``(N, 0, n_in)``): the split constraints are not known to hold anywhere in particular."""
+        return torch.zeros(domains["case"].shape[0], 0, self.bounder.box_lo.shape[1])
 
     def split(self, parents: Domains) -> Domains:
         """``2N`` children: rows ``2n`` (inactive side) and ``2n + 1`` (active side) of parent n."""
