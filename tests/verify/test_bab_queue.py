@@ -52,3 +52,13 @@ def test_pickle_round_trip_keeps_domains_and_order():
     assert len(again) == len(queue) and again.global_bound() == -4.0
     for left, right in zip(again.pop(5).values(), queue.pop(5).values()):
         torch.testing.assert_close(left, right)
+
+
+def test_pop_by_another_key_takes_its_lowest_and_leaves_the_rest():
+    queue = DomainQueue()
+    domains = batch([1.0, -3.0, 0.0], 0)
+    domains["margin"] = torch.tensor([0.5, 9.0, -1.0], dtype=torch.float64)
+    queue.push(domains)
+    assert queue.global_bound("margin") == -1.0
+    assert queue.pop(2, key="margin")["id"].tolist() == [2, 0]
+    assert queue.pop(1)["id"].tolist() == [1]
