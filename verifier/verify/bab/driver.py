@@ -1,9 +1,10 @@
 """Branch and bound: the generic loop over sub-domains of the cases of a property.
 
 Every domain belongs to one case (key ``case``, ``(N,)``) and carries ``lower`` (``(N, S)``, float64):
-lower bounds of ``(C f(x))_s`` over the domain, for the case's spec rows. Each iteration pops the open
-domains of lowest bound, lets a ``Brancher`` split them, bounds all children in one batched engine call
-and keeps a child only while its score is not positive:
+lower bounds of ``(C f(x))_s`` over the domain, for the case's spec rows. Each iteration pops open
+domains (of lowest bound, and of lowest model margin seen: ``BabConfig.sat_share``), lets a ``Brancher``
+split them, bounds all children in one batched engine call and keeps a child only while its score is
+not positive:
 
     score_n = min_j max_{s in j} (lower_ns - d_s - tol_s)       (j over the case's valid disjuncts)
 
@@ -13,8 +14,8 @@ holds on every subset of the parent -- so scores never decrease along a branch. 
 cover it, so when no open domain is left every case is verified (``unsat``).
 
 Bounds are checked against the model's values at points of every child (``check_against_samples``), and
-those points, plus PGD runs on the lowest domains, are counterexample candidates; only a point that
-``OnnxChecker`` confirms on the ONNX file gives ``sat``.
+those points, plus PGD runs in the popped domains of lowest margin, are counterexample candidates; only
+a point that ``OnnxChecker`` confirms on the ONNX file gives ``sat``.
 """
 
 from __future__ import annotations
