@@ -6,22 +6,23 @@ the case's box rounded outwards, so they cover every real point of it), ``case``
 (``(N, S, n_in)``: per row, the box corner minimising its linear bound, a counterexample candidate). Both halves share the float32 midpoint, so
 their union is exactly the parent box.
 
-Which coordinate: the largest sum of two scores for the row ``s`` deciding the domain's score (the best
-row of its least excluded disjunct), each scaled to a maximum of 1 over the coordinates:
+Which coordinate: the largest sum of three scores, each scaled to a maximum of 1 over the coordinates,
+for the row ``s`` deciding the domain's score (the best row of its least excluded disjunct):
 
 * the *bound* score ``|A_si| (hi_i - lo_i)``. CROWN bounds row ``s`` by ``A_s x + c_s`` on the box, whose
   minimum there is ``sum_i min(A_si lo_i, A_si hi_i) + c_s``; halving coordinate ``i`` raises it for one
   half by ``|A_si| (hi_i - lo_i) / 2`` to first order. It is stored with each domain when it is bounded
   (key ``split_score``, ``(N, S, n_in)``) at no extra cost, ``A`` being the last function the engine
-  concretises. Alone it can keep cutting the half that holds the minimising corner, which gains nothing
-  to first order (ACAS Xu property 2 on net 1_9: over 5000 domains, unfinished);
+  concretises. It cannot see looseness of the relaxation itself (the half holding the minimising corner
+  gains nothing to first order);
 * the *smear* score ``|d(C f)_s / dx_i| (hi_i - lo_i)`` at the box centre (one forward and backward pass
-  of the network per domain): how much the row itself varies along ``i``. Alone it misses where the
-  relaxation is loose (property 3 on net 1_2: 4484 domains against 794 for the bound score).
+  of the network per domain): how much the row itself varies along ``i``;
+* the *width* relative to the case's box: the relaxation is loose where many neurons are unstable,
+  which a coordinate left wide keeps causing even when both linear scores call it unimportant.
 
-Together they needed 852, 906 and 240 domains on property 2 / net 1_9, 3 / 1_2 and 1 / 3_3 (bound score
-alone: > 5000, 794, 1326; smear alone: 610, 4484, > 5000). Where both vanish the widest coordinate is
-split.
+Domains needed on ACAS Xu (property / net; bound score alone, + smear, + width): 2 / 1_9: > 5000, 852,
+1408; 3 / 1_2: 794, 906, 442; 1 / 3_3: 1326, 240, 176; 1 / 2_9: -, > 25000, 3506 (smear alone: 610,
+4484, > 5000 on the first three). Where all scores vanish the widest coordinate is split.
 
 Bounding: CROWN by default (``method``); this is a pure input-box refinement, so every child's bound is
 a sound bound of the same quantity on a smaller box. Used when the flat input has at most ``max_inputs``
@@ -83,12 +84,13 @@ class InputSplit:
 
     def split(self, parents: Domains) -> Domains:
         """Both halves of every parent along its chosen coordinate: ``2N`` children, lower halves first."""
-        lo, hi = parents["lo"], parents["hi"]
+        lo, hi, cases = parents["lo"], parents["hi"], parents["case"].numpy()
         rows = torch.arange(lo.shape[0])
-        deciding = torch.as_tensor(
-            _deciding_row(self.bounder, parents["case"].numpy(), parents["lower"].numpy())
-        )
-        score = _unit_max(parents["split_score"][rows, deciding]) + _unit_max(self._smear(parents, deciding))
+        deciding = torch.as_tensor(_deciding_row(self.bounder, cases, parents["lower"].numpy()))
+        root = torch.as_tensor(self.bounder.box_hi[cases] - self.bounder.box_lo[cases])
+        relative = (hi - lo) / root.clamp(min=torch.finfo(root.dtype).tiny)
+        score = (_unit_max(parents["split_score"][rows, deciding]) + _unit_max(self._smear(parents, deciding))
+                 + _unit_max(relative))  # fmt: skip
         score = torch.where(score.amax(dim=1, keepdim=True) > 0, score, hi - lo)
         dim = score.argmax(dim=1)
         a, b = lo[rows, dim], hi[rows, dim]
