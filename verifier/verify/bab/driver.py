@@ -128,6 +128,8 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
     every domain is verified (``unsat``), a checked counterexample is found (``sat``),
     ``config.max_domains`` children were bounded (``unknown``) or the deadline passes (``timeout``,
     within about ``config.iteration_seconds``)."""
+    if deadline.expired():
+        return BabResult("timeout", None, 0, 0)
     roots = settle(brancher, dict(roots), problem)
     found = check_points(brancher, roots, problem)
     if found is not None:
