@@ -33,6 +33,6 @@ def test_an_exhausted_domain_budget_falls_back_to_attack_then_unknown():
 
 
 @pytest.mark.slow
-def test_property_3_needs_thousands_of_splits():
+def test_property_3_on_net_1_2_is_proved_by_input_splitting():
     result = verify_instance(*HARD, VerifyConfig(timeout=300))
     assert (result.verdict, result.method) == ("unsat", "bab-input")
