@@ -11,8 +11,16 @@ stamp="$venv/.verifier-install-stamp"
 want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing verifier and its pinned dependencies into $venv (first run: a few minutes)" >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$root/constraints.txt" -e "$root[dev]" \
-    2> >(grep -v "^WARNING: Location" >&2)
+  pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+  # constraints.txt is the complete environment, installed without resolution (it says why)
+  "${pip[@]}" install --quiet --no-deps -r "$root/constraints.txt" -e "$root" 2> >(grep -v "^WARNING: Location" >&2)
+  # ... so check it is complete: torchvision is the one requirement left out on purpose
+  broken="$("${pip[@]}" check | grep -v -e "requires torchvision, which is not installed" -e "^No broken" || true)"
+  if [ -n "$broken" ]; then
+    echo "constraints.txt misses packages (add them with their versions):" >&2
+    echo "$broken" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
