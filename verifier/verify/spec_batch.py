@@ -86,6 +86,18 @@ def rounded_box(lower: np.ndarray, upper: np.ndarray, dtype, inward: bool) -> tu
     return lo, hi
 
 
+def disjunct_margins(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """``max_{s in j} (C y - d)_s`` per sample and disjunct ``j`` (``(N, D)``; ``-inf`` for a disjunct
+    without rows). Arguments as in ``margin``."""
+    rows = torch.einsum("nso,no->ns", C, y) - d
+    return torch.where(member, rows.unsqueeze(-1), float("-inf")).amax(dim=1)
+
+
+def lowest(per_disjunct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``min_j per_disjunct[:, j]`` over the disjuncts in ``mask`` (``(N, D)``); ``inf`` where none."""
+    return torch.where(mask, per_disjunct, float("inf")).amin(dim=1)
+
+
 def margin(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor, member: torch.Tensor, valid: torch.Tensor):
     """Spec margin ``min_j max_{s in j} (C y - d)_s`` per sample; ``<= 0`` iff ``y`` is unsafe.
 
@@ -95,8 +107,4 @@ def margin(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor, member: torch.Tens
     Returns:
         ``(N,)`` margins (differentiable in ``y``).
     """
-    rows = torch.einsum("nso,no->ns", C, y) - d
-    neg_inf = torch.tensor(float("-inf"), dtype=rows.dtype, device=rows.device)
-    per_disjunct = torch.where(member, rows.unsqueeze(-1), neg_inf).amax(dim=1)
-    pos_inf = torch.tensor(float("inf"), dtype=rows.dtype, device=rows.device)
-    return torch.where(valid, per_disjunct, pos_inf).amin(dim=1)
+    return lowest(disjunct_margins(y, C, d, member), valid)
