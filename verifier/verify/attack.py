@@ -5,8 +5,9 @@ attacks a batch of *boxes*, each inside one case's box: the case boxes themselve
 sub-boxes that branch and bound finds promising (``attack_boxes``). Boxes are rounded inwards to the
 input type, so every iterate is a point the model file can take. Per box, one round
 
-1. evaluates many probes in one batch: the centre and the two extreme corners, random vertices (where
-   ReLU networks often take extreme values) and uniform points; it keeps the ``restarts`` lowest margins,
+1. evaluates many probes in one batch: the best point of earlier rounds for the case (clipped into the
+   box), the centre and the two extreme corners, random vertices (where ReLU networks often take
+   extreme values) and uniform points; it keeps the ``restarts`` lowest margins,
    *distinct values first*: a ReLU network is constant wherever a whole layer is inactive (76 % of the
    box of ACAS Xu 1_9 property 7 gives one output value), and ties would start every restart on the
    same flat piece, where the gradient is zero;
