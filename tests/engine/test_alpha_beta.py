@@ -3,6 +3,8 @@ optimisation never loosens, a split domain is never looser than its parent, and 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -42,7 +44,7 @@ def test_every_projected_parameter_gives_a_sound_relaxation(case, kind):
 def _mlp(seed: int, widths=(4, 12, 12, 12, 3), act=nn.ReLU) -> nn.Module:
     torch.manual_seed(seed)
     layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), act()]
     return nn.Sequential(*layers[:-1]).eval()
 
@@ -115,10 +117,12 @@ def test_split_children_are_sound_on_their_side_and_never_looser_than_the_parent
         k, p = int(nodes[b]), int(pos[b])
         pre = values[k][:, b, p]
         for side, sign in ((0, -1), (1, 1)):
-            mine = (pre * sign >= 0)
+            mine = pre * sign >= 0
             assert mine.any()
-            assert (y[mine, b] >= lower[0, 2 * b + side] - 1e-5).all(), "child bound above a point of its side"
-        assert (torch.minimum(lower[0, 2 * b], lower[0, 2 * b + 1]) >= parent[0, b] - 1e-5), "children looser"
+            assert (y[mine, b] >= lower[0, 2 * b + side] - 1e-5).all(), (
+                "child bound above a point of its side"
+            )
+        assert torch.minimum(lower[0, 2 * b], lower[0, 2 * b + 1]) >= parent[0, b] - 1e-5, "children looser"
 
 
 def test_contradictory_splits_mark_the_domain_infeasible():
@@ -128,7 +132,7 @@ def test_contradictory_splits_mark_the_domain_infeasible():
     state = _state(model, x, 0.01)
     with torch.no_grad():
         intermediate_bounds(state)
-    k = sorted(model.graph.needs_bounds())[0]
+    k = min(model.graph.needs_bounds())
     lo, hi = state.bounds[k]
     negative = (hi < 0).flatten().nonzero()
     assert len(negative), "the test needs a neuron that is inactive on the whole box"

@@ -66,8 +66,9 @@ class ReluSplit:
     def roots(self, cases: np.ndarray) -> Domains:
         """One domain per case: full alpha-CROWN on its box, keeping bounds and output parameters."""
         case = torch.as_tensor(cases, dtype=torch.int64)
-        state = BoundState(self.graph, self._box(case), BoundConfig(method="alpha-crown",
-                                                                     alpha_steps=self.config.root_steps))
+        state = BoundState(
+            self.graph, self._box(case), BoundConfig(method="alpha-crown", alpha_steps=self.config.root_steps)
+        )
         params = Params()
         with torch.no_grad():
             lower = alpha.optimise(state, self._rows(case), refresh=lambda p: intermediate_bounds(state, p),
@@ -164,7 +165,7 @@ class ReluSplit:
         params = Params()
         for name, t in domains.items():
             if name.startswith("param:"):
-                kind, *rest = name[len("param:"):].split("/")
+                kind, *rest = name[len("param:") :].split("/")
                 key = (kind, *(int(r) if r.lstrip("-").isdigit() else r for r in rest))
                 params.tensors[key] = t.transpose(0, 1).clone().requires_grad_(True)
                 params.projections[key] = self._projection(key)
