@@ -72,3 +72,12 @@ def test_a_spent_budget_starts_no_child():
     with pytest.raises(DeadlineReached):
         worker.call(0.0, deadline=Deadline(0.0))
     assert worker._process is None
+
+
+def test_a_child_killed_between_jobs_is_a_crash():
+    with Worker(_sleep) as worker:
+        assert worker.call(0.0, deadline=Deadline(60)) == "awake"
+        worker._process.kill()
+        worker._process.join()
+        with pytest.raises(WorkerCrash, match="SIGKILL"):
+            worker.call(0.0, deadline=Deadline(60))

@@ -66,7 +66,10 @@ class Worker:
             raise DeadlineReached(f"time budget of {deadline.seconds:g} s spent")
         if self._process is None:
             self._start()
-        self._conn.send(args)
+        try:
+            self._conn.send(args)
+        except OSError:  # the child died between two jobs
+            raise WorkerCrash(f"the verification process died ({_describe_exit(self._reap())})") from None
         wait = deadline.remaining()
         if not self._conn.poll(max(wait, 0.0) if math.isfinite(wait) else None):
             self.close()
