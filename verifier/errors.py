@@ -21,3 +21,7 @@ class UnsupportedOperatorError(ModelLoadError):
 
 class InputError(VerifierError, ValueError):
     """Bad user input to a bound computation: wrong shape, NaN/inf, negative radius, bad method name."""
+
+
+class BoundComputationError(VerifierError):
+    """A bound pass failed or produced NaN at a node; the message names the node and its operator."""

@@ -11,6 +11,7 @@ import verifier
 from tests.verify.paths import HARD, MODELS, SPECS, TEST_NANO, TEST_SAT, TEST_UNSAT
 from verifier.errors import InputError, ModelLoadError
 from verifier.spec.property import VnnlibError
+from verifier.verify.bab.driver import BabConfig
 from verifier.verify.bounding import UnsoundBoundError
 from verifier.verify.deadline import Deadline
 from verifier.verify.instance import (
@@ -48,7 +49,8 @@ def test_timeout_is_honoured():
 
 
 def test_unknown_when_bounds_and_attack_budget_are_exhausted():
-    result = verify_instance(*HARD, VerifyConfig(timeout=60, extra_attack_seconds=0.5))
+    config = VerifyConfig(timeout=60, extra_attack_seconds=0.5, bab=BabConfig(max_domains=0))
+    result = verify_instance(*HARD, config)
     assert result.verdict == "unknown" and result.seconds < 30
 
 

@@ -1,57 +1,68 @@
-"""alpha-CROWN at the output: the lower-line slopes of unstable ReLUs become free parameters, one per
-specification row and neuron, optimised by projected gradient ascent on the CROWN lower bound.
+"""alpha-CROWN: the free parameters of the relaxations (ReLU lower slopes, one set per bound being
+computed) and the split multipliers of beta-CROWN, optimised by projected Adam on the output's lower bound.
 
-Any slope in the valid range gives a sound bound (see ``ReLU``), so every iterate is a sound bound and
-the best one per row is kept. Intermediate bounds are CROWN's (optimising them too is future work); the
-start point is CROWN's adaptive choice, so the result is never looser than "crown"."""
+Any projected parameter value gives a sound bound (``Nonlinear.project``; beta >= 0), so every iterate is
+sound: the best output bound per row is kept, and so are the tightest intermediate bounds, which later
+iterates start from. The first iterate uses the default parameters, so the result is never looser than
+CROWN with the same intermediate bounds."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from verifier.engine import crown
+from verifier.engine.params import Params
 from verifier.engine.state import BoundState
-from verifier.ops.activations import ReLU
 
-STEPS = 20
-LEARNING_RATE = 0.25
+PATIENCE = 4  # stop after this many steps without a relative gain of IMPROVEMENT in the summed bound
+IMPROVEMENT = 1e-4
 
 
-def optimised_lower(state: BoundState, rows: Tensor, steps: int = STEPS) -> Tensor:
-    """Lower bounds [S, B] of ``<rows_s, f(x)>`` with optimised ReLU lower slopes (rows: [S, B, *out])."""
-    graph = state.graph
-    base = {k: state.relaxation(k) for k, n in enumerate(graph.nodes)
-            if isinstance(n.op, ReLU) and n.op.negative_slope <= 1.0}  # fmt: skip
-    free = {}
-    for k, rel in base.items():
-        lo, hi = state.bounds[graph.nodes[k].inputs[0]]
-        unstable = graph.nodes[k].op.needs_bounds(lo, hi)
-        if unstable.any():
-            start = rel.a_lo.detach().expand(rows.shape[0], *rel.a_lo.shape).clone()
-            free[k] = (start.requires_grad_(True), unstable, graph.nodes[k].op.negative_slope)
-    if not free:
-        return crown.backward(state, graph.output, rows)
-    keep_graph = torch.is_grad_enabled()  # the caller wants a differentiable bound: return the last iterate
-    optimiser = torch.optim.Adam([p for p, _, _ in free.values()], lr=LEARNING_RATE)
-    best = None
+def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object] | None = None,
+             params: Params | None = None, steps: int | None = None) -> Tensor:  # fmt: skip
+    """Lower bounds [S, B] of ``<rows_s, f(x)>`` (rows: [S, B, *out]) with optimised parameters.
+
+    ``refresh(params)`` recomputes the intermediate bounds with the same store each iterate (full
+    alpha-CROWN); without it the state's intermediate bounds are used as they are (branch and bound reuses a
+    parent's). ``params`` warm-starts from an earlier optimisation and receives the final values. Under
+    grad mode the last iterate is returned (differentiable); otherwise the best one."""
+    params = Params() if params is None else params
+    steps = state.cfg.alpha_steps if steps is None else steps
+    keep_graph = torch.is_grad_enabled()
+    out = state.graph.output
+    best, best_total, stale, optimiser = None, -float("inf"), 0, None
     for step in range(steps + 1):
         with torch.enable_grad():
-            for k, (slope, unstable, _) in free.items():
-                state.relaxations[k] = replace(base[k], a_lo=torch.where(unstable, slope, base[k].a_lo))
-            lower = crown.backward(state, graph.output, rows if keep_graph else rows.detach())
-            loss = -lower.sum()
+            if refresh is not None:
+                refresh(params)
+                _keep_tightest(state)
+            lower = crown.backward(state, out, rows if keep_graph else rows.detach(), params, ("out",), True)
+            objective = lower.sum()
+        params.freeze()
         best = lower.detach() if best is None else torch.maximum(best, lower.detach())
-        if step == steps:
+        total = float(best.sum())
+        stale = 0 if total > best_total + IMPROVEMENT * (1 + abs(best_total)) else stale + 1
+        best_total = max(best_total, total)
+        if step == steps or not params.leaves() or stale >= PATIENCE:
             break
+        if optimiser is None:
+            optimiser = torch.optim.Adam(params.leaves(), lr=state.cfg.alpha_lr, maximize=True)
         optimiser.zero_grad()
-        loss.backward(retain_graph=keep_graph)
+        objective.backward(retain_graph=keep_graph)
         optimiser.step()
-        with torch.no_grad():  # projection onto the valid slopes [negative_slope, 1] (clamp has no gradient
-            for slope, _, alpha in free.values():  # at the ends, where the adaptive start lies)
-                slope.clamp_(alpha, 1.0)
-    for k in free:
-        state.relaxations[k] = base[k]
+        params.project_()
+    if refresh is not None:
+        for k, bounds in state.best.items():
+            state.set_bounds(k, bounds)
     return lower if keep_graph else best
+
+
+def _keep_tightest(state: BoundState) -> None:
+    """Record the intermediate bounds of this iterate as the tightest so far (the walk already intersected
+    them with the earlier ones)."""
+    for k in state.graph.needs_bounds():
+        lo, hi = state.bounds[k]
+        state.best[k] = (lo.detach(), hi.detach())

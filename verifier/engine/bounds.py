@@ -1,14 +1,19 @@
-"""The scheduler: one forward walk over the graph computing the intermediate bounds each method needs,
-then the bound of the specification at the output.
+"""The scheduler: one forward walk over the graph computing the intermediate bounds a plan needs, then the
+bound of the specification at the output (plans: ``state.PLANS``).
 
-| method    | intermediate bounds (inputs of nonlinear nodes)   | output            |
-|-----------|----------------------------------------------------|-------------------|
-| ibp       | IBP                                                | IBP               |
-| crown-ibp | IBP                                                | CROWN backward    |
-| lbp       | LBP, intersected with IBP                          | LBP               |
-| crown-lbp | LBP, intersected with IBP                          | CROWN backward    |
-| crown     | CROWN backward per layer, intersected with IBP     | CROWN backward    |
-| alpha-crown | as crown                                         | CROWN backward with optimised ReLU lower slopes |
+| intermediate | how the inputs of nonlinear nodes are bounded                                       |
+|--------------|--------------------------------------------------------------------------------------|
+| ibp          | IBP                                                                                  |
+| lbp          | LBP, intersected with IBP                                                            |
+| crown        | a CROWN backward pass per node (its unstable neurons only), intersected with IBP     |
+| alpha        | as crown, with optimised slopes (``alpha.py``), jointly with the output              |
+
+| output | how the specification is bounded                                                   |
+|--------|-------------------------------------------------------------------------------------|
+| ibp    | interval arithmetic on the output's IBP bounds                                      |
+| lbp    | the spec composed with the output's LBP linear bounds                               |
+| crown  | one CROWN backward pass                                                              |
+| alpha  | CROWN with optimised slopes (and split multipliers), best iterate kept             |
 
 IBP of every node is always computed from the best bounds of its inputs: it is cheap and it decides which
 neurons need a CROWN pass at all."""
@@ -19,61 +24,86 @@ import torch
 from torch import Tensor
 
 from verifier.engine import alpha, crown, lbp
+from verifier.engine.params import Params
 from verifier.engine.state import METHODS, BoundConfig, BoundState, tighten
-from verifier.errors import InputError, VerifierError
+from verifier.errors import BoundComputationError, InputError, VerifierError
 from verifier.graph.graph import Graph
-from verifier.ops.base import Affine, Nonlinear
-from verifier.spec.regions import Box, Region
+from verifier.ops.base import Affine
 
 
-def compute_bounds(graph: Graph, region: Region, cfg: BoundConfig, spec: Tensor, upper: bool = True):
+def compute_bounds(graph: Graph, region, cfg: BoundConfig, spec: Tensor, upper: bool = True):
     """Bounds of ``<spec_s, f(x)>`` over the region: lower [S, B] and upper [S, B] (None unless ``upper``).
 
     ``spec`` has shape [S, B, *output_shape]."""
     if cfg.method not in METHODS:
         raise InputError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     state = BoundState(graph, region, cfg)
-    linear = _intermediate_bounds(state)
-    if cfg.method == "ibp":
-        lower, upper_b = _interval_spec(state.bounds[graph.output], spec)
-    elif cfg.method == "lbp":
-        lower, upper_b = _linear_spec(state, linear, spec)
-    else:
-        rows = torch.cat([spec, -spec]) if upper else spec
-        if cfg.method == "alpha-crown":
-            result = alpha.optimised_lower(state, rows)
+    s = spec.shape[0]
+    rows = torch.cat([spec, -spec]) if upper else spec
+    if cfg.output == "alpha":
+        if cfg.intermediate == "alpha":
+            result = alpha.optimise(state, rows, refresh=lambda params: intermediate_bounds(state, params))
         else:
-            result = crown.backward(state, graph.output, rows)
-        s = spec.shape[0]
-        lower, upper_b = result[:s], (-result[s:] if upper else None)
-    _check_finite(lower, upper_b)
-    return lower, upper_b
-
-
-def _intermediate_bounds(state: BoundState) -> lbp.LinearBounds | None:
-    """Walk the graph once; fill ``state.bounds``; return the output's linear bounds for LBP methods."""
-    graph, method = state.graph, state.cfg.method
-    state.bounds[0] = state.region.box()
-    needed = graph.needs_bounds()
-    if isinstance(state.region, Box):  # IBP is already exact there: nothing for CROWN to tighten
-        needed_crown = needed - _exact_by_ibp(graph)
+            intermediate_bounds(state)
+            result = alpha.optimise(state, rows)
     else:
-        needed_crown = needed
-    use_lbp = method in ("lbp", "crown-lbp")
+        linear = intermediate_bounds(state)
+        if cfg.output == "ibp":
+            lower, upper_b = _interval_spec(state.bounds[graph.output], spec)
+            return _checked(state, lower, upper_b if upper else None)
+        if cfg.output == "lbp":
+            lower, upper_b = _linear_spec(state, linear, spec)
+            return _checked(state, lower, upper_b if upper else None)
+        result = crown.backward(state, graph.output, rows)
+    return _checked(state, result[:s], -result[s:] if upper else None)
+
+
+def intermediate_bounds(state: BoundState, params: Params | None = None) -> lbp.LinearBounds | None:
+    """Walk the graph once; fill ``state.bounds``; return the output's linear bounds for LBP plans.
+
+    With ``params`` (the alpha plan), CROWN passes take their slopes from it; bounds are intersected with
+    ``state.best`` (earlier sound iterates) when present."""
+    graph, how = state.graph, state.cfg.intermediate
+    state.set_bounds(0, state.region.box())
+    needed = graph.needs_bounds()
+    needed_crown = needed - _exact_by_ibp(graph) if state.region.is_box else needed
+    use_lbp = how == "lbp"
     linear = {0: lbp.input_bounds(state)} if use_lbp else {}
     for k, node in enumerate(graph.nodes[1:], start=1):
-        bounds = node.op.ibp(*[state.bounds[i] for i in node.inputs])
-        if use_lbp:
-            linear[k] = lbp.step(state, k, [linear[i] for i in node.inputs])
-            for i in set(node.inputs):
-                if graph.last_use[i] <= k:
-                    del linear[i]
-            if k in needed:
-                bounds = tighten(bounds, lbp.concretize(state, linear[k]))
-        state.bounds[k] = bounds
-        if method in ("crown", "alpha-crown") and k in needed_crown:
-            crown.refine(state, k, _unstable(state, k))
+        try:
+            bounds = node.op.ibp(*[state.bounds[i] for i in node.inputs])
+            if use_lbp:
+                linear[k] = lbp.step(state, k, [linear[i] for i in node.inputs])
+                for i in set(node.inputs):
+                    if graph.last_use[i] <= k:
+                        del linear[i]
+                if k in needed:
+                    bounds = tighten(bounds, lbp.concretize(state, linear[k]))
+        except VerifierError:
+            raise
+        except Exception as exc:
+            raise BoundComputationError(
+                f"bound pass failed at node {node.name} ({type(node.op).__name__}): {exc}"
+            ) from exc
+        if k in state.best:
+            bounds = tighten(bounds, state.best[k])
+        state.set_bounds(k, bounds)
+        if how in ("crown", "alpha") and k in needed_crown:
+            if k not in state.selections:  # fixed once: later iterates keep the same rows (and slopes)
+                state.selections[k] = crown.select_rows(state, k, _unstable(state, k))
+            crown.refine(state, k, state.selections[k], params)
+        _check_node(state, k)
     return linear.get(graph.output)
+
+
+def refresh_after(state: BoundState, first: int) -> None:
+    """Tighten, by CROWN, the bounds of every node after node ``first`` whose relaxations read them (after a
+    split of ``first``: its clamped bounds make later layers' CROWN bounds tighter). Each node's old bounds
+    stay a sound reference: the new ones are intersected with them."""
+    for k in sorted(state.graph.needs_bounds()):
+        if k > first:
+            crown.refine(state, k, crown.select_rows(state, k, _unstable(state, k)))
+            _check_node(state, k)
 
 
 def _exact_by_ibp(graph: Graph) -> set[int]:
@@ -96,9 +126,8 @@ def _unstable(state: BoundState, k: int) -> Tensor:
     """Neurons of node k whose bounds matter to some nonlinear consumer."""
     lo, hi = state.bounds[k]
     mask = torch.zeros_like(lo, dtype=torch.bool)
-    for node in state.graph.nodes:
-        if isinstance(node.op, Nonlinear) and node.inputs[0] == k:
-            mask |= node.op.needs_bounds(lo, hi)
+    for j in state.graph.nonlinear_consumers(k):
+        mask |= state.graph.nodes[j].op.needs_bounds(lo, hi)
     return mask
 
 
@@ -125,9 +154,21 @@ def _linear_spec(state: BoundState, b: lbp.LinearBounds, spec: Tensor) -> tuple[
     return lower(pos, neg), -lower(-neg, -pos)
 
 
-def _check_finite(lower: Tensor, upper: Tensor | None) -> None:
+def _check_node(state: BoundState, k: int) -> None:
+    lo, hi = state.bounds[k]
+    if torch.isnan(lo).any() or torch.isnan(hi).any():
+        node = state.graph.nodes[k]
+        raise BoundComputationError(
+            f"numerical failure: NaN in the bounds of node {node.name} ({type(node.op).__name__}); "
+            "overflow in the model's range?"
+        )
+
+
+def _checked(state: BoundState, lower: Tensor, upper: Tensor | None):
     for name, t in (("lower", lower), ("upper", upper)):
         if t is not None and torch.isnan(t).any():
-            raise VerifierError(
-                f"numerical failure: NaN in the {name} bound (overflow in the model's range?)"
+            raise BoundComputationError(
+                f"numerical failure: NaN in the {name} bound of the output "
+                f"(node {state.graph.nodes[state.graph.output].name}); overflow in the model's range?"
             )
+    return lower, upper

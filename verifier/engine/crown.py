@@ -1,67 +1,120 @@
-"""CROWN: backward linear bound propagation from any node to the input."""
+"""CROWN: backward linear bound propagation from any node to the input.
+
+With a ``Params`` store, the relaxations of nonlinear nodes take their free parameters from it (alpha
+slopes, one set per row of the pass), and split constraints of the domain enter the output's bound through
+multipliers ``beta >= 0`` (beta-CROWN): on the domain, ``s_k * z_k >= 0`` for split sign ``s_k``, so
+``<a, z_k> >= <a - beta s_k, z_k>`` there, and the pass continues with the shifted coefficients."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from verifier.engine.params import Params
 from verifier.engine.state import BoundState, apply_relaxation
+from verifier.errors import BoundComputationError, VerifierError
 from verifier.ops.base import Affine
 
 
-def backward(state: BoundState, start: int, a: Tensor) -> Tensor:
+def backward(state: BoundState, start: int, a: Tensor, params: Params | None = None, tag=(),
+             beta: bool = False, record: dict[int, Tensor] | None = None) -> Tensor:  # fmt: skip
     """Lower bounds of ``<a_s, z_start>`` over the region, one per row s: shape [S, B].
 
     ``a`` has shape [S, B, *shape(start)]. Walks the ancestors of ``start`` in reverse topological order,
     accumulating coefficients for nodes with several consumers; affine nodes pass ``J^T a`` to their inputs
     and add ``<a, offset>``, nonlinear nodes apply their relaxation. Every step keeps
-    ``<a, z_start> >= <a_j, z_j> + const`` for all inputs in the region, so the concretisation at the
-    input is a sound lower bound."""
-    nodes = state.graph.nodes
+    ``<a, z_start> >= <a_j, z_j> + const`` for all inputs in the region (and in the domain's split
+    constraints, when ``beta``), so the concretisation at the input is a sound lower bound. ``tag``
+    distinguishes the parameter sets of different passes in ``params``; ``record`` receives the
+    coefficients [S, B, *shape_j] on the output of every nonlinear node j (for branching heuristics)."""
     pending: dict[int, Tensor] = {start: a}
     const = a.new_zeros(a.shape[:2])
     for j in range(start, 0, -1):
         a = pending.pop(j, None)
         if a is None:
             continue
-        node, (s, b) = nodes[j], a.shape[:2]
-        if isinstance(node.op, Affine):
-            offset = node.op.offset()
-            if offset is not None:
-                const = const + (a * offset).flatten(2).sum(-1)
-            flat = a.reshape(s * b, *node.shape)
-            for i, src in enumerate(node.inputs):
-                shape = nodes[src].shape
-                _accumulate(pending, src, node.op.transpose(i, flat, shape).reshape(s, b, *shape))
-        else:
-            src = node.inputs[0]
-            shape = nodes[src].shape
-            new, c = apply_relaxation(a, state.relaxation(j), int(torch.Size(shape).numel()))
-            const = const + c
-            _accumulate(pending, src, new.reshape(s, b, *shape))
+        try:
+            if beta and j in state.splits:
+                a = _split_multipliers(state, j, a, params)
+            if record is not None and not isinstance(state.graph.nodes[j].op, Affine):
+                record[j] = a.detach()
+            const = const + _step(state, j, a, pending, params, tag)
+        except VerifierError:
+            raise
+        except Exception as exc:
+            node = state.graph.nodes[j]
+            raise BoundComputationError(
+                f"backward bound pass failed at node {node.name} ({type(node.op).__name__}): {exc}"
+            ) from exc
     return state.region.concretize(pending[0], const)
+
+
+def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | None, tag) -> Tensor:
+    """Pass node j's coefficients ``a`` to its inputs; return the constant term it adds ([S, B])."""
+    nodes = state.graph.nodes
+    node, (s, b) = nodes[j], a.shape[:2]
+    if isinstance(node.op, Affine):
+        offset = node.op.offset()
+        const = (a * offset).flatten(2).sum(-1) if offset is not None else 0
+        flat = a.reshape(s * b, *node.shape)
+        for i, src in enumerate(node.inputs):
+            shape = nodes[src].shape
+            _accumulate(pending, src, node.op.transpose(i, flat, shape).reshape(s, b, *shape))
+        return const
+    src = node.inputs[0]
+    shape = nodes[src].shape
+    param = None
+    if params is not None:
+        lo, hi = state.bounds[src]
+        init = lambda: _per_row(node.op.initial_param(lo, hi, state.cfg.relax), s)  # noqa: E731
+        param = params.get(("slope", *tag, j), init, node.op.project)
+    new, const = apply_relaxation(a, state.relaxation(j, param), int(torch.Size(shape).numel()))
+    _accumulate(pending, src, new.reshape(s, b, *shape))
+    return const
+
+
+def _per_row(value: Tensor | None, rows: int) -> Tensor | None:
+    return None if value is None else value.expand(rows, *value.shape)
+
+
+def _split_multipliers(state: BoundState, k: int, a: Tensor, params: Params | None) -> Tensor:
+    """``a - beta * s_k``: the Lagrangian term of the split constraints ``s_k z_k >= 0`` (beta >= 0)."""
+    split = state.splits[k]
+    if params is None or not split.any():
+        return a
+    beta = params.get(("beta", k), lambda: torch.zeros_like(a), lambda t: t.clamp(min=0))
+    return a if beta is None else a - beta * split.to(a.dtype)
 
 
 def _accumulate(pending: dict[int, Tensor], k: int, a: Tensor) -> None:
     pending[k] = pending[k] + a if k in pending else a
 
 
-def refine(state: BoundState, k: int, mask: Tensor) -> None:
-    """Tighten ``state.bounds[k]`` by CROWN on the neurons selected by ``mask`` ([B, *shape]).
+def select_rows(state: BoundState, k: int, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per batch element, the positions of node k that ``mask`` ([B, *shape]) selects, first (a
+    permutation, so positions never repeat): ``order`` [B, most] and ``valid`` [B, most] (False past the
+    element's own count)."""
+    batch = mask.shape[0]
+    flat_mask = mask.reshape(batch, -1)
+    counts = flat_mask.sum(1)
+    most = int(counts.max()) if batch else 0
+    order = flat_mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :most]
+    valid = torch.arange(most, device=mask.device) < counts[:, None]
+    return order, valid
+
+
+def refine(state: BoundState, k: int, selection: tuple[Tensor, Tensor], params: Params | None = None) -> None:
+    """Tighten ``state.bounds[k]`` by CROWN on the neurons of ``selection`` (see ``select_rows``).
 
     Row j of batch element b bounds the j-th selected neuron of b (rows past b's count are zero and
     ignored), both sides in one pass (rows ``e_j`` and ``-e_j``), in chunks that keep each coefficient
-    tensor under ``cfg.max_elements``."""
-    lo, hi = state.bounds[k]
-    batch, numel = lo.shape[0], lo[0].numel()
-    flat_mask = mask.reshape(batch, numel)
-    counts = flat_mask.sum(1)
-    most = int(counts.max())
+    tensor under ``cfg.max_elements``; with ``params``, each chunk has its own slopes."""
+    order, valid = selection
+    most = order.shape[1]
     if most == 0:
         return
-    # per batch element: its selected positions first (a permutation, so positions never repeat)
-    order = flat_mask.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :most]
-    valid = torch.arange(most, device=lo.device) < counts[:, None]  # [B, most]
+    lo, hi = state.bounds[k]
+    batch, numel = lo.shape[0], lo[0].numel()
     widest = max(int(torch.Size(n.shape).numel()) for n in state.graph.nodes[: k + 1])
     chunk = max(1, state.cfg.max_elements // (2 * batch * widest))
     lo_flat, hi_flat = lo.reshape(batch, numel), hi.reshape(batch, numel)
@@ -70,8 +123,9 @@ def refine(state: BoundState, k: int, mask: Tensor) -> None:
         m = pos.shape[1]
         rows = torch.zeros(m, batch, numel, dtype=lo.dtype, device=lo.device)
         rows.scatter_(2, pos.T.unsqueeze(2), ok.T.unsqueeze(2).to(lo.dtype))
-        res = backward(state, k, torch.cat([rows, -rows]).reshape(2 * m, batch, *state.graph.nodes[k].shape))
+        rows = torch.cat([rows, -rows]).reshape(2 * m, batch, *state.graph.nodes[k].shape)
+        res = backward(state, k, rows, params, tag=(k, start))
         old_lo, old_hi = lo_flat.gather(1, pos), hi_flat.gather(1, pos)
         lo_flat = lo_flat.scatter(1, pos, torch.where(ok, torch.maximum(old_lo, res[:m].T), old_lo))
         hi_flat = hi_flat.scatter(1, pos, torch.where(ok, torch.minimum(old_hi, -res[m:].T), old_hi))
-    state.bounds[k] = (lo_flat.reshape(lo.shape), hi_flat.reshape(hi.shape))
+    state.set_bounds(k, (lo_flat.reshape(lo.shape), hi_flat.reshape(hi.shape)))

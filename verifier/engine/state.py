@@ -1,7 +1,11 @@
-"""What one bound computation knows so far: concrete bounds per node and relaxations, built lazily.
+"""What one bound computation knows about a batch of B domains, kept so that it can be handed back and
+refined: concrete bounds per node, split constraints, and the relaxations derived from them.
 
 Coefficient tensors ("A") have shape [rows, batch, *node_shape] throughout the engine: ``rows`` are spec
-rows (CROWN) or input coordinates (LBP); operators see the first two dimensions merged."""
+rows (CROWN) or input coordinates (LBP); operators see the first two dimensions merged.
+
+A method is a plan: how the intermediate bounds (inputs of nonlinear nodes) are found, and how the output
+is bounded; ``PLANS`` lists them."""
 
 from __future__ import annotations
 
@@ -14,39 +18,108 @@ from verifier.graph.graph import Graph
 from verifier.ops.base import Interval, Relaxation, RelaxConfig
 from verifier.spec.regions import Region
 
-METHODS = ("ibp", "crown", "crown-ibp", "lbp", "crown-lbp", "alpha-crown")
+# method -> (intermediate bounds, output bound); "alpha" optimises slopes (both at once when both say so)
+PLANS = {
+    "ibp": ("ibp", "ibp"),
+    "crown": ("crown", "crown"),
+    "crown-ibp": ("ibp", "crown"),
+    "lbp": ("lbp", "lbp"),
+    "crown-lbp": ("lbp", "crown"),
+    "alpha-crown": ("alpha", "alpha"),
+}
+METHODS = tuple(PLANS)
 
 
 @dataclass(frozen=True)
 class BoundConfig:
     """Options of a bound computation.
 
-    method: one of METHODS. relu_lower: "adaptive" or "zero" (ReLU lower line on unstable neurons).
-    max_elements: cap on the elements of one coefficient tensor; intermediate passes are chunked to it."""
+    method: one of METHODS. relu_lower: "adaptive" or "zero" (ReLU lower line on unstable neurons, and
+    alpha-CROWN's start). max_elements: cap on the elements of one coefficient tensor; intermediate passes
+    are chunked to it. alpha_steps / alpha_lr: projected Adam on the slopes (and split multipliers)."""
 
     method: str = "crown"
     relu_lower: str = "adaptive"
     max_elements: int = 2**18  # ~1 MB in float32: cache-sized chunks measured 2-2.5x faster at batch 64
+    alpha_steps: int = 20
+    alpha_lr: float = 0.25
 
     @property
     def relax(self) -> RelaxConfig:
         return RelaxConfig(self.relu_lower)
 
+    @property
+    def intermediate(self) -> str:
+        return PLANS[self.method][0]
+
+    @property
+    def output(self) -> str:
+        return PLANS[self.method][1]
+
 
 @dataclass
 class BoundState:
+    """Bounds of a batch of B domains over ``region`` (also batched by B).
+
+    ``splits[k]`` (int8, [B, *shape_k]) constrains node k per domain: +1 means ``z_k >= 0``, -1 means
+    ``z_k <= 0``, 0 free. Bounds stored through ``set_bounds`` honour them, so the relaxation of a split
+    neuron is exact on its side; beta multipliers (``crown.backward``) add the constraint to the output's
+    linear bound. ``best`` holds, per node, the tightest bounds seen across the iterations of an
+    optimisation (each iterate is sound, so their intersection is too)."""
+
     graph: Graph
     region: Region
     cfg: BoundConfig
     bounds: dict[int, Interval] = field(default_factory=dict)
-    relaxations: dict[int, Relaxation] = field(default_factory=dict)
+    splits: dict[int, Tensor] = field(default_factory=dict)
+    best: dict[int, Interval] = field(default_factory=dict)
+    selections: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    _relaxations: dict[int, Relaxation] = field(default_factory=dict, repr=False)
 
-    def relaxation(self, k: int) -> Relaxation:
-        """The relaxation of nonlinear node k from the (final) bounds of its input, computed once."""
-        if k not in self.relaxations:
-            node = self.graph.nodes[k]
-            self.relaxations[k] = node.op.relax(*self.bounds[node.inputs[0]], self.cfg.relax)
-        return self.relaxations[k]
+    @property
+    def batch(self) -> int:
+        return self.region.box()[0].shape[0]
+
+    def set_bounds(self, k: int, bounds: Interval) -> None:
+        """Store node k's bounds, intersected with its split constraints; forget relaxations built on the
+        old ones."""
+        lo, hi = bounds
+        split = self.splits.get(k)
+        if split is not None:  # z_k >= 0 on the active side, <= 0 on the inactive one: sound by definition
+            lo = torch.where(split > 0, lo.clamp(min=0), lo)
+            hi = torch.where(split < 0, hi.clamp(max=0), hi)
+        self.bounds[k] = (lo, hi)
+        for j in self.graph.nonlinear_consumers(k):
+            self._relaxations.pop(j, None)
+
+    def relaxation(self, j: int, param: Tensor | None = None) -> Relaxation:
+        """The relaxation of nonlinear node j from the current bounds of its input (cached unless
+        parameterised)."""
+        node = self.graph.nodes[j]
+        if param is not None:
+            return node.op.relax(*self.bounds[node.inputs[0]], self.cfg.relax, param)
+        if j not in self._relaxations:
+            self._relaxations[j] = node.op.relax(*self.bounds[node.inputs[0]], self.cfg.relax)
+        return self._relaxations[j]
+
+    def infeasible(self) -> Tensor:
+        """[B] bool: domains with some node's lower bound above its upper bound. Bounds are sound, so such
+        a domain contains no point (its split constraints contradict each other or the region)."""
+        empty = torch.zeros(self.batch, dtype=torch.bool, device=self.region.box()[0].device)
+        for lo, hi in self.bounds.values():
+            empty |= (lo > hi).flatten(1).any(1)
+        return empty
+
+    def select(self, index: Tensor) -> BoundState:
+        """The sub-batch ``index`` (entries may repeat): region, bounds and splits, no cached iterates."""
+        pick = lambda t: t[index]  # noqa: E731
+        return BoundState(
+            self.graph,
+            self.region.select(index),
+            self.cfg,
+            bounds={k: (pick(lo), pick(hi)) for k, (lo, hi) in self.bounds.items()},
+            splits={k: pick(s) for k, s in self.splits.items()},
+        )
 
 
 def tighten(a: Interval, b: Interval) -> Interval:
@@ -58,8 +131,9 @@ def apply_relaxation(a: Tensor, rel: Relaxation, in_numel: int) -> tuple[Tensor,
     """One backward step through relaxed lines, for a lower bound of ``<a, y>``.
 
     ``a+ y >= a+ (a_lo v + b_lo)`` and ``a- y >= a- (a_up v + b_up)``: the positive part of the
-    coefficients takes the lower line, the negative part the upper line. Returns the coefficients on the
-    operator's input, [S, B, in_numel], and the constant term [S, B]."""
+    coefficients takes the lower line, the negative part the upper line. Lines may carry a leading row
+    dimension (parameterised per row). Returns the coefficients on the operator's input,
+    [S, B, in_numel], and the constant term [S, B]."""
     use_lower = a >= 0
     new = a * torch.where(use_lower, rel.a_lo, rel.a_up)
     const = (a * torch.where(use_lower, rel.b_lo, rel.b_up)).flatten(2).sum(-1)

@@ -27,14 +27,19 @@ class Graph:
     output: int
     batched: bool = True  # False when the source model's input has no batch dimension
     last_use: tuple[int, ...] = field(init=False, repr=False)
+    consumers: tuple[tuple[int, ...], ...] = field(init=False, repr=False)
 
     def __post_init__(self):
         last = list(range(len(self.nodes)))
+        users: list[list[int]] = [[] for _ in self.nodes]
         for k, node in enumerate(self.nodes):
             for i in node.inputs:
                 last[i] = max(last[i], k)
+                if k not in users[i]:
+                    users[i].append(k)
         last[self.output] = len(self.nodes)
         object.__setattr__(self, "last_use", tuple(last))
+        object.__setattr__(self, "consumers", tuple(tuple(u) for u in users))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -47,6 +52,10 @@ class Graph:
     def needs_bounds(self) -> set[int]:
         """Nodes whose concrete bounds the relaxations read: the inputs of nonlinear operators."""
         return {n.inputs[0] for n in self.nodes if isinstance(n.op, Nonlinear)}
+
+    def nonlinear_consumers(self, k: int) -> tuple[int, ...]:
+        """The nonlinear nodes reading node k (whose relaxations depend on k's bounds)."""
+        return tuple(j for j in self.consumers[k] if isinstance(self.nodes[j].op, Nonlinear))
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate the graph on a batch ``x`` of shape [B, *input_shape]; values are freed after last use."""

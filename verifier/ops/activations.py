@@ -22,6 +22,7 @@ class ReLU(Nonlinear):
     between the two pieces' slopes (CROWN's adaptive choice, or the smaller one for "zero")."""
 
     negative_slope: float = 0.0
+    linear_on_each_side_of_zero = True
 
     def forward(self, x: Tensor) -> Tensor:
         return F.leaky_relu(x, self.negative_slope) if self.negative_slope else F.relu(x)
@@ -33,7 +34,23 @@ class ReLU(Nonlinear):
     def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
         return (lo < 0) & (hi > 0)
 
-    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+    def _slope_range(self) -> tuple[float, float]:
+        """Slopes of lines through the origin that stay on one side of f: between the two pieces' slopes."""
+        return min(self.negative_slope, 1.0), max(self.negative_slope, 1.0)
+
+    def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
+        """The slope of the line through the origin on unstable neurons (CROWN's choice as the start)."""
+        if not self.needs_bounds(lo, hi).any():
+            return None
+        small, large = self._slope_range()
+        if cfg.relu_lower == "zero":
+            return torch.full_like(lo, small)
+        return torch.where(hi > -lo, torch.full_like(lo, large), torch.full_like(lo, small))
+
+    def project(self, param: Tensor) -> Tensor:
+        return param.clamp(*self._slope_range())
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
         alpha = self.negative_slope
         unstable = self.needs_bounds(lo, hi)
         # stable neurons: the function is linear on the box, both lines are that piece
@@ -41,16 +58,14 @@ class ReLU(Nonlinear):
         width = torch.where(unstable, hi - lo, torch.ones_like(lo))
         chord_a = (hi - alpha * lo) / width
         chord_b = alpha * lo - chord_a * lo
-        small, large = min(alpha, 1.0), max(alpha, 1.0)
-        if cfg.relu_lower == "zero":
-            through_origin = torch.full_like(lo, small)
-        else:
-            through_origin = torch.where(hi > -lo, torch.full_like(lo, large), torch.full_like(lo, small))
+        # any slope between the pieces' slopes gives a line through the origin on the far side of the chord
+        through_origin = self.initial_param(lo, hi, cfg) if param is None else param
         zero = torch.zeros_like(lo)
-        convex = alpha <= 1.0
         a_chord, b_chord = torch.where(unstable, chord_a, piece), torch.where(unstable, chord_b, zero)
+        if through_origin is None:  # no unstable neuron: both lines are the pieces
+            return Relaxation(a_chord, b_chord, a_chord, b_chord)
         a_tangent = torch.where(unstable, through_origin, piece)
-        if convex:
+        if alpha <= 1.0:  # convex: the chord lies above
             return Relaxation(a_tangent, zero, a_chord, b_chord)
         return Relaxation(a_chord, b_chord, a_tangent, zero)
 
@@ -109,7 +124,7 @@ class SShaped(Nonlinear):
         lo, hi = bounds
         return self.forward(lo), self.forward(hi)
 
-    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
         f, df = _FUNCTIONS[self.function]
         l, u = lo.double(), hi.double()
         fl, fu = f(l), f(u)

@@ -105,9 +105,27 @@ class RelaxConfig:
 
 
 class Nonlinear(Op):
-    """A one-input nonlinear operator: IBP plus a sound linear relaxation."""
+    """A one-input nonlinear operator: IBP plus a sound linear relaxation.
 
-    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+    A relaxation may have free parameters (e.g. the slope of ReLU's lower line): ``initial_param`` gives
+    their default value (shape [B, *input_shape], or with leading rows [R, B, *input_shape] for one set
+    per bound being computed) and ``project`` maps any tensor onto the values for which ``relax`` stays
+    sound, so an optimiser may move them freely between projections (alpha-CROWN)."""
+
+    linear_on_each_side_of_zero: ClassVar[bool] = False  # a split at zero makes the relaxation exact
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
+        """Lines valid on the box ``[lo, hi]`` ([B, *shape]); with ``param`` ([R, B, *shape] or [B, *shape],
+        already projected) the parameterised lines, whose fields then carry the leading R dimension."""
+        raise NotImplementedError
+
+    def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
+        """The default value of the relaxation's free parameters ([B, *shape]); None when there are none
+        (or none that matter on this box)."""
+        return None
+
+    def project(self, param: Tensor) -> Tensor:
+        """The nearest parameter value for which ``relax`` is sound."""
         raise NotImplementedError
 
     def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:

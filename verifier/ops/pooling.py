@@ -104,7 +104,7 @@ class MaxPool(Nonlinear):
         cols = F.unfold(x, self.kernel, self.dilation, 0, self.stride)
         return cols.reshape(x.shape[0], x.shape[1], -1, cols.shape[-1])
 
-    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Relaxation:
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
         out_shape = (lo.shape[0], lo.shape[1]) + self.forward(lo[:1, :1]).shape[2:]
         if self.one_d:  # flat positions of [C, 1, L] are those of [C, L]
             lo, hi = lo.unsqueeze(2), hi.unsqueeze(2)

@@ -53,6 +53,15 @@ class Region:
     def to(self, device=None, dtype=None) -> Region:
         raise NotImplementedError
 
+    def select(self, index: Tensor) -> Region:
+        """The regions of the batch rows ``index`` (rows may repeat)."""
+        raise NotImplementedError
+
+    @property
+    def is_box(self) -> bool:
+        """Whether the region equals its enclosing box (IBP is then exact on coordinate-wise maps)."""
+        return False
+
     @property
     def batch(self) -> int:
         return self.box()[0].shape[0]
@@ -77,6 +86,10 @@ class Box(Region):
     def box(self) -> tuple[Tensor, Tensor]:
         return self.lower, self.upper
 
+    @property
+    def is_box(self) -> bool:
+        return True
+
     def concretize(self, a: Tensor, c: Tensor) -> Tensor:
         """``<A, centre> - <|A|, radius>``: the minimum of a linear function over a box."""
         centre, radius = (self.upper + self.lower) / 2, (self.upper - self.lower) / 2
@@ -85,6 +98,9 @@ class Box(Region):
 
     def to(self, device=None, dtype=None) -> Box:
         return Box(self.lower.to(device, dtype), self.upper.to(device, dtype))
+
+    def select(self, index: Tensor) -> Box:
+        return Box(self.lower[index], self.upper[index])
 
 
 def LinfBall(x: Tensor, eps, clip: tuple[float, float] | None = None) -> Box:
@@ -125,6 +141,10 @@ class L2Ball(Region):
         if self.clip is None:
             return ball
         return torch.maximum(ball, Box(*self.box()).concretize(a, c))
+
+    def select(self, index: Tensor) -> L2Ball:
+        eps = self.eps.flatten()[index] if self.eps.numel() > 1 else self.eps
+        return L2Ball(self.x[index], eps, self.clip)
 
     def to(self, device=None, dtype=None) -> L2Ball:
         eps = self.eps.to(device, dtype) if isinstance(self.eps, Tensor) else self.eps

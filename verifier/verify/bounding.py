@@ -43,8 +43,8 @@ def row_tolerance(spec: SpecBatch, output_scale: np.ndarray) -> np.ndarray:
 class Bounder:
     """Bounds ``C f(x)`` over the boxes of a ``SpecBatch`` with the engine's ``BoundedModel``.
 
-    Keeps ``excluded`` (``(B, D)`` bool) across calls: every method's bound is sound, so the union of
-    what each excludes is sound too. ``witnesses`` (``(B, n_in)``, e.g. the attack's best points) are
+    Keeps ``lower`` (``(B, S)``, the largest lower bound of ``(C f(x))_s`` any method gave) and ``excluded``
+    (``(B, D)`` bool) across calls: every method's bound is sound, so the best of them is sound too. ``witnesses`` (``(B, n_in)``, e.g. the attack's best points) are
     evaluated besides the box centres to check every bound against concrete values.
     """
 
@@ -52,23 +52,26 @@ class Bounder:
         self.model, self.spec, self.device = model, spec, device
         self.input_shape = tuple(model.input_shape)
         self.excluded = np.zeros_like(spec.valid)
+        self.lower = np.full(spec.d.shape, -np.inf)  # best lower bound of (C f(x))_s per case, any method
         self.box_lo, self.box_hi = rounded_box(spec.lower, spec.upper, np.float32, inward=False)
         # Inward-rounded points lie in the outward box the engine bounds, so the check is valid there.
-        rows, y = self._rows_at((spec.lo + spec.hi) / 2)
+        every = np.arange(spec.n_cases)
+        rows, y = self.rows_at((spec.lo + spec.hi) / 2, every)
         if witnesses is not None:
-            rows = np.minimum(rows, self._rows_at(witnesses)[0])
+            rows = np.minimum(rows, self.rows_at(witnesses, every)[0])
         self.sample_rows = rows
         self.tol = row_tolerance(spec, np.abs(y).max(axis=1) if y.size else np.zeros(len(y)))
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device)
 
-    def _rows_at(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``C f(x_b) - d`` per case and row (``(B, S)``) and ``f(x_b)`` (``(B, n_out)``) for one point per case."""
+    def rows_at(self, x: np.ndarray, cases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``C f(x_n) - d`` (``(N, S)``) and ``f(x_n)`` (``(N, n_out)``) for points ``x`` (``(N, n_in)``) of
+        the cases ``cases`` (``(N,)``)."""
         with torch.no_grad():
-            y = self.model(self._tensor(x).reshape((-1,) + self.input_shape)).reshape(len(x), -1)
+            y = self.model(self.tensor(x).reshape((-1,) + self.input_shape)).reshape(len(x), -1)
         y = y.double().cpu().numpy()
-        return np.einsum("bso,bo->bs", self.spec.C, y) - self.spec.d, y
+        return np.einsum("bso,bo->bs", self.spec.C[cases], y) - self.spec.d[cases], y
 
     def case_excluded(self) -> np.ndarray:
         """``(B,)``: every disjunct of the case is excluded (padding counts as excluded)."""
@@ -85,25 +88,36 @@ class Bounder:
             cases = todo[begin : begin + MAX_CASES_PER_CALL]
             shape = (len(cases),) + self.input_shape
             box = verifier.Box(
-                self._tensor(self.box_lo[cases]).reshape(shape),
-                self._tensor(self.box_hi[cases]).reshape(shape),
+                self.tensor(self.box_lo[cases]).reshape(shape),
+                self.tensor(self.box_hi[cases]).reshape(shape),
             )
-            bounds = self.model.bounds(box, method=method, C=self._tensor(self.spec.C[cases]), upper=False)
+            bounds = self.model.bounds(box, method=method, C=self.tensor(self.spec.C[cases]), upper=False)
             lower = bounds.lower.detach().double().cpu().numpy()
             self._update(cases, lower, method)
         return bool(self.case_excluded().all())
 
     def _update(self, cases: np.ndarray, lower: np.ndarray, method: str) -> None:
         spec = self.spec
-        gap = lower - spec.d[cases]
-        tol = self.tol[cases]
-        real_rows = spec.member[cases].any(axis=-1)
-        wrong = real_rows & (gap > self.sample_rows[cases] + tol)
-        if wrong.any():
-            b, s = (int(i) for i in np.argwhere(wrong)[0])
-            raise UnsoundBoundError(
-                f"{method} lower bound {lower[b, s]!r} of spec row {s} exceeds the value "
-                f"{self.sample_rows[cases][b, s] + spec.d[cases][b, s]!r} at a point of box {cases[b]}"
-            )
-        row_fails = (gap > tol) & real_rows
+        check_against_samples(
+            lower - spec.d[cases], self.sample_rows[cases], spec, cases, self.tol[cases], method
+        )
+        self.lower[cases] = np.maximum(self.lower[cases], lower)
+        gap = self.lower[cases] - spec.d[cases]
+        row_fails = (gap > self.tol[cases]) & spec.member[cases].any(axis=-1)
         self.excluded[cases] |= (spec.member[cases] & row_fails[..., None]).any(axis=1)
+
+
+def check_against_samples(gap, sample_rows, spec: SpecBatch, cases, tol, method: str, where="box") -> None:
+    """Raise ``UnsoundBoundError`` where a bound of ``C f(x) - d`` exceeds its value at a point of the region.
+
+    ``gap`` (lower bounds of ``C f(x) - d``), ``sample_rows`` (``C f(x_n) - d`` at a point ``x_n`` of region
+    ``n``) and ``tol`` have shape ``(N, S)``; ``cases`` (``(N,)``) says whose rows they are. A sound bound
+    satisfies ``gap <= sample_rows`` up to rounding, which ``tol`` covers.
+    """
+    wrong = spec.member[cases].any(axis=-1) & (gap > sample_rows + tol)
+    if wrong.any():
+        n, s = (int(i) for i in np.argwhere(wrong)[0])
+        raise UnsoundBoundError(
+            f"{method} lower bound {gap[n, s] + spec.d[cases][n, s]!r} of spec row {s} exceeds the value "
+            f"{sample_rows[n, s] + spec.d[cases][n, s]!r} at a point of {where} {n} (case {cases[n]})"
+        )

@@ -5,17 +5,20 @@ Verdicts (VNN-COMP semantics: the property describes the *unsafe* set):
 - ``sat``: a counterexample was found by the attack and re-checked on the ONNX file with onnxruntime
   (``onnx_check``); it is returned with the result.
 - ``unsat``: every disjunct of every case is excluded by a sound bound with a safety margin
-  (``bounding``).
+  (``bounding``), on the whole box or on every sub-box of a branch and bound (``bab``).
 - ``unknown``: the bound methods are exhausted and the extra attack budget found nothing.
 - ``timeout``: the time budget (loading, attack and bounding together) ran out first.
 
 Stages: load; one attack round; one bound pass per method (cheap to tight) until every case is
-excluded; then more attack rounds for at most ``extra_attack_seconds``. Every stage polls the
+excluded; with ``method="auto"`` and a small input, branch and bound by input splitting on the cases
+still open; then more attack rounds for at most ``extra_attack_seconds``. Every stage polls the
 deadline; a single engine call is not interruptible, so overruns are bounded by one call.
 """
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,8 @@ from verifier.errors import InputError
 from verifier.spec.property import Property, check_against_model
 from verifier.spec.vnnlib import load_property
 from verifier.verify.attack import Attack, AttackConfig
+from verifier.verify.bab import driver
+from verifier.verify.bab.input_split import InputSplit, InputSplitConfig
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.disk_cache import cached_model
@@ -40,7 +45,8 @@ NOT_IMPLEMENTED = ("beta-crown",)
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    """How to decide one instance. ``method`` is ``auto`` (IBP then CROWN) or one engine method."""
+    """How to decide one instance. ``method`` is ``auto`` (attack, IBP, CROWN, alpha-CROWN, branch and
+    bound) or one engine method."""
 
     method: str = "auto"
     timeout: float = 60.0
@@ -48,16 +54,20 @@ class VerifyConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     extra_attack_seconds: float = 5.0
     seed: int = 0
+    bab: driver.BabConfig = field(default_factory=driver.BabConfig)
+    input_split: InputSplitConfig = field(default_factory=InputSplitConfig)
 
 
 @dataclass(frozen=True)
 class InstanceResult:
-    """``method`` names what decided the verdict (``attack`` or a bound method; empty if undecided)."""
+    """``method`` names what decided the verdict (``attack``, a bound method or ``bab-input``; empty if
+    undecided). ``stats``: ``seconds`` per stage and, after branch and bound, ``domains`` bounded."""
 
     verdict: str
     method: str
     seconds: float
     counterexample: Counterexample | None = None
+    stats: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,40 +163,74 @@ def verify_loaded(loaded: LoadedInstance, config: VerifyConfig, deadline: Deadli
         return InstanceResult("timeout", "", deadline.elapsed())
 
 
+class StageClock:
+    """Seconds spent per stage, accumulated (``seconds``: stage name -> seconds)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - start
+
+
 def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfig, deadline: Deadline):
-    """The attack / bound schedule of the module docstring on an already loaded instance."""
+    """The attack / bound / branch-and-bound schedule of the module docstring on a loaded instance."""
     spec = spec_batch(loaded.prop, loaded.checker.dtype)
     model = loaded.model
-    attack = Attack(
-        model,
-        model.input_shape,
-        spec,
-        loaded.checker,
-        loaded.prop,
-        config.attack,
-        seed=config.seed,
-        device=config.device,
-    )
+    attack = Attack(model, model.input_shape, spec, loaded.checker, loaded.prop, config.attack,
+                    seed=config.seed, device=config.device)  # fmt: skip
+    clock = StageClock()
+    stats: dict = {"seconds": clock.seconds}
 
-    def sat(found) -> InstanceResult:
-        return InstanceResult("sat", "attack", deadline.elapsed(), found)
+    def done(verdict: str, method: str, found: Counterexample | None = None) -> InstanceResult:
+        return InstanceResult(verdict, method, deadline.elapsed(), found, stats)
 
-    found = attack.run_round(deadline)
+    with clock.stage("attack"):
+        found = attack.run_round(deadline)
     if found is not None:
-        return sat(found)
+        return done("sat", "attack", found)
     bounder = Bounder(model, spec, attack.best_x, device=config.device)
     for method in methods:
         deadline.check()
-        with torch.no_grad():
+        with clock.stage(method), torch.no_grad():
             if bounder.run(method, deadline):
-                return InstanceResult("unsat", method, deadline.elapsed())
+                return done("unsat", method)
+    if config.method == "auto" and InputSplit.applies(model, config.input_split):
+        with clock.stage(InputSplit.name):
+            outcome = _input_split(loaded, bounder, attack, config, deadline)
+        stats["domains"] = outcome.domains
+        if outcome.verdict in ("sat", "unsat"):
+            return done(outcome.verdict, InputSplit.name, outcome.counterexample)
+    with clock.stage("extra attack"):
+        found = _extra_attack(attack, config, deadline)
+    if found is not None:
+        return done("sat", "attack", found)
+    deadline.check()
+    return done("unknown", "")
+
+
+def _input_split(loaded: LoadedInstance, bounder: Bounder, attack: Attack, config: VerifyConfig,
+                 deadline: Deadline) -> driver.BabResult:  # fmt: skip
+    """Branch and bound by input splitting on the cases the bound methods left open."""
+    brancher = InputSplit(bounder, config.input_split)
+    problem = driver.Problem(bounder, loaded.checker, loaded.prop, config.attack, attack.rng)
+    roots = brancher.roots(np.flatnonzero(~bounder.case_excluded()))
+    return driver.run(brancher, roots, problem, config.bab, deadline)
+
+
+def _extra_attack(attack: Attack, config: VerifyConfig, deadline: Deadline) -> Counterexample | None:
+    """Attack rounds for at most ``config.extra_attack_seconds`` (never past ``deadline``)."""
     extra = deadline.sub(config.extra_attack_seconds)
     try:
         while not extra.expired():
             found = attack.run_round(extra)
             if found is not None:
-                return sat(found)
+                return found
     except DeadlineReached:
-        pass  # the extra attack budget is spent; the check below tells a real timeout apart
-    deadline.check()
-    return InstanceResult("unknown", "", deadline.elapsed())
+        pass  # the extra attack budget is spent; the caller's deadline check tells a real timeout apart
+    return None

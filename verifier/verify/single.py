@@ -52,8 +52,12 @@ def decide(ns, deadline: Deadline) -> tuple[str, str, str]:
 
 
 def as_json(result: InstanceResult) -> dict:
-    """The ``--json`` form of a result; a ``timeout`` reported by the parent has the same keys."""
+    """The ``--json`` form of a result; a ``timeout`` reported by the parent has the same keys, without
+    ``stats`` (the worker that kept them was killed)."""
     out = {"verdict": result.verdict, "method": result.method, "time_s": round(result.seconds, 3)}
+    if result.stats:
+        seconds = {stage: round(t, 3) for stage, t in result.stats.get("seconds", {}).items()}
+        out["stats"] = result.stats | {"seconds": seconds}
     if result.counterexample is not None:
         out["counterexample"] = {"x": result.counterexample.x.tolist(), "y": result.counterexample.y.tolist()}
     return out

@@ -95,7 +95,15 @@ def margin(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor, member: torch.Tens
     Returns:
         ``(N,)`` margins (differentiable in ``y``).
     """
-    rows = torch.einsum("nso,no->ns", C, y) - d
+    return disjunct_min(torch.einsum("nso,no->ns", C, y) - d, member, valid)
+
+
+def disjunct_min(rows: torch.Tensor, member: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``min_j max_{s in j} rows_s`` over the valid disjuncts ``j``: ``(N, S) -> (N,)``.
+
+    With ``rows = C y - d`` this is the margin; with rows holding lower bounds of ``C f(x) - d`` minus the
+    safety margin, it is ``> 0`` exactly when every disjunct has a row that excludes it.
+    """
     neg_inf = torch.tensor(float("-inf"), dtype=rows.dtype, device=rows.device)
     per_disjunct = torch.where(member, rows.unsqueeze(-1), neg_inf).amax(dim=1)
     pos_inf = torch.tensor(float("inf"), dtype=rows.dtype, device=rows.device)

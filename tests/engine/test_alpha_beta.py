@@ -1,0 +1,170 @@
+"""Relaxation parameters, full alpha-CROWN, split domains and beta multipliers: every bound stays sound,
+optimisation never loosens, a split domain is never looser than its parent, and failures name the node."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import verifier
+from tests.helpers import BOX_KINDS, assert_inside, make_box, samples
+from tests.ops.cases import CASES
+from verifier.engine import alpha, branching, crown
+from verifier.engine.bounds import intermediate_bounds, refresh_after
+from verifier.engine.params import Params
+from verifier.engine.state import BoundConfig, BoundState
+from verifier.errors import BoundComputationError
+from verifier.ops.base import Nonlinear, RelaxConfig
+
+PARAMETERISED = [c for c in CASES if isinstance(c.op, Nonlinear) and hasattr(c.op, "negative_slope")]
+
+
+@pytest.mark.parametrize("kind", BOX_KINDS)
+@pytest.mark.parametrize("case", PARAMETERISED, ids=lambda c: c.name)
+def test_every_projected_parameter_gives_a_sound_relaxation(case, kind):
+    gen = torch.Generator().manual_seed(7)
+    lo, hi = make_box(kind, case.in_shapes[0], 3, torch.float64, gen)
+    op, cfg = case.op.to(dtype=torch.float64), RelaxConfig(case.relu_lower)
+    start = op.initial_param(lo, hi, cfg)
+    if start is None:  # nothing unstable on this box: the relaxation is exact
+        assert not op.needs_bounds(lo, hi).any()
+        return
+    param = op.project(6 * torch.randn((5, *lo.shape), generator=gen, dtype=torch.float64) - 3)
+    rel = op.relax(lo, hi, cfg, param)
+    x = samples(lo, hi, 100, gen)  # [n, B, *shape]
+    y = op.forward(x)
+    v = x.unsqueeze(1)  # against every row of parameters: [n, 1, B, *shape]
+    assert_inside(y.unsqueeze(1).expand(-1, 5, *y.shape[1:]), rel.a_lo * v + rel.b_lo, rel.a_up * v + rel.b_up,
+                  f"{case.name} with parameters")  # fmt: skip
+
+
+def _mlp(seed: int, widths=(4, 12, 12, 12, 3)) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).eval()
+
+
+def _state(model, x, eps, method="crown"):
+    state = BoundState(model.graph, verifier.LinfBall(x, eps), BoundConfig(method=method))
+    return state
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_alpha_tightens_intermediate_and_output_bounds_of_crown(seed):
+    module = _mlp(seed)
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(seed))
+    model = verifier.load(module, x)
+    rows = torch.eye(3).reshape(3, 1, 3).expand(3, 2, 3)
+    with torch.no_grad():
+        plain = _state(model, x, 0.3)
+        intermediate_bounds(plain)
+        base = crown.backward(plain, model.graph.output, rows)
+        full = _state(model, x, 0.3, "alpha-crown")
+        best = alpha.optimise(full, rows, refresh=lambda p: intermediate_bounds(full, p))
+    assert (best >= base - 1e-5).all()
+    assert (best > base + 1e-4).any(), "optimising the slopes should gain somewhere on these nets"
+    for k in model.graph.needs_bounds():
+        assert (full.bounds[k][0] >= plain.bounds[k][0] - 1e-5).all()
+        assert (full.bounds[k][1] <= plain.bounds[k][1] + 1e-5).all()
+    pts = samples(x - 0.3, x + 0.3, 500, torch.Generator().manual_seed(3))
+    y = module(pts.flatten(0, 1)).reshape(pts.shape[0], 2, 3)
+    assert_inside(y, best.T, torch.full_like(best.T, torch.inf), "alpha-crown lower")
+
+
+def _split_once(model, x, eps, rows):
+    state = _state(model, x, eps)
+    with torch.no_grad():
+        intermediate_bounds(state)
+        params = Params()
+        parent = alpha.optimise(state, rows, params=params)
+        record = {}
+        crown.backward(state, model.graph.output, rows, params, ("out",), True, record)
+        nodes, pos, ok = branching.choose(branching.split_scores(state, record, torch.ones(rows.shape[:2])))
+        child, child_params = branching.split(state, params, nodes, pos)
+        refresh_after(child, int(nodes.min()))
+        lower = alpha.optimise(child, rows.repeat_interleave(2, 1), params=child_params)
+    return state, parent, child, lower, nodes, pos, ok
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_split_children_are_sound_on_their_side_and_never_looser_than_the_parent(seed):
+    module = _mlp(seed)
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(seed))
+    model = verifier.load(module, x)
+    rows = torch.tensor([[1.0, -1.0, 0.0]]).reshape(1, 1, 3).expand(1, 2, 3)
+    parent_state, parent, child, lower, nodes, pos, ok = _split_once(model, x, 0.4, rows)
+    assert ok.all()
+    assert child.batch == 4
+    for k in parent_state.bounds:
+        lo_p, hi_p = (t.repeat_interleave(2, 0) for t in parent_state.bounds[k])
+        assert (child.bounds[k][0] >= lo_p - 1e-6).all() and (child.bounds[k][1] <= hi_p + 1e-6).all()
+    # sample the parent box; each point belongs to the child whose split side it satisfies
+    pts = samples(x - 0.4, x + 0.4, 4000, torch.Generator().manual_seed(4))  # [n, 2, 4]
+    values = {}
+    h = pts.flatten(0, 1)
+    for i, layer in enumerate(module):  # node k of the graph = output of layer k-1 (Linear/ReLU chain)
+        h = layer(h)
+        values[i + 1] = h.reshape(pts.shape[0], 2, -1)
+    y = values[len(module)] @ torch.tensor([1.0, -1.0, 0.0])
+    for b in range(2):
+        k, p = int(nodes[b]), int(pos[b])
+        pre = values[k][:, b, p]
+        for side, sign in ((0, -1), (1, 1)):
+            mine = (pre * sign >= 0)
+            assert mine.any()
+            assert (y[mine, b] >= lower[0, 2 * b + side] - 1e-5).all(), "child bound above a point of its side"
+        assert (torch.minimum(lower[0, 2 * b], lower[0, 2 * b + 1]) >= parent[0, b] - 1e-5), "children looser"
+
+
+def test_contradictory_splits_mark_the_domain_infeasible():
+    module = _mlp(5)
+    x = torch.randn(1, 4, generator=torch.Generator().manual_seed(5))
+    model = verifier.load(module, x)
+    state = _state(model, x, 0.01)
+    with torch.no_grad():
+        intermediate_bounds(state)
+    k = sorted(model.graph.needs_bounds())[0]
+    lo, hi = state.bounds[k]
+    negative = (hi < 0).flatten().nonzero()
+    assert len(negative), "the test needs a neuron that is inactive on the whole box"
+    split = torch.zeros(lo.shape, dtype=torch.int8)
+    split.view(-1)[negative[0]] = 1  # claim it is active
+    state.splits[k] = split
+    state.set_bounds(k, (lo, hi))
+    assert state.infeasible().tolist() == [True]
+
+
+def test_a_failing_relaxation_names_its_node(monkeypatch):
+    module = _mlp(0)
+    x = torch.randn(1, 4)
+    model = verifier.load(module, x)
+    from verifier.ops.activations import ReLU
+
+    def broken(self, lo, hi, cfg, param=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ReLU, "relax", broken)
+    relu_names = [n.name for n in model.graph.nodes if isinstance(n.op, ReLU)]
+    with pytest.raises(BoundComputationError, match="boom") as info:
+        model.bounds(verifier.LinfBall(x, 0.1), method="crown")
+    assert any(name in str(info.value) for name in relu_names) and "ReLU" in str(info.value)
+
+
+def test_nan_is_reported_at_the_node_where_it_appears():
+    module = _mlp(0)
+    with torch.no_grad():
+        module[2].weight[0, 0] = torch.inf  # the second Linear turns inf * 0 into NaN
+    x = torch.zeros(1, 4)
+    model = verifier.load(nn.Sequential(*module[:2]), x)  # translation needs a finite model
+    graph = model.graph
+    from verifier.graph.graph import Graph, Node
+    from verifier.ops.linear import Linear
+
+    w = module[2].weight.detach().clone()
+    nodes = graph.nodes + (Node("poisoned", Linear(w), (graph.output,), (12,)),)
+    bad = verifier.api.BoundedModel(Graph(nodes, len(nodes) - 1))
+    with pytest.raises(BoundComputationError, match="poisoned"):
+        bad.bounds(verifier.LinfBall(x, 0.1), method="ibp")

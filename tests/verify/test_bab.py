@@ -1,0 +1,165 @@
+"""Branch and bound with input splitting on tiny random ReLU networks, checked against dense sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import verifier
+from tests.graph.graph_testing import Net
+from verifier.spec.property import Case, Disjunct, Property
+from verifier.verify.attack import AttackConfig
+from verifier.verify.bab import driver
+from verifier.verify.bab.input_split import InputSplit
+from verifier.verify.bounding import Bounder, UnsoundBoundError
+from verifier.verify.deadline import Deadline
+from verifier.verify.instance import load_model
+from verifier.verify.onnx_check import in_box, violated_disjunct
+from verifier.verify.spec_batch import spec_batch
+
+LOWER, UPPER = np.array([-1.0, -0.5]), np.array([1.0, 1.5])
+CELLS = 400  # grid cells per input coordinate for the dense minimum
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 2-16-16-2 ReLU network as an ONNX file; returns (path, loaded model, ``low``, ``high``): per output,
+    the minimum over the box lies in ``[low, high]`` (``high`` is attained on a grid point, ``low`` bounds
+    IBP on every cell of that grid, where cells are so small that IBP is nearly exact)."""
+    net = Net([1, 2], seed=3)
+    h = net.op("Relu", net.gemm("x", 2, 16))
+    h = net.op("Relu", net.gemm(h, 16, 16))
+    path = tmp_path_factory.mktemp("bab") / "tiny.onnx"
+    onnx.save(net.model(net.gemm(h, 16, 2)), path)
+    _, model = load_model(path)
+    axes = [torch.linspace(lo, hi, CELLS + 1, dtype=torch.float64) for lo, hi in zip(LOWER, UPPER)]
+    corner = lambda i, j: torch.stack(torch.meshgrid(axes[0][i], axes[1][j], indexing="ij"), -1).reshape(
+        -1, 2
+    )
+    low_end, high_end = slice(0, CELLS), slice(1, CELLS + 1)
+    cells = verifier.Box(corner(low_end, low_end).float(), corner(high_end, high_end).float())
+    with torch.no_grad():
+        low = model.bounds(cells, method="ibp", upper=False).lower.min(0).values.double()
+        high = model(corner(slice(None), slice(None)).float()).min(0).values.double()
+    return path, model, low.numpy(), high.numpy()
+
+
+def property_of(d0: float, d1: float) -> Property:
+    """Unsafe if ``y0 <= d0`` or ``y1 <= d1`` on the box."""
+    rows = [
+        Disjunct(np.array([[1.0, 0.0]]), np.array([d0])),
+        Disjunct(np.array([[0.0, 1.0]]), np.array([d1])),
+    ]
+    return Property(2, 2, (Case(LOWER, UPPER, tuple(rows)),))
+
+
+def problem_for(path, prop: Property) -> driver.Problem:
+    """The bound methods' state after CROWN on the whole box, as ``decide`` hands it to branch and bound."""
+    checker, model = load_model(path)
+    bounder = Bounder(model, spec_batch(prop, checker.dtype))
+    with torch.no_grad():
+        bounder.run("crown", Deadline(30))
+    return driver.Problem(bounder, checker, prop, AttackConfig(), np.random.default_rng(0))
+
+
+def run_bab(problem: driver.Problem, brancher=None) -> driver.BabResult:
+    brancher = brancher or InputSplit(problem.bounder)
+    roots = brancher.roots(np.flatnonzero(~problem.bounder.case_excluded()))
+    return driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(120))
+
+
+def test_a_small_positive_margin_is_proved(tiny):
+    path, _, low, _ = tiny
+    d = low - 2e-3  # the true minimum of y_k exceeds d_k by 2e-3 to 2e-3 + (high - low)
+    problem = problem_for(path, property_of(*d))
+    assert not problem.bounder.case_excluded().all(), "CROWN alone should not decide this property"
+    result = run_bab(problem)
+    assert result.verdict == "unsat" and result.domains > 0
+
+
+def test_a_narrow_unsafe_region_gives_a_checked_counterexample(tiny):
+    path, _, low, high = tiny
+    prop = property_of(low[0] - 1e-2, high[1] + 1e-3)  # y1 <= min + 1e-3 holds on a small region only
+    result = run_bab(problem_for(path, prop))
+    assert result.verdict == "sat"
+    cex = result.counterexample
+    y = load_model(path)[0].run(cex.x)
+    case = prop.cases[0]
+    assert in_box(cex.x, case.lower, case.upper) and violated_disjunct(case, y) == 1
+
+
+def test_children_bounds_are_sound_and_never_looser_than_their_parent(tiny):
+    path, model, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher = InputSplit(problem.bounder)
+    domains = driver.settle(brancher, brancher.roots(np.arange(1)), problem)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(4):
+        children = driver.expand(brancher, domains, problem)
+        n = domains["lower"].shape[0]
+        parent_of_child = torch.cat([torch.arange(n), torch.arange(n)])
+        assert (children["lower"] >= domains["lower"][parent_of_child]).all()
+        assert (children["depth"] == domains["depth"][parent_of_child] + 1).all()
+        lo, hi = children["lo"], children["hi"]
+        x = lo + (hi - lo) * torch.rand((256, *lo.shape), generator=gen)
+        with torch.no_grad():
+            y = model(x.reshape(-1, 2)).reshape(256, -1, 2).double()
+        assert (y >= children["lower"] - 1e-5).all()  # C is the identity on (y0, y1) here
+        domains = children
+
+
+class LooseSplit(InputSplit):
+    """Input splitting whose children bounds are useless: the parents' bounds must be kept."""
+
+    def bound(self, children):
+        return super().bound(children) - 1e9
+
+
+class OverconfidentSplit(InputSplit):
+    """Input splitting whose children bounds are raised by 10: unsound, which the driver must notice."""
+
+    def bound(self, children):
+        return super().bound(children) + 10.0
+
+
+def test_parent_bounds_survive_looser_children(tiny):
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher = LooseSplit(problem.bounder)
+    domains = driver.settle(brancher, brancher.roots(np.arange(1)), problem)
+    children = driver.expand(brancher, domains, problem)
+    torch.testing.assert_close(children["lower"], domains["lower"].repeat(2, 1))
+
+
+def test_unsound_child_bounds_raise_instead_of_unsat(tiny):
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    with pytest.raises(UnsoundBoundError, match="bab-input lower bound"):
+        run_bab(problem, OverconfidentSplit(problem.bounder))
+
+
+def test_the_domain_budget_ends_the_search_with_unknown(tiny):
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher = InputSplit(problem.bounder)
+    roots = brancher.roots(np.arange(1))
+    result = driver.run(brancher, roots, problem, driver.BabConfig(max_domains=4), Deadline(60))
+    assert result.verdict == "unknown" and 4 <= result.domains
+    assert driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(0)).verdict == "timeout"
+
+
+def test_the_split_halves_the_coordinate_the_bound_depends_on(tmp_path):
+    net = Net([1, 2])
+    weights = net.const(np.array([[0.0], [3.0]]))  # y = 3 x1: the bound does not depend on x0 at all
+    path = tmp_path / "linear.onnx"
+    onnx.save(net.model(net.op("Gemm", "x", weights, net.const(np.zeros(1)))), path)
+    case = Case(np.array([-5.0, 0.0]), np.array([5.0, 1.0]), (Disjunct(np.array([[1.0]]), np.array([-1.0])),))
+    problem = problem_for(path, Property(2, 1, (case,)))
+    brancher = InputSplit(problem.bounder)
+    children = driver.expand(
+        brancher, driver.settle(brancher, brancher.roots(np.arange(1)), problem), problem
+    )
+    np.testing.assert_array_equal(children["lo"].numpy(), [[-5.0, 0.0], [-5.0, 0.5]])
+    np.testing.assert_array_equal(children["hi"].numpy(), [[5.0, 0.5], [5.0, 1.0]])

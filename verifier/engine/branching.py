@@ -1,0 +1,81 @@
+"""ReLU splitting for branch and bound: which neuron to split, and the two children of each domain.
+
+A domain is one batch entry of a ``BoundState`` (its region, intermediate bounds and split constraints)
+with its ``Params`` (output slopes and split multipliers). Splitting neuron i of node k gives an inactive
+child (``z_k,i <= 0``) and an active one (``z_k,i >= 0``); together they cover the parent, and each child's
+bounds are the parent's intersected with its constraint, so a child is never looser than its parent and
+its relaxation of that neuron is exact.
+
+Choice (BaBSR-style intercept score): in the output's backward pass a neuron whose coefficient ``a`` on the
+ReLU output is negative uses the upper line, which costs ``-a * b_up`` of the lower bound (``b_up`` its
+intercept, ``-l u / (u - l)`` for ReLU; likewise ``a * b_lo`` for a positive one); splitting removes that
+cost, so the neuron with the largest cost (summed over the rows that still matter) is split first. Neurons
+whose lines cost nothing are ranked below every costly one by their width, so every unstable neuron is eventually split: branch and bound on
+ReLU networks is complete."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from verifier.engine.params import Params
+from verifier.engine.state import BoundState
+
+
+def split_scores(state: BoundState, coeffs: dict[int, Tensor], weights: Tensor) -> dict[int, Tensor]:
+    """Score [B, *shape_k] of every splittable neuron of every node k feeding a recorded nonlinear node
+    (-inf where not splittable: stable, already split, or not an input of a ReLU).
+
+    ``coeffs[j]``: [S, B, *shape_j] coefficients on the output of nonlinear node j (``crown.backward``'s
+    ``record``); ``weights`` [S, B] >= 0 selects the rows that still matter."""
+    scores = {}
+    for j, a in coeffs.items():
+        node = state.graph.nodes[j]
+        if not node.op.linear_on_each_side_of_zero:
+            continue  # a split at zero makes only such functions exact
+        k = node.inputs[0]
+        lo, hi = state.bounds[k]
+        free = node.op.needs_bounds(lo, hi)
+        if k in state.splits:
+            free &= state.splits[k] == 0
+        rel = state.relaxation(j)
+        w = weights.reshape(*weights.shape, *([1] * (a.dim() - 2)))
+        # what the lines' intercepts take off the lower bound; both children's lines pass through 0
+        cost = -((a.clamp(min=0) * rel.b_lo + a.clamp(max=0) * rel.b_up) * w).sum(0)
+        width = torch.minimum(-lo, hi).clamp(min=0)
+        score = torch.where(cost > 0, 2 + cost / (1 + cost), width / (1 + width))  # costly ones first
+        scores[k] = torch.where(free, score, torch.full_like(score, -torch.inf))
+    return scores
+
+
+def choose(scores: dict[int, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per domain the best neuron: node index [B] (long), flat position [B], and whether any neuron was
+    splittable [B] bool."""
+    keys = sorted(scores)
+    flat = torch.cat([scores[k].flatten(1) for k in keys], 1)  # [B, total]
+    best, where = flat.max(1)
+    sizes = torch.tensor([scores[k][0].numel() for k in keys], device=flat.device)
+    ends = sizes.cumsum(0)
+    which = torch.searchsorted(ends, where, right=True)
+    pos = where - (ends - sizes)[which]
+    nodes = torch.tensor(keys, device=flat.device)[which]
+    return nodes, pos, torch.isfinite(best)
+
+
+def split(state: BoundState, params: Params, nodes: Tensor, pos: Tensor) -> tuple[BoundState, Params]:
+    """Children of every domain: rows 2b (inactive side) and 2b+1 (active side) of the result split
+    neuron ``pos[b]`` of node ``nodes[b]``; parameters are the parent's (warm start)."""
+    batch = nodes.shape[0]
+    index = torch.arange(batch, device=nodes.device).repeat_interleave(2)
+    child = state.select(index)
+    sign = torch.tensor([-1, 1], dtype=torch.int8, device=nodes.device).repeat(batch)
+    for k in nodes.unique().tolist():
+        rows = (nodes[index] == k).nonzero().flatten()
+        lo = child.bounds[k][0]
+        s = child.splits.get(k)
+        s = torch.zeros(lo.shape, dtype=torch.int8, device=lo.device) if s is None else s.clone()
+        flat = s.reshape(s.shape[0], -1)
+        flat[rows, pos[index][rows]] = sign[rows]
+        child.splits[k] = s
+        child.set_bounds(k, child.bounds[k])
+    return child, params.select(index, keep=lambda key: key[0] == "beta" or key[1] == "out")

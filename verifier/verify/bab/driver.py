@@ -1,0 +1,232 @@
+"""Branch and bound: the generic loop over sub-domains of the cases of a property.
+
+Every domain belongs to one case (key ``case``, ``(N,)``) and carries ``lower`` (``(N, S)``, float64):
+lower bounds of ``(C f(x))_s`` over the domain, for the case's spec rows. Each iteration pops the open
+domains of lowest bound, lets a ``Brancher`` split them, bounds all children in one batched engine call
+and keeps a child only while its score is not positive:
+
+    score_n = min_j max_{s in j} (lower_ns - d_s - tol_s)       (j over the case's valid disjuncts)
+
+``score_n > 0`` says every disjunct has a row whose bound exceeds ``d_s`` by the safety margin ``tol_s`` of
+``bounding``: the child is verified. A child keeps ``max(parent, child)`` bound per row -- the parent's bound
+holds on every subset of the parent -- so scores never decrease along a branch. The children of a domain
+cover it, so when no open domain is left every case is verified (``unsat``).
+
+Bounds are checked against the model's value at a point of every child (``check_against_samples``), and
+those points, plus PGD runs on the lowest domains, are counterexample candidates; only a point that
+``OnnxChecker`` confirms on the ONNX file gives ``sat``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from verifier.spec.property import Property
+from verifier.verify.attack import AttackConfig, pgd
+from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, domain_count, take
+from verifier.verify.bounding import Bounder, check_against_samples
+from verifier.verify.deadline import Deadline
+from verifier.verify.onnx_check import Counterexample, OnnxChecker
+from verifier.verify.spec_batch import disjunct_min
+
+
+class Brancher(Protocol):
+    """A branching rule: how domains are split and how their children are bounded.
+
+    ``split`` returns children (every key of ``Domains``, ``lower`` copied from the parent, ``BOUND`` may be
+    stale) that together cover each parent; ``bound`` returns ``(N, S)`` float64 lower bounds of
+    ``(C f(x))_s`` over each domain (and may store what it learnt for the next split in the domains'
+    dict, e.g. branching scores); ``boxes`` returns float32 ``(N, n_in)`` input boxes containing each
+    domain. ``exact_boxes`` says whether a domain *is* its box (then points of the box are points of the
+    domain, used to check bounds against the model).
+    """
+
+    name: str
+    exact_boxes: bool
+
+    def split(self, parents: Domains) -> Domains: ...
+
+    def bound(self, children: Domains) -> Tensor: ...
+
+    def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class BabConfig:
+    """Budget and batch sizes of branch and bound.
+
+    ``max_domains``: children bounded before giving up (``unknown``). ``max_elements``: cap on the
+    elements of one coefficient tensor of a batched bound call (see ``batch_size``); the batch is also
+    kept to about ``iteration_seconds`` of work (measured), since the deadline is polled between
+    iterations. Every ``attack_every`` iterations PGD runs from the ``attack_domains`` lowest popped
+    domains.
+    """
+
+    max_domains: int = 20_000_000
+    max_elements: int = 2**22
+    max_batch: int = 4096
+    iteration_seconds: float = 0.5
+    attack_every: int = 8
+    attack_domains: int = 64
+    progress: bool = False
+    progress_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class BabResult:
+    """``verdict``: ``unsat``, ``sat`` (with a checked counterexample), ``unknown`` or ``timeout``."""
+
+    verdict: str
+    counterexample: Counterexample | None
+    domains: int
+    iterations: int
+
+
+@dataclass
+class Problem:
+    """What the loop needs besides the brancher: spec, tolerances and model (``bounder``), the ONNX
+    checker and the property for counterexamples, and the attack settings with their random source."""
+
+    bounder: Bounder
+    checker: OnnxChecker
+    prop: Property
+    attack: AttackConfig
+    rng: np.random.Generator
+
+
+def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
+    """Parents popped per iteration. Bounding their ``2 x parents`` children holds coefficient tensors of
+    about ``children x max(n_rows, widest) x widest`` elements (spec rows at the output, one row per
+    neuron of the widest layer for intermediate bounds); keep that under ``config.max_elements``."""
+    per_parent = 2 * max(n_rows, widest) * widest
+    return int(min(config.max_batch, max(1, config.max_elements // per_parent)))
+
+
+def scores(problem: Problem, cases: Tensor, lower: Tensor) -> Tensor:
+    """``score_n`` of the module docstring, ``(N,)``, for domains of ``cases`` with row bounds ``lower``."""
+    spec, c = problem.bounder.spec, cases.numpy()
+    gap = lower - torch.as_tensor(spec.d[c] + problem.bounder.tol[c])
+    return disjunct_min(gap, torch.as_tensor(spec.member[c]), torch.as_tensor(spec.valid[c]))
+
+
+def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig, deadline: Deadline):
+    """Branch and bound from ``roots`` (domains with ``case`` and ``lower``, bounded once more here) until
+    every domain is
+    verified (``unsat``), a checked counterexample is found (``sat``), ``config.max_domains`` children
+    were bounded (``unknown``) or the deadline passes (``timeout``, within about one iteration)."""
+    queue = DomainQueue()
+    roots = settle(brancher, dict(roots), problem)
+    found = _check_points(brancher, roots, problem)
+    if found is not None:
+        return BabResult("sat", found, 0, 0)
+    queue.push(take(roots, roots[BOUND] <= 0))
+    widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
+    size = batch_size(problem.bounder.spec.d.shape[1], widest, config)
+    visited, iteration, shown = 0, 0, time.monotonic()
+    rate = 64 / config.iteration_seconds  # parents per second, measured from the first iteration on
+
+    def result(verdict: str, found: Counterexample | None = None) -> BabResult:
+        return BabResult(verdict, found, visited, iteration)
+
+    while len(queue):
+        if deadline.expired():
+            return result("timeout")
+        if visited >= config.max_domains:
+            return result("unknown")
+        seconds = min(config.iteration_seconds, deadline.remaining() / 2)
+        parents = queue.pop(max(1, min(size, int(rate * seconds))))
+        if iteration % config.attack_every == 0:
+            found = _attack(brancher, take(parents, slice(0, config.attack_domains)), problem, deadline)
+            if found is not None:
+                return result("sat", found)
+        iteration += 1
+        start = time.monotonic()
+        children = expand(brancher, parents, problem)
+        rate = domain_count(parents) / max(time.monotonic() - start, 1e-6)  # parents per second
+        visited += domain_count(children)
+        found = _check_points(brancher, children, problem)
+        if found is not None:
+            return result("sat", found)
+        queue.push(take(children, children[BOUND] <= 0))
+        if config.progress and time.monotonic() - shown > config.progress_seconds:
+            shown = time.monotonic()
+            print(f"bab {brancher.name}: {len(queue)} domains open, global lower bound "
+                  f"{queue.global_bound():.4g}, {visited} bounded, {deadline.elapsed():.1f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return result("unsat")
+
+
+def settle(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
+    """Bound ``domains`` in one call; ``lower`` becomes the larger of the new bound and the one they
+    carry (both sound on the domain), and ``BOUND`` their score."""
+    domains["lower"] = torch.maximum(domains["lower"], brancher.bound(domains))
+    domains[BOUND] = scores(problem, domains["case"], domains["lower"])
+    return domains
+
+
+def expand(brancher: Brancher, parents: Domains, problem: Problem) -> Domains:
+    """Split ``parents`` and ``settle`` all children: a child starts from its parent's ``lower``."""
+    return settle(brancher, brancher.split(parents), problem)
+
+
+def _check_points(brancher: Brancher, children: Domains, problem: Problem) -> Counterexample | None:
+    """Evaluate the model at the centre of every child's box: check the child's bounds against it (when
+    the box is the domain) and return a checked counterexample if a centre is unsafe."""
+    lo, hi = brancher.boxes(children)
+    centre = ((lo.double() + hi.double()) / 2).numpy()
+    cases = children["case"].numpy()
+    rows, _ = problem.bounder.rows_at(centre, cases)
+    spec = problem.bounder.spec
+    if brancher.exact_boxes:
+        gap = children["lower"].numpy() - spec.d[cases]
+        check_against_samples(gap, rows, spec, cases, problem.bounder.tol[cases], brancher.name, "domain")
+    margin = disjunct_min(torch.as_tensor(rows), torch.as_tensor(spec.member[cases]),
+                          torch.as_tensor(spec.valid[cases])).numpy()  # fmt: skip
+    return _confirm(centre, margin, cases, problem)
+
+
+def _attack(brancher: Brancher, domains: Domains, problem: Problem, deadline: Deadline):
+    """PGD on the spec margin inside each domain's box (intersected with the case's box rounded inwards,
+    so iterates are points of the property); returns a checked counterexample or ``None``."""
+    spec, cases = problem.bounder.spec, domains["case"].numpy()
+    lo, hi = (t.double().numpy() for t in brancher.boxes(domains))
+    lo, hi = np.maximum(lo, spec.lo[cases]), np.minimum(hi, spec.hi[cases])
+    keep = (lo <= hi).all(axis=1)
+    if not keep.any():
+        return None
+    lo, hi, cases = lo[keep], hi[keep], cases[keep]
+    bounder, config = problem.bounder, problem.attack
+    tensor = bounder.tensor
+    low, high = math.log(config.step_range[0]), math.log(config.step_range[1])
+    step0 = np.exp(problem.rng.uniform(low, high, size=(len(cases), 1)))
+    sub = spec.select(cases)
+    spec_tensors = (tensor(sub.C), tensor(sub.d), torch.as_tensor(sub.member), torch.as_tensor(sub.valid))
+    shape = bounder.input_shape
+
+    def forward(x: Tensor) -> Tensor:
+        return bounder.model(x.reshape((x.shape[0],) + shape))
+
+    x, m = pgd(forward, tensor((lo + hi) / 2), tensor(lo), tensor(hi), spec_tensors, tensor(step0),
+               config, deadline)  # fmt: skip
+    return _confirm(x.cpu().numpy(), m.cpu().numpy(), cases, problem)
+
+
+def _confirm(x: np.ndarray, margin: np.ndarray, cases: np.ndarray, problem: Problem):
+    """Re-check on the ONNX file the ``check_top`` points of lowest margin among those ``<= 0``."""
+    spec = problem.bounder.spec
+    for i in np.argsort(margin, kind="stable")[: problem.attack.check_top]:
+        if margin[i] > 0:
+            break
+        point = np.clip(x[i], spec.lo[cases[i]], spec.hi[cases[i]])  # the centre may lie on the rounding
+        found = problem.checker.check(problem.prop.cases, int(cases[i]), point)
+        if found is not None:
+            return found
+    return None
