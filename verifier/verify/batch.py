@@ -129,6 +129,8 @@ def run_batch(
         writer = csv.writer(handle, lineterminator="\n") if handle else None
         if writer:
             writer.writerow(RESULT_FIELDS)
+        # No tqdm monitor thread: a worker forked while it holds a lock (say, stderr's) would inherit it held.
+        tqdm.monitor_interval = 0
         bar = tqdm(instances, unit="inst", disable=not progress, dynamic_ncols=True)
         for instance in bar:
             bar.set_description(instance.benchmark)

@@ -62,23 +62,23 @@ class Worker:
         passes first (the child is killed), ``VerifierError`` for the job's own errors, ``WorkerCrash``
         for anything else.
         """
+        spent = DeadlineReached(f"time budget of {deadline.seconds:g} s spent")
         if deadline.expired():
-            raise DeadlineReached(f"time budget of {deadline.seconds:g} s spent")
+            raise spent
         if self._process is None:
             self._start()
         try:
             self._conn.send(args)
         except OSError:  # the child died between two jobs
-            raise WorkerCrash(f"the verification process died ({_describe_exit(self._reap())})") from None
+            raise self._died() from None
         wait = deadline.remaining()
         if not self._conn.poll(max(wait, 0.0) if math.isfinite(wait) else None):
             self.close()
-            raise DeadlineReached(f"time budget of {deadline.seconds:g} s spent")
+            raise spent
         try:
             kind, value = self._conn.recv()
         except EOFError:  # the child died without answering
-            code = self._reap()
-            raise WorkerCrash(f"the verification process died ({_describe_exit(code)})") from None
+            raise self._died() from None
         if kind == "done":
             return value
         if kind == "timeout":
@@ -99,6 +99,9 @@ class Worker:
         self._process.start()
         child_end.close()
         self._conn = parent_end
+
+    def _died(self) -> WorkerCrash:
+        return WorkerCrash(f"the verification process died ({_describe_exit(self._reap())})")
 
     def _reap(self) -> int | None:
         process, self._process = self._process, None
