@@ -14,6 +14,7 @@ from verifier.cli import main
 from verifier.spec.vnnlib import load_property
 from verifier.verify.onnx_check import OnnxChecker, violated_disjunct
 from verifier.verify.result_file import parse_vnncomp
+from verifier.verify.standard import TOOL_NAME
 
 
 def run(capsys, *args):
@@ -44,12 +45,12 @@ def test_unsat(tmp_path, capsys):
     assert '"verdict": "unsat"' in out and (tmp_path / "r.txt").read_text() == "unsat\n"
 
 
-def test_timeout_within_budget(tmp_path, capsys):
-    start = time.monotonic()
+def test_timeout_is_reported_and_written(tmp_path, capsys):
+    """Stopping within the budget in wall-clock time: test_process_stops_within_its_budget_including_start_up
+    (slow, as it measures time)."""
     status, out, _ = run(
         capsys, *HARD, "--timeout", "0.5", "--attack-seconds", "100", "--out", tmp_path / "r"
     )
-    assert time.monotonic() - start < 2.0
     assert status == 0 and out == "timeout\n" and (tmp_path / "r").read_text() == "timeout\n"
 
 
@@ -79,7 +80,7 @@ def test_input_errors_are_one_line_with_status_1(tmp_path, capsys):
 
 def test_name_and_version(capsys):
     assert run(capsys, "--version")[1].strip() == "0.1.0"
-    assert run(capsys, "--name")[1].strip()
+    assert run(capsys, "--name")[1] == TOOL_NAME + "\n"
 
 
 def test_batch_mode_prints_a_table_with_reference_agreement(tmp_path, capsys):

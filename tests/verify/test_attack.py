@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import verifier
+from tests.helpers import CountdownDeadline
 from tests.verify.paths import TEST_SAT, TEST_UNSAT
 from verifier.spec.vnnlib import load_property
 from verifier.verify.attack import Attack, AttackConfig, start_points
@@ -65,7 +66,12 @@ def test_attack_reports_nothing_on_a_safe_instance(rounds):
 
 
 def test_attack_stops_at_the_deadline():
+    """10,000 PGD steps are asked for; the round ends at the first look at the clock after it expires."""
     attack, _ = _attack(TEST_UNSAT, steps=10_000)
-    deadline = Deadline(0.3)
-    attack.run_round(deadline)
-    assert deadline.elapsed() < 1.5
+    calls = []
+    model = attack.forward
+    attack.forward = lambda x: calls.append(len(x)) or model(x)
+    deadline = CountdownDeadline(expires_on=20)
+    assert attack.run_round(deadline) is None
+    assert deadline.polls >= 20, calls  # the expiry was seen ...
+    assert len(calls) <= 21, calls  # ... and nothing tried after it: the probes, a PGD step per look

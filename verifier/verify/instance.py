@@ -32,6 +32,7 @@ from verifier.spec.vnnlib import load_property
 from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit, InputSplitConfig
+from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.disk_cache import cached_model
@@ -56,6 +57,7 @@ class VerifyConfig:
     seed: int = 0
     bab: driver.BabConfig = field(default_factory=driver.BabConfig)
     input_split: InputSplitConfig = field(default_factory=InputSplitConfig)
+    relu_split: ReluSplitConfig = field(default_factory=ReluSplitConfig)
 
 
 @dataclass(frozen=True)
@@ -195,17 +197,22 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
     if found is not None:
         return done("sat", "attack", found)
     bounder = Bounder(model, spec, attack.best_x, device=config.device)
+    brancher = _brancher(model, bounder, config)
+    if isinstance(brancher, ReluSplit):  # its roots run alpha-CROWN and keep what it learns
+        methods = tuple(m for m in methods if m != "alpha-crown")
     for method in methods:
         deadline.check()
         with clock.stage(method), torch.no_grad():
             if bounder.run(method, deadline):
                 return done("unsat", method)
-    if config.method == "auto" and InputSplit.applies(model, config.input_split):
-        with clock.stage(InputSplit.name):
-            outcome = _input_split(loaded, bounder, attack, config, deadline)
+    if brancher is not None:
+        with clock.stage(brancher.name):
+            outcome = _branch_and_bound(brancher, loaded, bounder, attack, config, deadline)
         stats["domains"] = outcome.domains
         if outcome.verdict in ("sat", "unsat"):
-            return done(outcome.verdict, InputSplit.name, outcome.counterexample)
+            # proved at the roots (no split needed): that was the roots' alpha-CROWN
+            stage = "alpha-crown" if outcome.domains == 0 and outcome.verdict == "unsat" else brancher.name
+            return done(outcome.verdict, stage, outcome.counterexample)
     with clock.stage("extra attack"):
         found = _extra_attack(attack, config, deadline)
     if found is not None:
@@ -214,10 +221,21 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
     return done("unknown", "")
 
 
-def _input_split(loaded: LoadedInstance, bounder: Bounder, attack: Attack, config: VerifyConfig,
-                 deadline: Deadline) -> driver.BabResult:  # fmt: skip
-    """Branch and bound by input splitting on the cases the bound methods left open."""
-    brancher = InputSplit(bounder, config.input_split)
+def _brancher(model, bounder: Bounder, config: VerifyConfig):
+    """The branching rule for ``--method auto``: input splitting for few inputs, else ReLU splitting
+    where the model has ReLU-like neurons; None otherwise (or for any other method)."""
+    if config.method != "auto":
+        return None
+    if InputSplit.applies(model, config.input_split):
+        return InputSplit(bounder, config.input_split)
+    if ReluSplit.applies(model):
+        return ReluSplit(bounder, config.relu_split)
+    return None
+
+
+def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack: Attack,
+                      config: VerifyConfig, deadline: Deadline) -> driver.BabResult:  # fmt: skip
+    """Branch and bound on the cases the bound methods left open."""
     problem = driver.Problem(bounder, loaded.checker, loaded.prop, config.attack, attack.rng)
     roots = brancher.roots(np.flatnonzero(~bounder.case_excluded()))
     return driver.run(brancher, roots, problem, config.bab, deadline)

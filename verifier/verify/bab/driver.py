@@ -129,7 +129,7 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
         return BabResult("sat", found, 0, 0)
     queue.push(take(roots, roots[BOUND] <= 0))
     widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
-    size = batch_size(problem.bounder.spec.d.shape[1], widest, config)
+    size = getattr(brancher, "max_parents", None) or batch_size(problem.bounder.spec.d.shape[1], widest, config)
     visited, iteration, shown = 0, 0, time.monotonic()
     rate = 64 / config.iteration_seconds  # parents per second, measured from the first iteration on
 

@@ -1,0 +1,190 @@
+"""ReLU splitting with beta-CROWN: a domain is the case's input box with some neurons fixed to one side.
+
+Domain keys (``N`` domains): ``case`` and ``lower`` (as for every brancher), per bounded node k
+``lo:k`` / ``hi:k`` (its bounds in the domain) and ``split:k`` (int8: +1 ``z_k >= 0``, -1 ``z_k <= 0``,
+0 free), per free parameter ``param:...`` (output slopes and split multipliers, domain dimension first),
+and the neuron chosen for the next split, ``branch_node`` / ``branch_pos``.
+
+Soundness: the two children of a domain fix one neuron to each side, so they cover it; a child's bounds
+are its parent's intersected with its constraint (plus CROWN refreshes of later nodes intersected with
+the parent's), and any parameter value within its projection gives a sound bound (``engine.alpha``), so
+every child bound is sound on the child. A domain whose constraints contradict each other is empty and
+gets an infinite bound. Neurons are chosen by ``engine.branching``.
+
+A domain is the part of the case's box where its split constraints hold, so the box is not exact
+(``exact_boxes``): the driver does not check bounds at points of the box, and counterexamples come from its
+attack on the case's box (``boxes``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import verifier
+from verifier.engine import alpha, branching, crown
+from verifier.engine.bounds import intermediate_bounds, refresh_after
+from verifier.engine.params import Params
+from verifier.engine.state import BoundConfig, BoundState
+from verifier.verify.bab.queue import Domains
+from verifier.verify.bounding import Bounder
+
+
+@dataclass(frozen=True)
+class ReluSplitConfig:
+    """``steps``: optimisation steps of slopes and multipliers per child; ``root_steps``: of the full
+    alpha-CROWN at the root; ``max_batch``: parents per iteration; ``refresh``: recompute the CROWN bounds
+    of the nodes after a split one (tighter children, each several backward passes dearer)."""
+
+    steps: int = 8
+    root_steps: int = 20
+    max_batch: int = 256
+    refresh: bool = False
+
+
+class ReluSplit:
+    """The ``Brancher`` of ReLU splitting (see the module docstring) for the cases of ``bounder``."""
+
+    name = "bab-relu"
+    exact_boxes = False  # a domain is the part of its box where the split constraints hold
+
+    def __init__(self, bounder: Bounder, config: ReluSplitConfig = ReluSplitConfig()):
+        self.bounder, self.config = bounder, config
+        self.graph = bounder.model.graph
+        self.cfg = BoundConfig(method="alpha-crown", alpha_steps=config.steps)
+        self.nodes = sorted(self.graph.needs_bounds())
+        self.max_parents = config.max_batch  # parents per iteration (the driver's rate rule still applies)
+
+    @staticmethod
+    def applies(model) -> bool:
+        """Whether the model has neurons that a split at zero makes exact (ReLU-like)."""
+        return any(n.op is not None and getattr(n.op, "linear_on_each_side_of_zero", False)
+                   for n in model.graph.nodes)  # fmt: skip
+
+    def roots(self, cases: np.ndarray) -> Domains:
+        """One domain per case: full alpha-CROWN on its box, keeping bounds and output parameters."""
+        case = torch.as_tensor(cases, dtype=torch.int64)
+        state = BoundState(self.graph, self._box(case), BoundConfig(method="alpha-crown",
+                                                                     alpha_steps=self.config.root_steps))
+        params = Params()
+        with torch.no_grad():
+            lower = alpha.optimise(state, self._rows(case), refresh=lambda p: intermediate_bounds(state, p),
+                                   params=params)  # fmt: skip
+        keep = Params()
+        keep.tensors = {k: v for k, v in params.tensors.items() if k[1] == "out"}
+        keep.projections = {k: params.projections[k] for k in keep.tensors}
+        rows = self._rows(case).shape[0]
+        for k in self.nodes:  # every domain carries the same keys (the queue concatenates them)
+            keep.tensors[("beta", k)] = torch.zeros(rows, len(cases), *self.graph.nodes[k].shape)
+            keep.projections[("beta", k)] = self._projection(("beta", k))
+        domains = {"case": case, "lower": torch.maximum(torch.as_tensor(self.bounder.lower[cases]),
+                                                         lower.T.double())}  # fmt: skip
+        domains.update(self._pack(state, keep))
+        self._choose(domains, state, keep)
+        return domains
+
+    def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]:
+        c = domains["case"].numpy()
+        return torch.as_tensor(self.bounder.box_lo[c]), torch.as_tensor(self.bounder.box_hi[c])
+
+    def split(self, parents: Domains) -> Domains:
+        """``2N`` children: rows ``2n`` (inactive side) and ``2n + 1`` (active side) of parent n."""
+        state, params = self._unpack(parents)
+        nodes, pos = parents["branch_node"], parents["branch_pos"]
+        stuck = nodes < 0  # nothing left to split: the child repeats its parent (never dropped)
+        nodes = torch.where(stuck, torch.full_like(nodes, self.nodes[-1]), nodes)
+        child, child_params = branching.split(state, params, nodes, pos.clamp(min=0))
+        if stuck.any():
+            self._undo(child, state, stuck)
+        if self.config.refresh:
+            with torch.no_grad():
+                refresh_after(child, int(nodes.min()))
+        index = torch.arange(len(nodes)).repeat_interleave(2)
+        children = {"case": parents["case"][index], "lower": parents["lower"][index]}
+        children.update(self._pack(child, child_params))
+        return children
+
+    def bound(self, domains: Domains) -> Tensor:
+        """``(N, S)`` lower bounds by CROWN with optimised slopes and split multipliers, warm-started
+        from the parent; stores the updated parameters and the next neuron to split."""
+        state, params = self._unpack(domains)
+        with torch.no_grad():
+            lower = alpha.optimise(state, self._rows(domains["case"]), params=params)
+        lower = lower.T.double()
+        lower[state.infeasible()] = torch.inf  # an empty domain: nothing to verify
+        domains.update(self._pack(state, params))
+        self._choose(domains, state, params)
+        return lower
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _box(self, case: Tensor) -> verifier.Box:
+        b, c = self.bounder, case.numpy()
+        shape = (-1,) + b.input_shape
+        return verifier.Box(b.tensor(b.box_lo[c]).reshape(shape), b.tensor(b.box_hi[c]).reshape(shape))
+
+    def _rows(self, case: Tensor) -> Tensor:
+        return self.bounder.tensor(self.bounder.spec.C[case.numpy()]).transpose(0, 1)  # [S, N, n_out]
+
+    def _weights(self, domains: Domains) -> Tensor:
+        """[S, N]: 1 on the rows not yet above ``d`` plus the margin (the ones splitting must help)."""
+        b, c = self.bounder, domains["case"].numpy()
+        gap = domains["lower"].numpy() - b.spec.d[c] - b.tol[c]
+        return torch.as_tensor((gap <= 0) & b.spec.member[c].any(-1), dtype=torch.float32).T
+
+    def _choose(self, domains: Domains, state: BoundState, params: Params) -> None:
+        record: dict[int, Tensor] = {}
+        with torch.no_grad():
+            crown.backward(state, self.graph.output, self._rows(domains["case"]), params, ("out",), True,
+                           record)  # fmt: skip
+        scores = branching.split_scores(state, record, self._weights(domains))
+        nodes, pos, ok = branching.choose(scores)
+        domains["branch_node"] = torch.where(ok, nodes, -1)
+        domains["branch_pos"] = torch.where(ok, pos, -1)
+
+    def _pack(self, state: BoundState, params: Params) -> Domains:
+        out = {}
+        for k in self.nodes:
+            lo, hi = state.bounds[k]
+            out[f"lo:{k}"], out[f"hi:{k}"] = lo, hi
+            split = state.splits.get(k)
+            out[f"split:{k}"] = torch.zeros(lo.shape, dtype=torch.int8) if split is None else split
+        for key, t in params.tensors.items():
+            out["param:" + "/".join(map(str, key))] = t.detach().transpose(0, 1)
+        return out
+
+    def _unpack(self, domains: Domains) -> tuple[BoundState, Params]:
+        state = BoundState(self.graph, self._box(domains["case"]), self.cfg)
+        for k in self.nodes:
+            state.bounds[k] = (domains[f"lo:{k}"], domains[f"hi:{k}"])
+            if domains[f"split:{k}"].any():
+                state.splits[k] = domains[f"split:{k}"]
+        params = Params()
+        for name, t in domains.items():
+            if name.startswith("param:"):
+                kind, *rest = name[len("param:"):].split("/")
+                key = (kind, *(int(r) if r.lstrip("-").isdigit() else r for r in rest))
+                params.tensors[key] = t.transpose(0, 1).clone().requires_grad_(True)
+                params.projections[key] = self._projection(key)
+        return state, params
+
+    def _projection(self, key):
+        if key[0] == "beta":
+            return lambda t: t.clamp(min=0)
+        return self.graph.nodes[key[-1]].op.project
+
+    @staticmethod
+    def _undo(child: BoundState, parent: BoundState, stuck: Tensor) -> None:
+        """Children of parents with nothing to split get the parent's constraints back (both copies)."""
+        rows = stuck.repeat_interleave(2)
+        src = torch.arange(len(stuck)).repeat_interleave(2)
+        for k, s in child.splits.items():
+            old = parent.splits.get(k, torch.zeros_like(s[: len(stuck)]))[src]
+            child.splits[k] = torch.where(rows.reshape(-1, *[1] * (s.dim() - 1)), old, s)
+        for k in child.bounds:
+            lo, hi = (t[src] for t in parent.bounds[k])
+            mask = rows.reshape(-1, *[1] * (lo.dim() - 1))
+            child.set_bounds(k, (torch.where(mask, lo, child.bounds[k][0]),
+                                 torch.where(mask, hi, child.bounds[k][1])))  # fmt: skip
