@@ -8,6 +8,7 @@ imports torch.
 import importlib
 
 from verifier.errors import InputError, ModelLoadError, UnsupportedOperatorError, VerifierError
+from verifier.graph import onnx2torch_compat  # noqa: F401  (light; before anything imports onnx2torch)
 
 _LAZY = {
     "METHODS": "verifier.api", "BoundedModel": "verifier.api", "Bounds": "verifier.api", "load": "verifier.api",
