@@ -236,7 +236,7 @@ def _brancher(model, bounder: Bounder, config: VerifyConfig):
 def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack: Attack,
                       config: VerifyConfig, deadline: Deadline) -> driver.BabResult:  # fmt: skip
     """Branch and bound on the cases the bound methods left open."""
-    problem = driver.Problem(bounder, loaded.checker, loaded.prop, config.attack, attack.rng)
+    problem = driver.Problem(bounder, loaded.checker, loaded.prop, attack)
     roots = brancher.roots(np.flatnonzero(~bounder.case_excluded()))
     return driver.run(brancher, roots, problem, config.bab, deadline)
 
