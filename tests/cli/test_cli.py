@@ -12,7 +12,6 @@ import pytest
 from tests.verify.paths import HARD, REPO, TEST_NANO, TEST_SAT, TEST_UNSAT
 from verifier.cli import main
 from verifier.spec.vnnlib import load_property
-from verifier.verify.deadline import Deadline, Watchdog
 from verifier.verify.onnx_check import OnnxChecker, violated_disjunct
 from verifier.verify.result_file import parse_vnncomp
 from verifier.verify.standard import TOOL_NAME
@@ -118,7 +117,7 @@ def test_batch_mode_prints_a_table_with_reference_agreement(tmp_path, capsys):
 
 
 def test_installed_entry_point_runs_as_a_process(tmp_path):
-    """One real process: console script (or ``python -m verifier.cli``), with the watchdog armed."""
+    """One real process: console script (or ``python -m verifier.cli``), start-up counted in the budget."""
     script = REPO / ".venv" / "bin" / "verify-model"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "verifier.cli"]
     out_file = tmp_path / "r.txt"
@@ -131,20 +130,6 @@ def test_installed_entry_point_runs_as_a_process(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "unsat\n" and out_file.read_text() == "unsat\n"
-
-
-def test_watchdog_ends_a_stuck_process():
-    code = (
-        "import time\n"
-        "from verifier.verify.deadline import Deadline, Watchdog\n"
-        "Watchdog(Deadline(0.2), lambda: print('timeout', flush=True), grace=0.3)\n"
-        "time.sleep(30)\n"
-        "print('not reached')\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0 and done.stdout == "timeout\n"  # ended in its sleep: "not reached" unprinted
 
 
 @pytest.mark.slow
@@ -161,6 +146,8 @@ def test_process_stops_within_its_budget_including_start_up(tmp_path):
             str(budget),
             "--attack-seconds",
             "1000",
+            "--method",
+            "crown",  # no branch and bound, which decides this instance in time
         ],
         check=False,
         capture_output=True,
@@ -169,10 +156,3 @@ def test_process_stops_within_its_budget_including_start_up(tmp_path):
     )
     assert done.stdout == "timeout\n"
     assert time.monotonic() - start < budget + 2.5
-
-
-def test_watchdog_without_a_time_limit_only_reports():
-    reports = []
-    watchdog = Watchdog(Deadline(None), lambda: reports.append("timeout"))
-    assert watchdog.finish(lambda: reports.append("unsat")) and reports == ["unsat"]
-    assert not watchdog.finish(lambda: reports.append("again")) and reports == ["unsat"]

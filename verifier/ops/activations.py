@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from onnx2torch.node_converters.functions import OnnxFunction
 from torch import Tensor, nn
 
-from verifier.ops.base import Nonlinear, Relaxation, RelaxConfig, converts, register
+from verifier.ops.base import Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
 
 
@@ -233,7 +232,7 @@ def _tanh(call) -> SShaped:
     return SShaped("tanh")
 
 
-@converts(OnnxFunction)
+@converts(Onnx2TorchClass("functions", "OnnxFunction"))
 def _onnx_function(call) -> Nonlinear:
     """onnx2torch's generic elementwise module (ONNX Tanh, Sigmoid, ...): dispatch on its torch function."""
     by_function = {torch.tanh: SShaped("tanh"), torch.sigmoid: SShaped("sigmoid"), torch.relu: ReLU()}
