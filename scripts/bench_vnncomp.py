@@ -7,21 +7,37 @@ is test, acasxu, rl_benchmarks and mnist_fc under ``../shared/benchmarks``. Per 
 records solved / total, every verdict count, wrong answers (contradictions of the reference
 consensus), the median time, and how many of the same instances the reference consensus solved.
 ``--every K`` runs every K-th instance only, for quick looks; per-instance rows go to ``--results-dir``.
+
+``--mode batch`` (default) runs each suite through the batch mode (one worker process, models kept
+between instances; times exclude start-up). ``--mode process`` runs every instance as its own
+``verify-model`` process, as the competition harness does, and records each one's wall time, start-up
+included.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from verifier.verify.batch import read_instances, run_batch
+from verifier.verify.batch import (
+    RESULT_FIELDS,
+    BatchRow,
+    Instance,
+    budget,
+    read_instances,
+    result_fields,
+    run_batch,
+)
 from verifier.verify.instance import VerifyConfig
 from verifier.verify.report import BenchmarkSummary, format_table, read_consensus, summarise
 
@@ -46,18 +62,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, default=Path("bench_vnncomp.json"), help="JSON output file")
     parser.add_argument("--results-dir", type=Path, help="write <benchmark>.csv per-instance results here")
+    parser.add_argument("--mode", choices=("batch", "process"), default="batch",
+                        help="batch mode, or one verify-model process per instance (wall time)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
 
-def run_benchmark(folder: Path, config: VerifyConfig, args) -> tuple[BenchmarkSummary, float]:
-    """Batch-run one benchmark folder; returns its summary and the wall time in seconds."""
+def run_benchmark(folder: Path, config: VerifyConfig, args) -> tuple[BenchmarkSummary, float, list[BatchRow]]:
+    """Run one benchmark folder (``--mode``); returns its summary, the wall time in seconds and the rows."""
     instances = read_instances(folder / "instances.csv")[:: args.every]
     results = args.results_dir / f"{folder.name}.csv" if args.results_dir else None
     start = time.monotonic()
-    rows = run_batch(instances, config, results, args.timeout_scale, args.timeout_cap, not args.no_progress)
+    if args.mode == "batch":
+        rows = run_batch(
+            instances, config, results, args.timeout_scale, args.timeout_cap, not args.no_progress
+        )
+    else:
+        rows = [
+            run_process(inst, budget(inst, args.timeout_scale, args.timeout_cap), args) for inst in instances
+        ]
+        if results:
+            with results.open("w", newline="") as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerows([RESULT_FIELDS, *(result_fields(row) for row in rows)])
     (summary,) = summarise(rows, {folder.name: read_consensus(folder / "reference_results.csv")})
-    return summary, time.monotonic() - start
+    return summary, time.monotonic() - start, rows
+
+
+def run_process(instance: Instance, seconds: float, args) -> BatchRow:
+    """One ``verify-model`` process on ``instance``; its wall time and the verdict of its result file."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "result.txt"
+        command = [sys.executable, "-m", "verifier.cli", str(instance.base / instance.onnx),
+                   str(instance.base / instance.vnnlib), "--timeout", f"{seconds:g}", "--out", str(out),
+                   "--method", args.method, "--attack-seconds", f"{args.attack_seconds:g}",
+                   "--threads", str(args.threads)]  # fmt: skip
+        start = time.monotonic()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
+        wall = time.monotonic() - start
+        text = out.read_text() if out.exists() else ""
+    verdict = text.split("\n", 1)[0] if done.returncode == 0 and text else "error"
+    note = "" if verdict != "error" else (done.stderr.strip().splitlines() or ["no result file"])[-1]
+    row = BatchRow(instance.benchmark, instance.onnx, instance.vnnlib, verdict, wall, "", seconds, note)
+    if not args.no_progress:
+        print(f"{instance.benchmark} {instance.vnnlib}: {verdict} {wall:.2f} s", file=sys.stderr)
+    return row
 
 
 def main(argv=None) -> int:
@@ -74,9 +123,12 @@ def main(argv=None) -> int:
     }  # fmt: skip
     summaries = []
     for folder in args.benchmarks:
-        summary, seconds = run_benchmark(folder, config, args)
+        summary, seconds, rows = run_benchmark(folder, config, args)
         summaries.append(summary)
-        report["benchmarks"][folder.name] = summary.as_dict() | {"wall_time_s": round(seconds, 1)}
+        report["benchmarks"][folder.name] = summary.as_dict() | {
+            "wall_time_s": round(seconds, 1),
+            "instance_times_s": [round(row.seconds, 3) for row in rows],
+        }
         args.out.write_text(
             json.dumps(report, indent=2) + "\n"
         )  # after every benchmark: partial runs survive

@@ -11,8 +11,28 @@ stamp="$venv/.verifier-install-stamp"
 want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing verifier and its pinned dependencies into $venv (first run: a few minutes)" >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$root/constraints.txt" -e "$root[dev]" \
-    2> >(grep -v "^WARNING: Location" >&2)
+  pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+  # constraints.txt is the complete environment, installed without resolution (it says why)
+  "${pip[@]}" install --quiet --no-deps -r "$root/constraints.txt" -e "$root" 2> >(grep -v "^WARNING: Location" >&2)
+  # ... and nothing else: what it does not list is removed (a torchvision left by an earlier environment
+  # fails to import beside this torch, and the CUDA libraries that came with it weigh 4 GB)
+  "$venv/bin/python" - "$root/constraints.txt" <<'PY'
+import re, subprocess, sys
+from importlib import metadata
+norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
+keep = {norm(line.split("==")[0]) for line in open(sys.argv[1]) if "==" in line} | {"pip", "verifier"}
+extra = sorted({norm(dist.metadata["Name"]) for dist in metadata.distributions()} - keep)
+if extra:
+    print("removing what constraints.txt does not list:", *extra, file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "-y", *extra], check=True)
+PY
+  # The list must be complete: torchvision is the one requirement pip check may find missing
+  broken="$("${pip[@]}" check | grep -v -e "requires torchvision, which is not installed" -e "^No broken" || true)"
+  if [ -n "$broken" ]; then
+    echo "constraints.txt misses packages (add them with their versions):" >&2
+    echo "$broken" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -1,11 +1,16 @@
-"""Shared test utilities: boxes of every kind, samples inside them, and the containment check."""
+"""Shared test utilities: boxes of every kind, samples inside them, the containment check with the suite's
+one rounding allowance, seeds for parametrised cases, and a deadline that expires by count, not by time."""
 
 from __future__ import annotations
 
 import itertools
+import math
+import zlib
 
 import torch
 from torch import Tensor
+
+from verifier.verify.deadline import Deadline
 
 BOX_KINDS = ("mixed", "negative", "positive", "degenerate", "around_zero", "wide")
 
@@ -48,14 +53,44 @@ def samples(lo: Tensor, hi: Tensor, n: int, gen: torch.Generator) -> Tensor:
     return torch.cat(points)
 
 
-def tolerance(y: Tensor) -> Tensor:
-    """Rounding allowance: relative to the magnitude involved, at the precision of y."""
-    scale = 1e-5 if y.dtype == torch.float32 else 1e-11
-    return scale * (1 + y.abs())
+# Rounding allowance relative to 1 + |y|: a few roundings of the working precision for one operator or a
+# small network; float32 models several layers deep, whose bounds are computed in float32 as well and
+# checked against another implementation's outputs (onnxruntime), get DEEP_FLOAT32.
+ROUNDING = {torch.float32: 1e-5, torch.float64: 1e-11}
+DEEP_FLOAT32 = 1e-4
+
+
+def tolerance(y: Tensor, scale: float | None = None) -> Tensor:
+    """Rounding allowance for values y: ``scale`` (by default the one of y's precision) times 1 + |y|."""
+    return (ROUNDING[y.dtype] if scale is None else scale) * (1 + y.abs())
+
+
+def worst_miss(y: Tensor, lower: Tensor, upper: Tensor, scale: float | None = None) -> float:
+    """How far beyond the allowance the outputs y [n, batch, ...] leave [lower, upper] (<= 0: inside)."""
+    tol = tolerance(y, scale)
+    return torch.maximum(lower - y - tol, y - upper - tol).max().item()
 
 
 def assert_inside(y: Tensor, lower: Tensor, upper: Tensor, what: str) -> None:
     """Every sampled output y [n, batch, ...] lies in [lower, upper] up to rounding."""
-    below = (lower - y - tolerance(y)).max().item()
-    above = (y - upper - tolerance(y)).max().item()
-    assert below <= 0 and above <= 0, f"{what}: outside the bounds by {max(below, above):.3g}"
+    miss = worst_miss(y, lower, upper)
+    assert miss <= 0, f"{what}: outside the bounds by {miss:.3g}"
+
+
+def case_seed(*parts) -> int:
+    """A fixed seed for one parametrised case, from its parameters' text: unlike ``hash``, which Python
+    salts per process, it is the same on every run, so a failure comes back when the test is rerun."""
+    return zlib.crc32(repr(parts).encode())
+
+
+class CountdownDeadline(Deadline):
+    """Unlimited until its ``expires_on``-th look at the clock, expired from then on: tests how a stage
+    reacts to its deadline without measuring time. ``polls`` counts the looks."""
+
+    def __init__(self, expires_on: int):
+        super().__init__(None)
+        self.expires_on, self.polls = expires_on, 0
+
+    def remaining(self) -> float:
+        self.polls += 1
+        return math.inf if self.polls < self.expires_on else 0.0

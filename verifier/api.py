@@ -164,9 +164,15 @@ def _checked(gm, example: Tensor, batched: bool, source: str, names=None, unsupp
         except Exception as exc:
             raise ModelLoadError(f"{source}: the translated graph fails on the example input: {exc}") from exc
         got = got if batched else got[0]
-    if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-5):
+    if not reproduces(got, expected):
         raise ModelLoadError(f"{source}: the translated graph does not reproduce the model's output")
     return BoundedModel(graph, source)
+
+
+def reproduces(got: Tensor, expected: Tensor) -> bool:
+    """Whether a translated graph's output ``got`` matches the source model's ``expected`` (same shape,
+    equal up to float32 rounding of differently ordered sums)."""
+    return got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def supported_onnx_operators() -> list[str]:

@@ -8,6 +8,10 @@
 
 Exit status 0 for every verdict; 1 for unusable input (unreadable or unsupported model or property);
 2 for a usage error. Errors are one line on stderr.
+
+A run's work happens in a forked worker (``verifier.verify.worker``); this process only waits for it,
+kills it at the deadline and prints a ``timeout`` itself. It therefore imports nothing heavy (torch,
+the engine): the worker does, so the deadline holds even while those imports are still running.
 """
 
 from __future__ import annotations
@@ -20,21 +24,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from verifier.errors import InputError, VerifierError
 from verifier.verify import standard
-from verifier.verify.batch import read_instances, run_batch
-from verifier.verify.deadline import Deadline, Watchdog, process_age, report_once
-from verifier.verify.instance import (
-    InstanceResult,
-    VerifyConfig,
-    bound_methods,
-    check_device,
-    verify_instance,
-)
-from verifier.verify.report import format_table, read_consensus, summarise
-from verifier.verify.result_file import vnncomp_text
+from verifier.verify.deadline import Deadline, DeadlineReached, process_age
+from verifier.verify.worker import WorkerCrash, run_once
 
 PROG = "verify-model"
 EXIT_INPUT, EXIT_USAGE = 1, 2
@@ -79,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point. ``argv=None`` means a real process (``sys.argv``): only then may a watchdog end the
-    process at the deadline plus a grace second, does start-up time count against ``--timeout``, and
-    does the process end with ``os._exit`` once its output is flushed (interpreter shutdown with torch
-    and onnxruntime loaded takes seconds, which would overrun the budget)."""
+    """Entry point. ``argv=None`` means a real process (``sys.argv``): only then does start-up time count
+    against ``--timeout``, and does the process end with ``os._exit`` once its output is flushed
+    (interpreter shutdown with torch and onnxruntime loaded takes seconds, which would overrun the
+    budget). Either way the work runs in a forked ``Worker``, killed at the deadline."""
     process = argv is None
     status = _dispatch(list(sys.argv[1:] if argv is None else argv), process)
     if process:
@@ -109,48 +102,59 @@ def _dispatch(args: list[str], process: bool) -> int:
     return _single(ns, parser, process)
 
 
-def _config(ns, parser):
+def _check_numbers(ns, parser) -> None:
     if ns.timeout is not None and ns.timeout < 0:
         parser.error("--timeout must be >= 0")
     if ns.threads < 1:
         parser.error("--threads must be >= 1")
-    torch.set_num_threads(ns.threads)
-    try:
-        bound_methods(ns.method)
-        check_device(ns.device)
-    except InputError as error:
-        parser.error(str(error))
-    return VerifyConfig(method=ns.method, timeout=ns.timeout, device=ns.device,
-                        extra_attack_seconds=ns.attack_seconds, seed=ns.seed)  # fmt: skip
 
 
 def _single(ns, parser, process: bool) -> int:
     deadline = Deadline(ns.timeout, start=_start(process))
-    config = _config(ns, parser)
-
-    def report(result) -> None:
-        text = vnncomp_text(result)
-        if ns.out:
-            Path(ns.out).write_text(text)
-        sys.stdout.write(json.dumps(_as_json(result)) + "\n" if ns.json else text)
-        sys.stdout.flush()
-
-    timed_out = InstanceResult("timeout", "", deadline.seconds)
-    watchdog = Watchdog(deadline, lambda: report(timed_out)) if process else None
+    _check_numbers(ns, parser)
     try:
-        result = verify_instance(ns.model, ns.property, config, deadline)
+        usage_error, stdout, result_file = run_once(_decide_in_worker, ns, deadline, deadline=deadline)
+    except DeadlineReached:  # the worker was killed at the deadline, or stopped there itself
+        usage_error, result_file = "", "timeout\n"
+        # the keys of ``single.as_json``, for a result the worker could not give
+        timed_out = {"verdict": "timeout", "method": "", "time_s": round(deadline.elapsed(), 3)}
+        stdout = json.dumps(timed_out) + "\n" if ns.json else result_file
     except VerifierError as error:
-        return _input_error(error, watchdog)
-    report_once(watchdog, lambda: report(result))
+        return _input_error(error)
+    except WorkerCrash as crash:  # a bug, never a verdict: the worker's traceback goes to stderr
+        print(f"{PROG}: error: {crash}", file=sys.stderr, flush=True)
+        return EXIT_INPUT
+    if usage_error:
+        parser.error(usage_error)
+    if ns.out:
+        Path(ns.out).write_text(result_file)
+    sys.stdout.write(stdout)
     return 0
 
 
+def _decide_in_worker(ns, deadline: Deadline) -> tuple[str, str, str]:
+    # Imported here, in the worker only: see the module docstring.
+    from verifier.verify import single
+
+    return single.decide(ns, deadline)
+
+
 def _batch(ns, parser) -> int:
-    config = _config(ns, parser)
+    # Imported here, once: a worker killed at an instance's deadline is re-forked from this process,
+    # which then starts without paying the imports again.
+    from verifier.verify.batch import read_instances, run_batch
+    from verifier.verify.report import format_table, read_consensus, summarise
+    from verifier.verify.single import settings
+
+    _check_numbers(ns, parser)
+    try:
+        config = settings(ns)
+    except InputError as error:
+        parser.error(str(error))
     try:
         instances = [inst for csv_path in ns.instances for inst in read_instances(csv_path)]
     except VerifierError as error:
-        return _input_error(error, None)
+        return _input_error(error)
     references = {
         Path(p).parent.name: read_consensus(Path(p).parent / "reference_results.csv") for p in ns.instances
     }
@@ -168,20 +172,10 @@ def _start(process: bool) -> float | None:
     return time.monotonic() - process_age() if process else None
 
 
-def _as_json(result) -> dict:
-    out = {"verdict": result.verdict, "method": result.method, "time_s": round(result.seconds, 3)}
-    if result.stats:
-        seconds = {stage: round(t, 3) for stage, t in result.stats.get("seconds", {}).items()}
-        out["stats"] = result.stats | {"seconds": seconds}
-    if result.counterexample is not None:
-        out["counterexample"] = {"x": result.counterexample.x.tolist(), "y": result.counterexample.y.tolist()}
-    return out
-
-
-def _input_error(error: Exception, watchdog: Watchdog | None) -> int:
+def _input_error(error: Exception) -> int:
     """One line on stderr, exit status 1."""
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    report_once(watchdog, lambda: print(f"{PROG}: error: {message}", file=sys.stderr, flush=True))
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     return EXIT_INPUT
 
 

@@ -12,9 +12,9 @@ import pytest
 from tests.verify.paths import HARD, REPO, TEST_NANO, TEST_SAT, TEST_UNSAT
 from verifier.cli import main
 from verifier.spec.vnnlib import load_property
-from verifier.verify.deadline import Deadline, Watchdog
 from verifier.verify.onnx_check import OnnxChecker, violated_disjunct
 from verifier.verify.result_file import parse_vnncomp
+from verifier.verify.standard import TOOL_NAME
 
 
 def run(capsys, *args):
@@ -45,12 +45,12 @@ def test_unsat(tmp_path, capsys):
     assert '"verdict": "unsat"' in out and (tmp_path / "r.txt").read_text() == "unsat\n"
 
 
-def test_timeout_within_budget(tmp_path, capsys):
-    start = time.monotonic()
+def test_timeout_is_reported_and_written(tmp_path, capsys):
+    """Stopping within the budget in wall-clock time: test_process_stops_within_its_budget_including_start_up
+    (slow, as it measures time)."""
     status, out, _ = run(
         capsys, *HARD, "--timeout", "0.5", "--attack-seconds", "100", "--out", tmp_path / "r"
     )
-    assert time.monotonic() - start < 2.0
     assert status == 0 and out == "timeout\n" and (tmp_path / "r").read_text() == "timeout\n"
 
 
@@ -80,7 +80,7 @@ def test_input_errors_are_one_line_with_status_1(tmp_path, capsys):
 
 def test_name_and_version(capsys):
     assert run(capsys, "--version")[1].strip() == "0.1.0"
-    assert run(capsys, "--name")[1].strip()
+    assert run(capsys, "--name")[1] == TOOL_NAME + "\n"
 
 
 def test_batch_mode_prints_a_table_with_reference_agreement(tmp_path, capsys):
@@ -117,7 +117,7 @@ def test_batch_mode_prints_a_table_with_reference_agreement(tmp_path, capsys):
 
 
 def test_installed_entry_point_runs_as_a_process(tmp_path):
-    """One real process: console script (or ``python -m verifier.cli``), with the watchdog armed."""
+    """One real process: console script (or ``python -m verifier.cli``), start-up counted in the budget."""
     script = REPO / ".venv" / "bin" / "verify-model"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "verifier.cli"]
     out_file = tmp_path / "r.txt"
@@ -130,22 +130,6 @@ def test_installed_entry_point_runs_as_a_process(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "unsat\n" and out_file.read_text() == "unsat\n"
-
-
-def test_watchdog_ends_a_stuck_process():
-    code = (
-        "import time\n"
-        "from verifier.verify.deadline import Deadline, Watchdog\n"
-        "Watchdog(Deadline(0.2), lambda: print('timeout', flush=True), grace=0.3)\n"
-        "time.sleep(30)\n"
-        "print('not reached')\n"
-    )
-    start = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0 and done.stdout == "timeout\n"
-    assert time.monotonic() - start < 25
 
 
 @pytest.mark.slow
@@ -162,6 +146,8 @@ def test_process_stops_within_its_budget_including_start_up(tmp_path):
             str(budget),
             "--attack-seconds",
             "1000",
+            "--method",
+            "crown",  # no branch and bound, which decides this instance in time
         ],
         check=False,
         capture_output=True,
@@ -170,10 +156,3 @@ def test_process_stops_within_its_budget_including_start_up(tmp_path):
     )
     assert done.stdout == "timeout\n"
     assert time.monotonic() - start < budget + 2.5
-
-
-def test_watchdog_without_a_time_limit_only_reports():
-    reports = []
-    watchdog = Watchdog(Deadline(None), lambda: reports.append("timeout"))
-    assert watchdog.finish(lambda: reports.append("unsat")) and reports == ["unsat"]
-    assert not watchdog.finish(lambda: reports.append("again")) and reports == ["unsat"]

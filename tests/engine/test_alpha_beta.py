@@ -3,6 +3,8 @@ optimisation never loosens, a split domain is never looser than its parent, and 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -17,20 +19,20 @@ from verifier.engine.state import BoundConfig, BoundState
 from verifier.errors import BoundComputationError
 from verifier.ops.base import Nonlinear, RelaxConfig
 
-PARAMETERISED = [c for c in CASES if isinstance(c.op, Nonlinear) and hasattr(c.op, "negative_slope")]
+NONLINEAR = [c for c in CASES if isinstance(c.op, Nonlinear)]
 
 
 @pytest.mark.parametrize("kind", BOX_KINDS)
-@pytest.mark.parametrize("case", PARAMETERISED, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", NONLINEAR, ids=lambda c: c.name)
 def test_every_projected_parameter_gives_a_sound_relaxation(case, kind):
     gen = torch.Generator().manual_seed(7)
     lo, hi = make_box(kind, case.in_shapes[0], 3, torch.float64, gen)
     op, cfg = case.op.to(dtype=torch.float64), RelaxConfig(case.relu_lower)
     start = op.initial_param(lo, hi, cfg)
-    if start is None:  # nothing unstable on this box: the relaxation is exact
-        assert not op.needs_bounds(lo, hi).any()
+    if start is None:  # nothing to optimise on this box
         return
-    param = op.project(6 * torch.randn((5, *lo.shape), generator=gen, dtype=torch.float64) - 3)
+    param = op.project(6 * torch.randn((5, *start.shape), generator=gen, dtype=torch.float64) - 3)
+    assert torch.equal(op.project(start), start), "the default parameters must be sound ones"
     rel = op.relax(lo, hi, cfg, param)
     x = samples(lo, hi, 100, gen)  # [n, B, *shape]
     y = op.forward(x)
@@ -39,11 +41,11 @@ def test_every_projected_parameter_gives_a_sound_relaxation(case, kind):
                   f"{case.name} with parameters")  # fmt: skip
 
 
-def _mlp(seed: int, widths=(4, 12, 12, 12, 3)) -> nn.Module:
+def _mlp(seed: int, widths=(4, 12, 12, 12, 3), act=nn.ReLU) -> nn.Module:
     torch.manual_seed(seed)
     layers = []
-    for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b), act()]
     return nn.Sequential(*layers[:-1]).eval()
 
 
@@ -52,24 +54,26 @@ def _state(model, x, eps, method="crown"):
     return state
 
 
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid, nn.Tanh])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_full_alpha_tightens_intermediate_and_output_bounds_of_crown(seed):
-    module = _mlp(seed)
+def test_full_alpha_tightens_intermediate_and_output_bounds_of_crown(seed, act):
+    module = _mlp(seed, act=act)
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(seed))
     model = verifier.load(module, x)
     rows = torch.eye(3).reshape(3, 1, 3).expand(3, 2, 3)
+    eps = 0.3 if act is nn.ReLU else 1.0
     with torch.no_grad():
-        plain = _state(model, x, 0.3)
+        plain = _state(model, x, eps)
         intermediate_bounds(plain)
         base = crown.backward(plain, model.graph.output, rows)
-        full = _state(model, x, 0.3, "alpha-crown")
+        full = _state(model, x, eps, "alpha-crown")
         best = alpha.optimise(full, rows, refresh=lambda p: intermediate_bounds(full, p))
     assert (best >= base - 1e-5).all()
     assert (best > base + 1e-4).any(), "optimising the slopes should gain somewhere on these nets"
     for k in model.graph.needs_bounds():
         assert (full.bounds[k][0] >= plain.bounds[k][0] - 1e-5).all()
         assert (full.bounds[k][1] <= plain.bounds[k][1] + 1e-5).all()
-    pts = samples(x - 0.3, x + 0.3, 500, torch.Generator().manual_seed(3))
+    pts = samples(x - eps, x + eps, 500, torch.Generator().manual_seed(3))
     y = module(pts.flatten(0, 1)).reshape(pts.shape[0], 2, 3)
     assert_inside(y, best.T, torch.full_like(best.T, torch.inf), "alpha-crown lower")
 
@@ -113,10 +117,12 @@ def test_split_children_are_sound_on_their_side_and_never_looser_than_the_parent
         k, p = int(nodes[b]), int(pos[b])
         pre = values[k][:, b, p]
         for side, sign in ((0, -1), (1, 1)):
-            mine = (pre * sign >= 0)
+            mine = pre * sign >= 0
             assert mine.any()
-            assert (y[mine, b] >= lower[0, 2 * b + side] - 1e-5).all(), "child bound above a point of its side"
-        assert (torch.minimum(lower[0, 2 * b], lower[0, 2 * b + 1]) >= parent[0, b] - 1e-5), "children looser"
+            assert (y[mine, b] >= lower[0, 2 * b + side] - 1e-5).all(), (
+                "child bound above a point of its side"
+            )
+        assert torch.minimum(lower[0, 2 * b], lower[0, 2 * b + 1]) >= parent[0, b] - 1e-5, "children looser"
 
 
 def test_contradictory_splits_mark_the_domain_infeasible():
@@ -126,7 +132,7 @@ def test_contradictory_splits_mark_the_domain_infeasible():
     state = _state(model, x, 0.01)
     with torch.no_grad():
         intermediate_bounds(state)
-    k = sorted(model.graph.needs_bounds())[0]
+    k = min(model.graph.needs_bounds())
     lo, hi = state.bounds[k]
     negative = (hi < 0).flatten().nonzero()
     assert len(negative), "the test needs a neuron that is inactive on the whole box"

@@ -73,7 +73,7 @@ def test_a_model_with_two_data_inputs(tmp_path):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     graph = helper.make_graph([helper.make_node("Add", ["x", "z"], ["y"], name="add")], "g", [x, z], [y])
     path = save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    raised(ModelLoadError, verifier.load, path)
+    assert "2 data inputs" in str(raised(ModelLoadError, verifier.load, path))
 
 
 def test_an_output_that_does_not_depend_on_the_input(tmp_path):
@@ -81,7 +81,7 @@ def test_an_output_that_does_not_depend_on_the_input(tmp_path):
     n.op("Relu", "x")
     constant = n.op("Constant", value=onnx.numpy_helper.from_array(np.ones(3, np.float32)))
     path = save(tmp_path, n.model(constant))
-    raised(ModelLoadError, verifier.load, path)
+    assert "depends on its input" in str(raised(ModelLoadError, verifier.load, path))
 
 
 # -------------------------------------------------------------------------------- unsupported operators
@@ -219,14 +219,12 @@ def test_margins_reject_labels_out_of_range(model):
     raised(InputError, model.margins, box, torch.tensor([0, 3]))
 
 
-def test_a_conv_model_with_a_fixed_batch_of_two_loads_or_is_rejected(tmp_path):
+def test_a_conv_model_with_a_fixed_batch_of_two_is_rejected(tmp_path):
+    """Its samples cannot be told from its batch: the message asks for an export with batch 1."""
     n = Net([2, 3, 4, 4])
     path = save(tmp_path, n.model(n.op("Relu", n.conv("x", 3, 2))))
-    try:
-        model = verifier.load(path)
-    except VerifierError:
-        return
-    assert model(torch.zeros(1, *model.input_shape)).shape == (1, *model.output_shape)
+    message = str(raised(ModelLoadError, verifier.load, path))
+    assert "fixed batch of 2" in message and "batch 1" in message
 
 
 def test_eps_of_the_wrong_length_is_rejected(model):
@@ -244,10 +242,8 @@ def test_loading_something_that_is_neither_a_path_nor_a_module():
     raised(InputError, verifier.load, 42)
 
 
-def test_forward_accepts_or_rejects_float64(model):
+def test_forward_casts_float64_input_to_the_model_precision(model):
     x = torch.randn(2, 4, dtype=torch.float64)
-    try:
-        y = model(x)
-    except VerifierError:
-        return
-    torch.testing.assert_close(y.float(), model(x.float()))
+    y = model(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, model(x.float()), rtol=0, atol=0)

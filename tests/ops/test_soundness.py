@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import BOX_KINDS, assert_inside, make_box, samples
+from tests.helpers import BOX_KINDS, assert_inside, case_seed, make_box, samples
 from tests.ops.cases import CASES
 from verifier.api import BoundedModel
 from verifier.engine.state import METHODS
@@ -50,7 +50,7 @@ def _points(boxes, gen):
 @pytest.mark.parametrize("kind", BOX_KINDS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_ibp_and_relaxation_contain_samples(case, kind, dtype):
-    gen = torch.Generator().manual_seed(hash((case.name, kind)) % 2**31)
+    gen = torch.Generator().manual_seed(case_seed(case.name, kind))
     op = case.op.to(dtype=dtype)
     boxes = _inputs(case, kind, dtype, gen)
     points = _points(boxes, gen)
@@ -110,7 +110,7 @@ def _single_op_graph(op, in_shapes) -> Graph:
 @pytest.mark.parametrize("kind", ("mixed", "degenerate", "wide"))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_engine_bounds_of_single_operator(case, kind, method):
-    gen = torch.Generator().manual_seed(hash((case.name, kind, method)) % 2**31)
+    gen = torch.Generator().manual_seed(case_seed(case.name, kind, method))
     op = case.op.to(dtype=torch.float64)
     model = BoundedModel(_single_op_graph(op, case.in_shapes).to(dtype=torch.float64))
     boxes = _inputs(case, kind, torch.float64, gen)

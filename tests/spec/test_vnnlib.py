@@ -195,6 +195,7 @@ def test_matches_the_old_compiled_form(name):
             np.testing.assert_array_equal(disjunct.d, d)
 
 
+@pytest.mark.slow  # measures time; that every benchmark file parses is checked above
 @needs_benchmarks
 def test_largest_file_parses_fast():
     path = max(BENCHMARKS.glob("**/*.vnnlib"), key=lambda p: p.stat().st_size)

@@ -10,7 +10,7 @@ import torch
 import verifier
 from tests.graph.graph_testing import Net
 from verifier.spec.property import Case, Disjunct, Property
-from verifier.verify.attack import AttackConfig
+from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit
 from verifier.verify.bounding import Bounder, UnsoundBoundError
@@ -61,7 +61,8 @@ def problem_for(path, prop: Property) -> driver.Problem:
     bounder = Bounder(model, spec_batch(prop, checker.dtype))
     with torch.no_grad():
         bounder.run("crown", Deadline(30))
-    return driver.Problem(bounder, checker, prop, AttackConfig(), np.random.default_rng(0))
+    attack = Attack(model, model.input_shape, bounder.spec, checker, prop, AttackConfig(), seed=0)
+    return driver.Problem(bounder, checker, prop, attack)
 
 
 def run_bab(problem: driver.Problem, brancher=None) -> driver.BabResult:

@@ -66,7 +66,7 @@ def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | 
     param = None
     if params is not None:
         lo, hi = state.bounds[src]
-        init = lambda: _per_row(node.op.initial_param(lo, hi, state.cfg.relax), s)  # noqa: E731
+        init = lambda: _per_row(node.op.initial_param(lo, hi, state.cfg.relax), s)
         param = params.get(("slope", *tag, j), init, node.op.project)
     new, const = apply_relaxation(a, state.relaxation(j, param), int(torch.Size(shape).numel()))
     _accumulate(pending, src, new.reshape(s, b, *shape))

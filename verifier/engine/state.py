@@ -112,7 +112,7 @@ class BoundState:
 
     def select(self, index: Tensor) -> BoundState:
         """The sub-batch ``index`` (entries may repeat): region, bounds and splits, no cached iterates."""
-        pick = lambda t: t[index]  # noqa: E731
+        pick = lambda t: t[index]
         return BoundState(
             self.graph,
             self.region.select(index),

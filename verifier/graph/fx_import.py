@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from onnx2torch.node_converters import OnnxShape
 from torch import Tensor, fx
 from torch.utils import _pytree as pytree
 
@@ -19,11 +18,12 @@ import verifier.ops  # noqa: F401  (registers every converter)
 from verifier.errors import ModelLoadError, UnsupportedOperatorError
 from verifier.graph.graph import Graph, Node
 from verifier.graph.simplify import fuse_bias
-from verifier.ops.base import CONVERTERS
+from verifier.ops.base import Onnx2TorchClass, converter_for
 from verifier.ops.linear import ConversionError
 
 _FAILED = -1  # data index of a node that failed: its consumers still count as data-dependent
-_STATIC = ("size", "dim", getattr)  # with OnnxShape: read only the (static) shape of their input
+_STATIC = ("size", "dim", getattr)  # with ONNX Shape: read only the (static) shape of their input
+_ONNX_SHAPE = Onnx2TorchClass("shape", "OnnxShape")
 
 
 @dataclass
@@ -104,10 +104,6 @@ def _target(gm: fx.GraphModule, node: fx.Node) -> Any:
     return gm.get_submodule(node.target) if node.op == "call_module" else node.target
 
 
-def _key(target: Any) -> Any:
-    return type(target) if isinstance(target, torch.nn.Module) else target
-
-
 def _describe(target: Any) -> str:
     if isinstance(target, torch.nn.Module):
         name = type(target).__name__
@@ -163,7 +159,7 @@ def _step(gm, fx_node, values, data_of, nodes, failures, batched, names) -> None
     sources = [a for a in pytree.tree_leaves((fx_node.args, fx_node.kwargs)) if is_data(a)]
     if (
         not sources
-        or isinstance(target, OnnxShape)
+        or (isinstance(target, torch.nn.Module) and Onnx2TorchClass.of(type(target)) == _ONNX_SHAPE)
         or (not isinstance(target, torch.nn.Module) and target in _STATIC)
     ):
         return  # a constant given the input's shape: folded
@@ -180,7 +176,7 @@ def _step(gm, fx_node, values, data_of, nodes, failures, batched, names) -> None
     data = [a for a in pytree.tree_leaves((call_args, call_kwargs), is_leaf=lambda a: isinstance(a, Data))
             if isinstance(a, Data)]  # fmt: skip
     call = Call(name, target, tuple(call_args), dict(call_kwargs), batched, value, data)
-    converter = CONVERTERS.get(_key(target))
+    converter = converter_for(target)
     if converter is None:
         failures.append((kind, name))
         data_of[fx_node] = _FAILED

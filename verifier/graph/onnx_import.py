@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import torch
-from onnx import version_converter
 
 from verifier.errors import ModelLoadError
+
+if TYPE_CHECKING:  # onnx itself is imported where a file is read: a cached model needs no onnx at all
+    import onnx
 
 # ONNX operator types with bound rules (or folded at load time when they only touch constants and shapes).
 SUPPORTED_ONNX_OPERATORS = frozenset({
@@ -23,6 +25,8 @@ _TARGET_OPSET = 17
 
 def read_onnx(path: str | Path) -> onnx.ModelProto:
     """Read and sanity-check an ONNX file; every problem is a ModelLoadError naming the file."""
+    import onnx
+
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
@@ -60,6 +64,7 @@ def data_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
 def to_fx(model: onnx.ModelProto, path: str | Path):
     """onnx2torch conversion, after lifting old opsets (onnx2torch refuses e.g. opset-8 Flatten)."""
     import onnx2torch  # imported here: it imports torchvision, which is slow
+    from onnx import version_converter
 
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=_TARGET_OPSET)
     if opset < _TARGET_OPSET:

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from onnx2torch.node_converters.functions import OnnxFunction
 from torch import Tensor, nn
 
-from verifier.ops.base import Nonlinear, Relaxation, RelaxConfig, converts, register
+from verifier.ops.base import Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
 
 
@@ -125,9 +124,32 @@ class SShaped(Nonlinear):
         lo, hi = bounds
         return self.forward(lo), self.forward(hi)
 
+    def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
+        """Where the tangent lines touch, as fractions: [B, *shape, 2] (lower line, upper line) in [0, 1].
+
+        On a convex (concave) box the lower (upper) line is the tangent at ``l + p (u - l)``: any point of
+        the box gives a tangent below (above) f there. On a box crossing zero the line through the anchor is
+        the tangent at ``t + p (far - t)``, ``t`` the sound end of the tangent-point search: every point
+        between ``t`` and the far end is farther from zero than the exact tangent point ``d``, hence sound
+        (see ``relax``). The defaults (midpoint, and ``t`` itself) are the unparameterised lines."""
+        if not (lo < hi).any():
+            return None
+        crossing = ((lo < 0) & (hi > 0)).to(lo.dtype)
+        start = 0.5 * (1 - crossing)
+        return torch.stack([start, start], dim=-1)
+
+    def project(self, param: Tensor) -> Tensor:
+        return param.clamp(0.0, 1.0)
+
     def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
         f, df = _FUNCTIONS[self.function]
         l, u = lo.double(), hi.double()
+        if param is None:
+            param = self.initial_param(lo, hi, cfg)
+        if param is None:  # every box is a point: constant lines below
+            p_lo = p_up = torch.zeros_like(l)
+        else:
+            p_lo, p_up = param[..., 0].double(), param[..., 1].double()
         fl, fu = f(l), f(u)
         degenerate = (u - l) < 1e-9
         chord_a = torch.where(
@@ -135,26 +157,27 @@ class SShaped(Nonlinear):
         )
         chord_lo = (chord_a, fl - chord_a * l)  # through (l, f(l)): an upper line on a convex box
         chord_up = (chord_a, fu - chord_a * u)  # through (u, f(u)): the same line, anchored at u
-        m = (l + u) / 2
-        mid = (df(m), f(m) - df(m) * m)
-        upper_cross = self._cross_line(f, df, l, u, upper=True)
-        lower_cross = self._cross_line(f, df, u, l, upper=False)
+        tangent_lo = _tangent(f, df, l + p_lo * (u - l))  # below f on a convex box
+        tangent_up = _tangent(f, df, l + p_up * (u - l))  # above f on a concave box
+        upper_cross = self._cross_line(f, df, l, u, upper=True, shift=p_up)
+        lower_cross = self._cross_line(f, df, u, l, upper=False, shift=p_lo)
         convex, concave = u <= 0, l >= 0
-        a_up = torch.where(convex, chord_lo[0], torch.where(concave, mid[0], upper_cross[0]))
-        b_up = torch.where(convex, chord_lo[1], torch.where(concave, mid[1], upper_cross[1]))
-        a_lo = torch.where(convex, mid[0], torch.where(concave, chord_up[0], lower_cross[0]))
-        b_lo = torch.where(convex, mid[1], torch.where(concave, chord_up[1], lower_cross[1]))
+        a_up = torch.where(convex, chord_lo[0], torch.where(concave, tangent_up[0], upper_cross[0]))
+        b_up = torch.where(convex, chord_lo[1], torch.where(concave, tangent_up[1], upper_cross[1]))
+        a_lo = torch.where(convex, tangent_lo[0], torch.where(concave, chord_up[0], lower_cross[0]))
+        b_lo = torch.where(convex, tangent_lo[1], torch.where(concave, chord_up[1], lower_cross[1]))
         # a flat box: the constant lines f(l) <= f(h) <= f(u) (f is increasing)
-        zero = torch.zeros_like(l)
+        zero = torch.zeros_like(a_lo)
         a_lo, b_lo = torch.where(degenerate, zero, a_lo), torch.where(degenerate, fl, b_lo)
         a_up, b_up = torch.where(degenerate, zero, a_up), torch.where(degenerate, fu, b_up)
         return _widened(a_lo, b_lo, a_up, b_up, l, u, lo.dtype)
 
     @staticmethod
-    def _cross_line(f, df, anchor: Tensor, far: Tensor, upper: bool) -> tuple[Tensor, Tensor]:
+    def _cross_line(f, df, anchor: Tensor, far: Tensor, upper: bool, shift: Tensor) -> tuple[Tensor, Tensor]:
         """Line through (anchor, f(anchor)) tangent to f on the other side of zero (sign s = +1 for the upper
         line with anchor l < 0; -1 for the lower line with anchor u > 0); the chord when the tangent point
-        lies beyond ``far``. Sound side of the search: tangent points farther from zero."""
+        lies beyond ``far``. Sound side of the search: tangent points farther from zero, so the tangent point
+        may move from the sound end of the bracket towards ``far`` by the fraction ``shift`` in [0, 1]."""
         s = 1.0 if upper else -1.0
         f_anchor = f(anchor)
 
@@ -169,7 +192,7 @@ class SShaped(Nonlinear):
             far_t, near = torch.where(ok, mid, far_t), torch.where(ok, near, mid)
         found = sound(far_t)
         t = s * far_t
-        tangent = (df(t), f(t) - df(t) * t)
+        tangent = _tangent(f, df, t + shift * s * (s * (far - t)).clamp(min=0))  # only ever away from zero
         span = far - anchor
         chord_a = (f(far) - f_anchor) / torch.where(span == 0, 1.0, span)
         chord = (chord_a, f_anchor - chord_a * anchor)
@@ -180,6 +203,11 @@ class SShaped(Nonlinear):
         a = torch.where(found | use_chord, a, torch.zeros_like(a))
         b = torch.where(found | use_chord, b, f(far))
         return a, b
+
+
+def _tangent(f, df, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Slope and intercept of the tangent of f at t."""
+    return df(t), f(t) - df(t) * t
 
 
 def _widened(a_lo, b_lo, a_up, b_up, l, u, dtype) -> Relaxation:
@@ -204,7 +232,7 @@ def _tanh(call) -> SShaped:
     return SShaped("tanh")
 
 
-@converts(OnnxFunction)
+@converts(Onnx2TorchClass("functions", "OnnxFunction"))
 def _onnx_function(call) -> Nonlinear:
     """onnx2torch's generic elementwise module (ONNX Tanh, Sigmoid, ...): dispatch on its torch function."""
     by_function = {torch.tanh: SShaped("tanh"), torch.sigmoid: SShaped("sigmoid"), torch.relu: ReLU()}

@@ -151,6 +151,30 @@ Converter = Callable[..., object]
 CONVERTERS: dict[object, Converter] = {}
 
 
+@dataclass(frozen=True)
+class Onnx2TorchClass:
+    """An onnx2torch module class as a converter target, named by its defining module (under
+    ``onnx2torch.node_converters``) and class name, so that registering converters does not import
+    onnx2torch (which imports torchvision: over a second) when a cached graph needs no conversion.
+    A class is the only object carrying its module's name and its own, so matching by them is exact."""
+
+    module: str
+    name: str
+
+    @staticmethod
+    def of(kind: type) -> Onnx2TorchClass:
+        return Onnx2TorchClass(kind.__module__.removeprefix("onnx2torch.node_converters."), kind.__qualname__)
+
+
+def converter_for(target: object) -> Converter | None:
+    """The converter of an fx target: a module by its class (or its ``Onnx2TorchClass``), else the
+    function or method name itself."""
+    if isinstance(target, torch.nn.Module):
+        kind = type(target)
+        return CONVERTERS.get(kind) or CONVERTERS.get(Onnx2TorchClass.of(kind))
+    return CONVERTERS.get(target)
+
+
 def converts(*targets: object) -> Callable[[Converter], Converter]:
     """Register a translator from torch.fx targets (module classes, functions, method names) to an Op.
 

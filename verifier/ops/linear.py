@@ -8,14 +8,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from onnx2torch.node_converters.batch_norm import OnnxBatchNorm
-from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation, _onnx_div
-from onnx2torch.node_converters.gemm import OnnxGemm
-from onnx2torch.node_converters.matmul import OnnxMatMul
-from onnx2torch.node_converters.neg import OnnxNeg
 from torch import Tensor, nn
 
-from verifier.ops.base import Affine, converts, register
+from verifier.ops.base import Affine, Onnx2TorchClass, converts, register
+
+# onnx2torch's modules, named without importing it (see ``Onnx2TorchClass``)
+OnnxBatchNorm = Onnx2TorchClass("batch_norm", "OnnxBatchNorm")
+OnnxBinaryMathOperation = Onnx2TorchClass("binary_math_operations", "OnnxBinaryMathOperation")
+OnnxGemm = Onnx2TorchClass("gemm", "OnnxGemm")
+OnnxMatMul = Onnx2TorchClass("matmul", "OnnxMatMul")
+OnnxNeg = Onnx2TorchClass("neg", "OnnxNeg")
 
 
 class ConversionError(Exception):
@@ -143,14 +145,18 @@ def _gemm(call) -> Linear:
     return Linear(weight.contiguous(), None if c is None else gemm.beta * c.detach().reshape(-1))
 
 
-_BINARY = {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div", _onnx_div: "div"}
+_BINARY = {torch.add: "add", torch.sub: "sub", torch.mul: "mul", torch.div: "div"}
 _OPERATORS = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.truediv: "div",
               "add": "add", "sub": "sub", "mul": "mul", "div": "div"}  # fmt: skip
 
 
 @converts(OnnxBinaryMathOperation)
 def _onnx_binary(call):
-    name = _BINARY.get(call.target.math_op_function)
+    # onnx2torch is loaded (the target is one of its modules); its own division is ONNX Div
+    from onnx2torch.node_converters.binary_math_operations import _onnx_div
+
+    function = call.target.math_op_function
+    name = "div" if function is _onnx_div else _BINARY.get(function)
     if name is None or call.target.broadcast == 1:
         raise ConversionError("binary operation without bound rules")
     return _binary(call, name)

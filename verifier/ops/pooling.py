@@ -6,14 +6,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from onnx2torch.node_converters.global_average_pool import (
-    OnnxGlobalAveragePool,
-    OnnxGlobalAveragePoolWithKnownInputShape,
-)
 from torch import Tensor, nn
 
-from verifier.ops.base import Affine, Nonlinear, Relaxation, RelaxConfig, converts, register
+from verifier.ops.base import Affine, Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
+
+# onnx2torch's modules, named without importing it (see ``Onnx2TorchClass``)
+OnnxGlobalAveragePool = Onnx2TorchClass("global_average_pool", "OnnxGlobalAveragePool")
+OnnxGlobalAveragePoolWithKnownInputShape = Onnx2TorchClass(
+    "global_average_pool", "OnnxGlobalAveragePoolWithKnownInputShape"
+)
 
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d}
 

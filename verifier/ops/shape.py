@@ -10,30 +10,30 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from onnx2torch.node_converters import (
-    OnnxCast,
-    OnnxConcat,
-    OnnxCopyIdentity,
-    OnnxDropoutDynamic,
-    OnnxExpand,
-    OnnxFlatten,
-    OnnxGather,
-    OnnxPadDynamic,
-    OnnxPadStatic,
-    OnnxReshape,
-    OnnxSlice,
-    OnnxSqueezeDynamicAxes,
-    OnnxSqueezeStaticAxes,
-    OnnxTile,
-    OnnxTranspose,
-    OnnxUnsqueezeDynamicAxes,
-    OnnxUnsqueezeStaticAxes,
-)  # fmt: skip
-from onnx2torch.node_converters.slice import OnnxSliceV9
 from torch import Tensor, nn
 
-from verifier.ops.base import Affine, converts, register
+from verifier.ops.base import Affine, Onnx2TorchClass, converts, register
 from verifier.ops.linear import ConversionError
+
+# onnx2torch's modules, named without importing it (see ``Onnx2TorchClass``)
+OnnxCast = Onnx2TorchClass("cast", "OnnxCast")
+OnnxConcat = Onnx2TorchClass("concat", "OnnxConcat")
+OnnxCopyIdentity = Onnx2TorchClass("identity", "OnnxCopyIdentity")
+OnnxDropoutDynamic = Onnx2TorchClass("dropout", "OnnxDropoutDynamic")
+OnnxExpand = Onnx2TorchClass("expand", "OnnxExpand")
+OnnxFlatten = Onnx2TorchClass("flatten", "OnnxFlatten")
+OnnxGather = Onnx2TorchClass("gather", "OnnxGather")
+OnnxPadDynamic = Onnx2TorchClass("pad", "OnnxPadDynamic")
+OnnxPadStatic = Onnx2TorchClass("pad", "OnnxPadStatic")
+OnnxReshape = Onnx2TorchClass("reshape", "OnnxReshape")
+OnnxSlice = Onnx2TorchClass("slice", "OnnxSlice")
+OnnxSliceV9 = Onnx2TorchClass("slice", "OnnxSliceV9")
+OnnxSqueezeDynamicAxes = Onnx2TorchClass("squeeze", "OnnxSqueezeDynamicAxes")
+OnnxSqueezeStaticAxes = Onnx2TorchClass("squeeze", "OnnxSqueezeStaticAxes")
+OnnxTile = Onnx2TorchClass("tile", "OnnxTile")
+OnnxTranspose = Onnx2TorchClass("transpose", "OnnxTranspose")
+OnnxUnsqueezeDynamicAxes = Onnx2TorchClass("unsqueeze", "OnnxUnsqueezeDynamicAxes")
+OnnxUnsqueezeStaticAxes = Onnx2TorchClass("unsqueeze", "OnnxUnsqueezeStaticAxes")
 
 
 @register

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from verifier.errors import InputError, VerifierError
-from verifier.verify.deadline import Deadline
+from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.instance import InstanceResult, ModelCache, VerifyConfig, verify_instance
+from verifier.verify.worker import Worker
 
 RESULT_FIELDS = ("benchmark", "onnx", "vnnlib", "verdict", "time_s", "method", "timeout_s", "note")
 
@@ -73,17 +75,23 @@ def budget(instance: Instance, scale: float = 1.0, cap: float | None = None) -> 
     return seconds if cap is None else min(seconds, cap)
 
 
-def run_one(instance: Instance, config: VerifyConfig, seconds: float, cache: ModelCache) -> BatchRow:
-    """Verify one instance; input errors become an ``error`` row instead of stopping the batch."""
-    deadline = Deadline(seconds)
+def run_one(instance: Instance, deadline: Deadline, config: VerifyConfig, cache: ModelCache) -> BatchRow:
+    """Verify one instance in this process; an input error becomes an ``error`` row, not an exception."""
     try:
         result = verify_instance(
             instance.base / instance.onnx, instance.base / instance.vnnlib, config, deadline, cache
         )
     except VerifierError as error:
         result = InstanceResult("error", "", deadline.elapsed())
-        return _row(instance, result, seconds, str(error).splitlines()[0])
-    return _row(instance, result, seconds)
+        return _row(instance, result, deadline.seconds, str(error).splitlines()[0])
+    return _row(instance, result, deadline.seconds)
+
+
+def _run_in(worker: Worker, instance: Instance, deadline: Deadline) -> BatchRow:
+    try:
+        return worker.call(instance, deadline, deadline=deadline)
+    except DeadlineReached:  # the worker was killed at the deadline
+        return _row(instance, InstanceResult("timeout", "", deadline.elapsed()), deadline.seconds)
 
 
 def _row(instance: Instance, result: InstanceResult, seconds: float, note: str = "") -> BatchRow:
@@ -109,19 +117,24 @@ def run_batch(
 ) -> list[BatchRow]:
     """Run every instance in order, with a progress bar of running verdict counts.
 
-    Writes ``results_path`` (CSV with ``RESULT_FIELDS``) row by row when given. Returns all rows.
+    The instances run one after the other in a forked ``Worker`` (which keeps the last model loaded),
+    killed when an instance's budget is spent: a stuck instance becomes a ``timeout`` row and the next
+    one starts in a fresh child. Writes ``results_path`` (CSV with ``RESULT_FIELDS``) row by row when
+    given. Returns all rows; a crash of the work (a bug) raises ``WorkerCrash``.
     """
     rows: list[BatchRow] = []
     counts: Counter[str] = Counter()
-    cache = ModelCache()
-    with open(results_path, "w", newline="") if results_path else contextlib.nullcontext() as handle:
+    worker = Worker(functools.partial(run_one, config=config, cache=ModelCache()))
+    with worker, open(results_path, "w", newline="") if results_path else contextlib.nullcontext() as handle:
         writer = csv.writer(handle, lineterminator="\n") if handle else None
         if writer:
             writer.writerow(RESULT_FIELDS)
+        # No tqdm monitor thread: a worker forked while it holds a lock (say, stderr's) would inherit it held.
+        tqdm.monitor_interval = 0
         bar = tqdm(instances, unit="inst", disable=not progress, dynamic_ncols=True)
         for instance in bar:
             bar.set_description(instance.benchmark)
-            row = run_one(instance, config, budget(instance, scale, cap), cache)
+            row = _run_in(worker, instance, Deadline(budget(instance, scale, cap)))
             rows.append(row)
             counts[row.verdict] += 1
             bar.set_postfix_str(" ".join(f"{k}={counts[k]}" for k in sorted(counts)))

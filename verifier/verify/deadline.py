@@ -1,17 +1,14 @@
 """Wall-clock budgets: one ``Deadline`` is created when a run starts and handed down to every stage.
 
-Stages poll it between iterations (``check`` raises ``DeadlineReached``); nothing is interrupted from
-the outside except by ``Watchdog``, which a command-line process arms as a last resort so that it never
-overruns its budget by more than a small grace period even when one bound computation takes too long.
+Stages poll it between iterations (``check`` raises ``DeadlineReached``), so a run stops cleanly soon
+after its budget; one long torch call still overruns it. The command line therefore also enforces the
+deadline from outside: the work runs in a forked child that the parent kills (``worker``).
 """
 
 from __future__ import annotations
 
-import math
 import os
-import threading
 import time
-from collections.abc import Callable
 
 
 class DeadlineReached(Exception):
@@ -58,50 +55,3 @@ def process_age() -> float:
         return max(time.clock_gettime(time.CLOCK_BOOTTIME) - started, 0.0)
     except (OSError, ValueError, IndexError, AttributeError):
         return 0.0
-
-
-class Watchdog:
-    """Ends the process at ``deadline + grace`` unless ``finish`` ran first.
-
-    ``on_expiry`` runs on the watchdog thread just before ``os._exit(0)`` (e.g. to write a ``timeout``
-    result); ``finish`` and the expiry path share a lock, so exactly one of them reports the result.
-    """
-
-    def __init__(self, deadline: Deadline, on_expiry: Callable[[], None], grace: float = 1.0):
-        self._lock = threading.Lock()
-        self._done = False
-        self._on_expiry = on_expiry
-        self._timer = None
-        if math.isfinite(deadline.seconds):  # an unlimited budget needs no watchdog
-            self._timer = threading.Timer(max(deadline.remaining(), 0.0) + grace, self._expire)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _expire(self) -> None:
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-            try:
-                self._on_expiry()
-            finally:
-                os._exit(0)
-
-    def finish(self, report: Callable[[], None]) -> bool:
-        """Run ``report`` unless the watchdog already fired; return whether it ran."""
-        with self._lock:
-            if self._done:
-                return False
-            self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
-            report()
-            return True
-
-
-def report_once(watchdog: Watchdog | None, report: Callable[[], None]) -> None:
-    """Run ``report`` directly, or through ``watchdog`` (which may already have reported a timeout)."""
-    if watchdog is None:
-        report()
-    else:
-        watchdog.finish(report)

@@ -35,6 +35,7 @@ from verifier.verify.bab.input_split import InputSplit, InputSplitConfig
 from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline, DeadlineReached
+from verifier.verify.disk_cache import cached_model
 from verifier.verify.onnx_check import Counterexample, OnnxChecker
 from verifier.verify.spec_batch import spec_batch
 
@@ -117,9 +118,10 @@ def check_device(device: str) -> None:
 
 
 def load_model(onnx_path: str | Path, device: str = "cpu") -> tuple[OnnxChecker, object]:
-    """Open the model in onnxruntime and in the bound engine; ``ModelLoadError`` (or a subclass) if not."""
-    model = verifier.load(str(onnx_path)).to(device=device)
-    checker = OnnxChecker(str(onnx_path))
+    """Open the model in onnxruntime and in the bound engine (through the disk cache, ``disk_cache``);
+    ``ModelLoadError`` (or a subclass) if not."""
+    checker, model = cached_model(onnx_path)
+    model = model.to(device=device)
     if int(np.prod(model.input_shape)) != checker.n_inputs:
         raise InputError(f"{onnx_path}: engine input shape {model.input_shape} does not match the ONNX input")
     return checker, model
@@ -234,7 +236,7 @@ def _brancher(model, bounder: Bounder, config: VerifyConfig):
 def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack: Attack,
                       config: VerifyConfig, deadline: Deadline) -> driver.BabResult:  # fmt: skip
     """Branch and bound on the cases the bound methods left open."""
-    problem = driver.Problem(bounder, loaded.checker, loaded.prop, config.attack, attack.rng)
+    problem = driver.Problem(bounder, loaded.checker, loaded.prop, attack)
     roots = brancher.roots(np.flatnonzero(~bounder.case_excluded()))
     return driver.run(brancher, roots, problem, config.bab, deadline)
 

@@ -17,17 +17,13 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-import onnxruntime as ort
 
 from verifier.errors import ModelLoadError
 from verifier.spec.property import Case, Disjunct
 
-# onnxruntime's type strings -> (VNN-LIB / ONNX Set 1 element type name, numpy type)
-_ORT_TYPES = {
-    "tensor(float)": ("float32", np.float32),
-    "tensor(double)": ("float64", np.float64),
-    "tensor(float16)": ("float16", np.float16),
-}
+# onnxruntime's type strings -> VNN-LIB / ONNX Set 1 element type names -> numpy types
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+_NUMPY_TYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
 
 
 @dataclass(frozen=True)
@@ -66,32 +62,67 @@ def violated_disjunct(case: Case, y: np.ndarray) -> int | None:
     return None
 
 
-class OnnxChecker:
-    """Evaluates the ONNX model with onnxruntime on single flat inputs and checks candidate points."""
+@dataclass(frozen=True)
+class OnnxSignature:
+    """The model's single input and first output as onnxruntime sees them (what the checks need to know
+    before any evaluation); ``input_shape`` has symbolic dimensions as 1 (a counterexample is one sample)."""
 
-    def __init__(self, path: str):
-        try:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            options.inter_op_num_threads = 1
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises several unrelated types for a bad file
-            raise ModelLoadError(f"{path}: onnxruntime cannot load the model: {error}") from error
+    input_name: str
+    input_type: str
+    output_type: str
+    input_shape: tuple[int, ...]
+    n_outputs: int
+
+
+class OnnxChecker:
+    """Evaluates the ONNX model with onnxruntime on single flat inputs and checks candidate points.
+
+    Without ``signature`` the onnxruntime session opens at once and the signature is read from it (a
+    probe at zero counts the outputs). With a signature read before from the same file (the disk
+    cache, ``model_cache``), the session, and onnxruntime's import, wait for the first evaluation: most
+    runs (``unsat``, ``unknown``, ``timeout``) never evaluate a candidate counterexample.
+    """
+
+    def __init__(self, path: str, signature: OnnxSignature | None = None):
+        self.path = str(path)
+        self._session = None
+        self.signature = signature or self._read_signature()
+        self.input_name, self.input_shape = self.signature.input_name, self.signature.input_shape
+        self.input_type, self.output_type = self.signature.input_type, self.signature.output_type
+        self.dtype = _NUMPY_TYPES[self.input_type]
+        self.n_inputs = int(np.prod(self.input_shape))
+        self.n_outputs = self.signature.n_outputs
+
+    @property
+    def session(self):
+        """The onnxruntime session, opened on first use; ``ModelLoadError`` if onnxruntime refuses the file."""
+        if self._session is None:
+            import onnxruntime as ort  # here: its import costs a noticeable part of a small run
+
+            try:
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = 1
+                options.inter_op_num_threads = 1
+                self._session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+            except Exception as error:  # onnxruntime raises several unrelated types for a bad file
+                raise ModelLoadError(f"{self.path}: onnxruntime cannot load the model: {error}") from error
+        return self._session
+
+    def _read_signature(self) -> OnnxSignature:
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
-            raise ModelLoadError(f"{path}: expected one model input, found {len(inputs)} ({names})")
+            raise ModelLoadError(f"{self.path}: expected one model input, found {len(inputs)} ({names})")
         first, output = inputs[0], self.session.get_outputs()[0]
-        self.input_name = first.name
         if first.type not in _ORT_TYPES:
-            raise ModelLoadError(f"{path}: unsupported input element type {first.type}")
-        self.input_type, self.dtype = _ORT_TYPES[first.type]
-        self.output_type = _ORT_TYPES.get(output.type, (output.type, None))[0]
-        # Symbolic dimensions (a free batch size) are fed as 1: a counterexample is one sample.
-        self.input_shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in first.shape)
-        self.n_inputs = int(np.prod(self.input_shape))
-        probe = self.run(np.zeros(self.n_inputs, dtype=self.dtype))
-        self.n_outputs = probe.size
+            raise ModelLoadError(f"{self.path}: unsupported input element type {first.type}")
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in first.shape)
+        input_type = _ORT_TYPES[first.type]
+        zeros = np.zeros(shape, dtype=_NUMPY_TYPES[input_type])
+        n_outputs = np.asarray(self.session.run(None, {first.name: zeros})[0]).size
+        return OnnxSignature(
+            first.name, input_type, _ORT_TYPES.get(output.type, output.type), shape, n_outputs
+        )
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The model's first output, flattened, at the flat input ``x`` (cast to the input type)."""

@@ -86,6 +86,22 @@ def rounded_box(lower: np.ndarray, upper: np.ndarray, dtype, inward: bool) -> tu
     return lo, hi
 
 
+def disjunct_margins(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """``max_{s in j} (C y - d)_s`` per sample and disjunct ``j`` (``(N, D)``; ``-inf`` for a disjunct
+    without rows). Arguments as in ``margin``."""
+    return _per_disjunct(torch.einsum("nso,no->ns", C, y) - d, member)
+
+
+def _per_disjunct(rows: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """``(N, S) -> (N, D)``: the largest row of each disjunct (``-inf`` for one without rows)."""
+    return torch.where(member, rows.unsqueeze(-1), float("-inf")).amax(dim=1)
+
+
+def lowest(per_disjunct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``min_j per_disjunct[:, j]`` over the disjuncts in ``mask`` (``(N, D)``); ``inf`` where none."""
+    return torch.where(mask, per_disjunct, float("inf")).amin(dim=1)
+
+
 def margin(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor, member: torch.Tensor, valid: torch.Tensor):
     """Spec margin ``min_j max_{s in j} (C y - d)_s`` per sample; ``<= 0`` iff ``y`` is unsafe.
 
@@ -104,7 +120,4 @@ def disjunct_min(rows: torch.Tensor, member: torch.Tensor, valid: torch.Tensor) 
     With ``rows = C y - d`` this is the margin; with rows holding lower bounds of ``C f(x) - d`` minus the
     safety margin, it is ``> 0`` exactly when every disjunct has a row that excludes it.
     """
-    neg_inf = torch.tensor(float("-inf"), dtype=rows.dtype, device=rows.device)
-    per_disjunct = torch.where(member, rows.unsqueeze(-1), neg_inf).amax(dim=1)
-    pos_inf = torch.tensor(float("inf"), dtype=rows.dtype, device=rows.device)
-    return torch.where(valid, per_disjunct, pos_inf).amin(dim=1)
+    return lowest(_per_disjunct(rows, member), valid)

@@ -22,20 +22,14 @@ Capabilities are answered from what the code does, not from configuration:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Sequence
 
-import numpy as np
-import torch
-
 import verifier
-from verifier.errors import InputError, VerifierError
-from verifier.spec.property import check_against_model
-from verifier.spec.vnnlib import load_property
-from verifier.verify.deadline import Deadline, Watchdog, process_age, report_once
-from verifier.verify.instance import InstanceResult, LoadedInstance, VerifyConfig, load_model, verify_loaded
+from verifier.errors import VerifierError
+from verifier.verify.deadline import Deadline, DeadlineReached, process_age
+from verifier.verify.worker import WorkerCrash, run_once
 
 COMMANDS = ("verify", "supports", "capabilities")
 TOOL_NAME = "verifier (linear-relaxation bound propagation with checked PGD counterexamples)"
@@ -97,8 +91,6 @@ def main(args: Sequence[str], process: bool = False) -> int:
 
 
 def _verify(ns, process: bool) -> int:
-    # One thread is fastest for the small batches of the attack, all the more on a busy CPU.
-    torch.set_num_threads(1)
     start = time.monotonic() - process_age() if process else None
     deadline = Deadline(ns.timeout, start=start)
     if ns.timeout is not None and ns.timeout < 0:
@@ -106,103 +98,24 @@ def _verify(ns, process: bool) -> int:
     if ns.serialise:
         print("verify-model: warning: --serialise-assignments is not supported; the assignment goes to stdout",
               file=sys.stderr)  # fmt: skip
-    watchdog = Watchdog(deadline, lambda: _emit("timed-out\n")) if process else None
     try:
-        loaded = _load(ns.query, ns.network)
+        text = run_once(_decide_in_worker, ns.query, ns.network, deadline, deadline=deadline)
+    except DeadlineReached:  # killed at the deadline by the worker, or stopped there by itself
+        text = f"{STANDARD_RESULTS['timeout']}\n"
     except VerifierError as error:
-        message = str(error).splitlines()[0]
-        report_once(watchdog, lambda: _error(message))
-        return EXIT_ERROR
-    result = verify_loaded(loaded, VerifyConfig(timeout=deadline.seconds), deadline)
-    text = answer_text(result, loaded)
-    report_once(watchdog, lambda: _emit(text))
+        return _error(str(error).splitlines()[0])
+    except WorkerCrash as crash:  # a bug, never a verdict: the child's traceback goes to stderr
+        return _error(str(crash))
+    _emit(text)
     return 0
 
 
-def _load(query: str, networks: list[str]) -> LoadedInstance:
-    """Parse the query, map its network to a model file, then check section 5.3.2's conditions in the
-    order it lists them: files for the declared networks, matching element types, sound types."""
-    prop = load_property(query)
-    path = network_path(prop.networks, networks, query)
-    checker, model = load_model(path)
-    check_model_types(prop, checker, query, path)
-    check_declared_types(prop, query)
-    check_against_model(prop, checker.n_inputs, checker.n_outputs, query)
-    return LoadedInstance(prop, checker, model)
+def _decide_in_worker(query: str, networks: list[str], deadline: Deadline) -> str:
+    # Imported here, in the worker only: this process waits and enforces the deadline, and must not
+    # spend it importing torch (see ``verifier.cli``).
+    from verifier.verify import query as query_module
 
-
-def network_path(declared: Sequence[str], mappings: list[str], query: str) -> str:
-    """The model file of the query's single network from ``--network NAME=PATH`` arguments.
-
-    A VNN-LIB 1.0 file declares no network; then exactly one mapping (any name) is needed.
-    """
-    pairs = []
-    for token in mappings:
-        name, sep, path = token.partition("=")
-        if not (sep and name and path):
-            raise InputError(f"--network takes NAME=MODEL.onnx, got {token!r}")
-        pairs.append((name, path))
-    names = [name for name, _ in pairs]
-    if len(set(names)) != len(names):
-        raise InputError(f"--network maps a name more than once: {', '.join(names)}")
-    if declared:
-        unknown = [n for n in names if n not in declared]
-        missing = [n for n in declared if n not in names]
-        if unknown or missing:
-            raise InputError(f"{query}: declares network(s) {', '.join(declared)}; "
-                             f"--network given for {', '.join(names) or 'none'}")  # fmt: skip
-        return dict(pairs)[declared[0]]
-    if len(pairs) != 1:
-        raise InputError(f"{query} declares no network: give exactly one --network NAME=MODEL.onnx")
-    return pairs[0][1]
-
-
-def check_model_types(prop, checker, query: str, path: str) -> None:
-    """Section 5.3.2: every declared type must be the model's, unless the query is written all in ``real``."""
-    if all(t == "real" for t in prop.element_types):
-        return
-    for variable in prop.variables:
-        exposed = checker.output_type if variable.is_output else checker.input_type
-        if variable.element_type != exposed:
-            raise InputError(
-                f"{query}: declares {variable.name} as {variable.element_type}, but {path} uses {exposed}"
-            )
-
-
-def check_declared_types(prop, query: str) -> None:
-    """Section 5.3.2: refuse element types whose analysis this tool does not claim to be sound for,
-    unless the query is written entirely in ``real`` (the user's consent to real-valued analysis)."""
-    types = prop.element_types
-    if all(t == "real" for t in types):
-        return
-    unsound = [t for t in types if t not in SOUND_ELEMENT_TYPES]
-    raise InputError(
-        f"{query}: declares {', '.join(unsound)}, which this tool does not analyse soundly (it claims "
-        f"{', '.join(SOUND_ELEMENT_TYPES)}); declare every variable real to accept real-valued analysis"
-    )
-
-
-def answer_text(result: InstanceResult, loaded: LoadedInstance) -> str:
-    """The result line and, after ``sat``, the assignment block (module docstring)."""
-    line = f"{STANDARD_RESULTS[result.verdict]}\n"
-    if result.verdict != "sat" or result.counterexample is None:
-        return line
-    return line + assignment_block(loaded.prop.variables, result.counterexample.x, result.counterexample.y)
-
-
-def assignment_block(variables, x: np.ndarray, y: np.ndarray) -> str:
-    """Every declared variable with its values: inputs are consecutive slices of ``x``, outputs of ``y``."""
-    flat = {False: np.asarray(x).reshape(-1), True: np.asarray(y).reshape(-1)}
-    offsets = {False: 0, True: 0}
-    lines = []
-    for variable in variables:
-        size = math.prod(variable.shape)
-        start = offsets[variable.is_output]
-        values = flat[variable.is_output][start : start + size]
-        offsets[variable.is_output] = start + size
-        lines.append(f"{variable.name} {variable.element_type} [{','.join(map(str, variable.shape))}]")
-        lines.extend(repr(float(v)) for v in values)
-    return "".join(f"{line}\n" for line in lines)
+    return query_module.decide_query(query, networks, deadline)
 
 
 def _emit(text: str) -> None:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from verifier.spec.property import Property
-from verifier.verify.attack import AttackConfig, pgd
+from verifier.verify.attack import Attack
 from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, concat, domain_count, take
 from verifier.verify.bounding import Bounder, check_against_samples
 from verifier.verify.deadline import Deadline
@@ -99,13 +99,12 @@ class BabResult:
 @dataclass
 class Problem:
     """What the loop needs besides the brancher: spec, tolerances and model (``bounder``), the ONNX
-    checker and the property for counterexamples, and the attack settings with their random source."""
+    checker and the property for counterexamples, and the instance's attack (for rounds in domains)."""
 
     bounder: Bounder
     checker: OnnxChecker
     prop: Property
-    attack: AttackConfig
-    rng: np.random.Generator
+    attacker: Attack
 
 
 def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
@@ -225,35 +224,16 @@ def check_points(brancher: Brancher, domains: Domains, problem: Problem) -> Coun
 
 
 def _attack(brancher: Brancher, domains: Domains, problem: Problem, deadline: Deadline):
-    """PGD on the spec margin inside each domain's box (intersected with the case's box rounded inwards,
-    so iterates are points of the property); returns a checked counterexample or ``None``."""
-    spec, cases = problem.bounder.spec, domains["case"].numpy()
+    """One attack round inside each domain's box (intersected with its case's box rounded inwards, so
+    iterates are points of the property); returns a checked counterexample or ``None``."""
     lo, hi = (t.double().numpy() for t in brancher.boxes(domains))
-    lo, hi = np.maximum(lo, spec.lo[cases]), np.minimum(hi, spec.hi[cases])
-    keep = (lo <= hi).all(axis=1)
-    if not keep.any():
-        return None
-    lo, hi, cases = lo[keep], hi[keep], cases[keep]
-    bounder, config = problem.bounder, problem.attack
-    tensor = bounder.tensor
-    low, high = math.log(config.step_range[0]), math.log(config.step_range[1])
-    step0 = np.exp(problem.rng.uniform(low, high, size=(len(cases), 1)))
-    sub = spec.select(cases)
-    spec_tensors = (tensor(sub.C), tensor(sub.d), torch.as_tensor(sub.member), torch.as_tensor(sub.valid))
-    shape = bounder.input_shape
-
-    def forward(x: Tensor) -> Tensor:
-        return bounder.model(x.reshape((x.shape[0],) + shape))
-
-    x, m = pgd(forward, tensor((lo + hi) / 2), tensor(lo), tensor(hi), spec_tensors, tensor(step0),
-               config, deadline)  # fmt: skip
-    return _confirm(x.cpu().numpy(), m.cpu().numpy(), cases, problem)
+    return problem.attacker.attack_boxes(lo, hi, domains["case"].numpy(), deadline)
 
 
 def _confirm(x: np.ndarray, margin: np.ndarray, cases: np.ndarray, problem: Problem):
     """Re-check on the ONNX file the ``check_top`` points of lowest margin among those ``<= 0``."""
     spec = problem.bounder.spec
-    for i in np.argsort(margin, kind="stable")[: problem.attack.check_top]:
+    for i in np.argsort(margin, kind="stable")[: problem.attacker.config.check_top]:
         if margin[i] > 0:
             break
         point = np.clip(x[i], spec.lo[cases[i]], spec.hi[cases[i]])  # the centre may lie on the rounding

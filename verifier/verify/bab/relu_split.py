@@ -35,11 +35,13 @@ from verifier.verify.bounding import Bounder
 @dataclass(frozen=True)
 class ReluSplitConfig:
     """``steps``: optimisation steps of slopes and multipliers per child; ``root_steps``: of the full
-    alpha-CROWN at the root; ``max_batch``: parents per iteration."""
+    alpha-CROWN at the root; ``max_batch``: parents per iteration; ``refresh``: recompute the CROWN bounds
+    of the nodes after a split one (tighter children, each several backward passes dearer)."""
 
     steps: int = 8
     root_steps: int = 20
     max_batch: int = 256
+    refresh: bool = False
 
 
 class ReluSplit:
@@ -100,8 +102,9 @@ class ReluSplit:
         child, child_params = branching.split(state, params, nodes, pos.clamp(min=0))
         if stuck.any():
             self._undo(child, state, stuck)
-        with torch.no_grad():
-            refresh_after(child, int(nodes.min()))
+        if self.config.refresh:
+            with torch.no_grad():
+                refresh_after(child, int(nodes.min()))
         index = torch.arange(len(nodes)).repeat_interleave(2)
         children = {"case": parents["case"][index], "lower": parents["lower"][index]}
         children.update(self._pack(child, child_params))
