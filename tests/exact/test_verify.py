@@ -8,12 +8,14 @@ zero. Completeness needs branch and bound; without it the near-zero ``unsat`` pr
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 
 from tests.exact.properties import MARGINS, ROWS, Instance, exact_case, write_instance
+from verifier.verify.bab.input_split import InputSplitConfig
 from verifier.verify.instance import VERDICTS, InstanceResult, VerifyConfig, verify_instance
 
 # A sat answer's counterexample is checked by verify-model on onnxruntime's float32 outputs; our float64
@@ -25,6 +27,8 @@ OUTPUT_ROUNDING = 1e-5
 SOUNDNESS_MARGINS = (*MARGINS, -1e-6)
 QUICK = VerifyConfig(timeout=1.0, extra_attack_seconds=0.2)
 GENEROUS = VerifyConfig(timeout=60.0, extra_attack_seconds=1.0)
+# These nets have few inputs, so verify-model splits inputs; with input splitting off it splits ReLUs.
+RELU_SPLITTING = dataclasses.replace(GENEROUS, input_split=InputSplitConfig(max_inputs=0))
 
 
 def _cases(seeds, size: str, margins=MARGINS, rows=range(ROWS)) -> list:
@@ -87,3 +91,16 @@ def test_never_a_wrong_answer_sweep(case, tmp_path):
 @pytest.mark.parametrize("case", _cases(range(300, 310), "tiny") + _cases(range(310, 320), "medium"), ids=_id)
 def test_exact_answer_sweep(case, tmp_path):
     _assert_exact(*_run(case, tmp_path, GENEROUS))
+
+
+@pytest.mark.parametrize("case", _cases((3,), "tiny"), ids=_id)
+def test_exact_answer_by_relu_splitting_on_tiny_networks(case, tmp_path):
+    instance, result = _run(case, tmp_path, RELU_SPLITTING)
+    _assert_exact(instance, result)
+    assert result.method != "bab-input"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", _cases(range(300, 310), "tiny") + _cases(range(310, 320), "medium"), ids=_id)
+def test_exact_answer_by_relu_splitting_sweep(case, tmp_path):
+    _assert_exact(*_run(case, tmp_path, RELU_SPLITTING))

@@ -19,6 +19,7 @@ from verifier.engine.state import BoundState
 
 PATIENCE = 4  # stop after this many steps without a relative gain of IMPROVEMENT in the summed bound
 IMPROVEMENT = 1e-4
+LR_END = 0.1  # the learning rate decays geometrically to this fraction of cfg.alpha_lr over the steps
 
 
 def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object] | None = None,
@@ -50,9 +51,13 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
             break
         if optimiser is None:
             optimiser = torch.optim.Adam(params.leaves(), lr=state.cfg.alpha_lr, maximize=True)
+            # Adam's steps are about lr whatever the gradient: shrink them, so that the last iterates can
+            # settle within a small fraction of lr of the optimum (near-zero margins need it)
+            decay = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=LR_END ** (1 / max(steps, 1)))
         optimiser.zero_grad()
         objective.backward(retain_graph=keep_graph)
         optimiser.step()
+        decay.step()
         params.project_()
     if refresh is not None:
         for k, bounds in state.best.items():

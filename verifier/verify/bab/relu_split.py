@@ -28,7 +28,7 @@ from verifier.engine import alpha, branching, crown
 from verifier.engine.bounds import intermediate_bounds, refresh_after
 from verifier.engine.params import Params
 from verifier.engine.state import BoundConfig, BoundState
-from verifier.verify.bab.queue import Domains
+from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
 
 
@@ -94,21 +94,23 @@ class ReluSplit:
         return torch.zeros(domains["case"].shape[0], 0, self.bounder.box_lo.shape[1])
 
     def split(self, parents: Domains) -> Domains:
-        """``2N`` children: rows ``2n`` (inactive side) and ``2n + 1`` (active side) of parent n."""
-        state, params = self._unpack(parents)
-        nodes, pos = parents["branch_node"], parents["branch_pos"]
-        stuck = nodes < 0  # nothing left to split: the child repeats its parent (never dropped)
-        nodes = torch.where(stuck, torch.full_like(nodes, self.nodes[-1]), nodes)
-        child, child_params = branching.split(state, params, nodes, pos.clamp(min=0))
-        if stuck.any():
-            self._undo(child, state, stuck)
-        if self.config.refresh:
+        """Two children per parent, the inactive side first; a parent with no neuron left to split (its
+        relaxation is exact, its bound limited only by how far the multipliers got) comes back once, as
+        it is, so that its optimisation goes on."""
+        stuck = parents["branch_node"] < 0
+        movable = take(parents, ~stuck)
+        state, params = self._unpack(movable)
+        nodes, pos = movable["branch_node"], movable["branch_pos"]
+        child, child_params = branching.split(state, params, nodes, pos)
+        if self.config.refresh and len(nodes):
             with torch.no_grad():
                 refresh_after(child, int(nodes.min()))
         index = torch.arange(len(nodes)).repeat_interleave(2)
-        children = {"case": parents["case"][index], "lower": parents["lower"][index]}
+        children = {"case": movable["case"][index], "lower": movable["lower"][index]}
         children.update(self._pack(child, child_params))
-        return children
+        if not stuck.any():
+            return children
+        return concat([children, {key: parents[key][stuck] for key in children}])
 
     def bound(self, domains: Domains) -> Tensor:
         """``(N, S)`` lower bounds by CROWN with optimised slopes and split multipliers, warm-started
@@ -178,17 +180,3 @@ class ReluSplit:
         if key[0] == "beta":
             return lambda t: t.clamp(min=0)
         return self.graph.nodes[key[-1]].op.project
-
-    @staticmethod
-    def _undo(child: BoundState, parent: BoundState, stuck: Tensor) -> None:
-        """Children of parents with nothing to split get the parent's constraints back (both copies)."""
-        rows = stuck.repeat_interleave(2)
-        src = torch.arange(len(stuck)).repeat_interleave(2)
-        for k, s in child.splits.items():
-            old = parent.splits.get(k, torch.zeros_like(s[: len(stuck)]))[src]
-            child.splits[k] = torch.where(rows.reshape(-1, *[1] * (s.dim() - 1)), old, s)
-        for k in child.bounds:
-            lo, hi = (t[src] for t in parent.bounds[k])
-            mask = rows.reshape(-1, *[1] * (lo.dim() - 1))
-            child.set_bounds(k, (torch.where(mask, lo, child.bounds[k][0]),
-                                 torch.where(mask, hi, child.bounds[k][1])))  # fmt: skip
