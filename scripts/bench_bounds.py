@@ -4,15 +4,19 @@
 Inputs are real: MNIST test images (eps 0.03 in pixel space, clipped to [0, 1]) and the input boxes of the
 oval21 cifar_base properties (tiled to the batch size). Reports the median time of repeats, the mean width
 of the output bounds, and for CROWN the matrix-multiply FLOPs it ran against this machine's measured GEMM
-throughput (the "floor": the time the GEMMs alone would take). JSON out.
+throughput (the "floor": the time the GEMMs alone would take). The GEMM rate is measured again before
+every timed repeat and the median taken, so that a machine shared with other work slows both alike; the
+load average is recorded. JSON out.
 
     .venv/bin/python scripts/bench_bounds.py --out results/bench_bounds.json [--threads 2] [--repeats 5]
+        [--methods crown alpha-crown] [--shared ../shared]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -28,14 +32,14 @@ from verifier.spec.vnnlib import load_property
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def mnist_regions(model, batch: int) -> verifier.Box:
-    images, _ = read_mnist(SHARED / "data" / "mnist", "test")
+def mnist_regions(model, batch: int, shared: Path) -> verifier.Box:
+    images, _ = read_mnist(shared / "data" / "mnist", "test")
     x = torch.from_numpy(images[:batch]).reshape(batch, *model.input_shape)
     return verifier.LinfBall(x, 0.03, clip=(0.0, 1.0))
 
 
-def oval_regions(model, batch: int) -> verifier.Box:
-    folder = SHARED / "benchmarks" / "oval21"
+def oval_regions(model, batch: int, shared: Path) -> verifier.Box:
+    folder = shared / "benchmarks" / "oval21"
     names = sorted({line.split(",")[1] for line in (folder / "instances.csv").read_text().splitlines()
                     if line.startswith("onnx/cifar_base_kw")})  # fmt: skip
     cases = [load_property(folder / n).cases[0] for n in names]
@@ -46,7 +50,7 @@ def oval_regions(model, batch: int) -> verifier.Box:
     return verifier.Box(lo.reshape(batch, *model.input_shape), hi.reshape(batch, *model.input_shape))
 
 
-def gemm_rate(repeats: int = 50) -> float:
+def gemm_rate(repeats: int = 20) -> float:
     """Measured float32 GEMM throughput (GFLOP/s) on shapes like CROWN's: [512 x 256] @ [256 x 256]."""
     a, b = torch.randn(512, 256), torch.randn(256, 256)
     for _ in range(5):
@@ -57,31 +61,33 @@ def gemm_rate(repeats: int = 50) -> float:
     return 2 * 512 * 256 * 256 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``fn`` and median GEMM rate (GFLOP/s) measured just before each repeat."""
     fn()
-    times = []
+    times, rates = [], []
     for _ in range(repeats):
+        rates.append(gemm_rate())
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(rates)
 
 
-def run(name, path, make_region, batches, repeats, rate) -> list[dict]:
-    model = verifier.load(path)
+def run(name, path, make_region, args) -> list[dict]:
+    model = verifier.load(args.shared / "benchmarks" / path)
     rows = []
-    for batch in batches:
-        region = make_region(model, batch)
-        for method in verifier.METHODS:
-            seconds = median_time(lambda r=region, m=method: model.bounds(r, method=m), repeats)
+    for batch in args.batches:
+        region = make_region(model, batch, args.shared)
+        for method in args.methods:
+            seconds, rate = median_time(lambda r=region, m=method: model.bounds(r, method=m), args.repeats)
             b = model.bounds(region, method=method)
             row = {"model": name, "batch": batch, "method": method, "median_ms": round(1000 * seconds, 2),
-                   "mean_width": float((b.upper - b.lower).mean())}  # fmt: skip
+                   "mean_width": float((b.upper - b.lower).mean()), "load_1min": os.getloadavg()[0]}  # fmt: skip
             if method == "crown":
                 with FlopCounterMode(display=False) as counter:
                     model.bounds(region, method=method)
                 gflop = counter.get_total_flops() / 1e9
-                row.update(gflop=round(gflop, 3), floor_ms=round(1000 * gflop / rate, 2),
+                row.update(gflop=round(gflop, 3), gemm_gflops=round(rate, 1), floor_ms=round(1000 * gflop / rate, 2),
                            ratio_to_floor=round(seconds * rate / gflop, 2))  # fmt: skip
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
@@ -94,19 +100,19 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--methods", nargs="+", default=list(verifier.METHODS), choices=verifier.METHODS)
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding benchmarks/, data/")
     args = parser.parse_args(argv)
-    if not SHARED.is_dir():
-        sys.exit(f"benchmark data not found at {SHARED}")
+    if not (args.shared / "benchmarks").is_dir():
+        sys.exit(f"benchmark data not found in {args.shared}")
     torch.set_num_threads(args.threads)
-    rate = gemm_rate()
-    bench = SHARED / "benchmarks"
-    rows = run("mnist_fc_256x6", bench / "mnist_fc/onnx/mnist-net_256x6.onnx", mnist_regions, args.batches,
-               args.repeats, rate)  # fmt: skip
-    rows += run("oval21_cifar_base", bench / "oval21/onnx/cifar_base_kw.onnx", oval_regions, args.batches,
-                args.repeats, rate)  # fmt: skip
+    load_before = os.getloadavg()
+    rows = run("mnist_fc_256x6", "mnist_fc/onnx/mnist-net_256x6.onnx", mnist_regions, args)
+    rows += run("oval21_cifar_base", "oval21/onnx/cifar_base_kw.onnx", oval_regions, args)
     result = {
         "threads": args.threads,
-        "gemm_gflops": round(rate, 1),
+        "gemm_gflops": round(gemm_rate(), 1),
+        "load_average": {"start": list(load_before), "end": list(os.getloadavg())},
         "torch": torch.__version__,
         "rows": rows,
     }

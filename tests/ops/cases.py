@@ -43,6 +43,13 @@ CASES = (
     Case("conv2d_stride_pad", Conv(_w(3, 2, 3, 3), _w(3), (2, 2), (1, 1), (1, 1), 1), ((2, 5, 5),)),
     Case("conv2d_groups_dilation", Conv(_w(4, 1, 2, 2), None, (1, 1), (0, 1), (2, 2), 2), ((2, 5, 4),)),
     Case("conv1d", Conv(_w(2, 3, 3), _w(2), (2,), (1,), (1,), 1), ((3, 7),)),
+    # few input channels, strides that do or do not divide the kernel and the input (phase grids with
+    # cells outside the input), dilation, groups, padding wider than the kernel reach
+    Case("conv2d_first_layer_k4s2", Conv(_w(4, 1, 4, 4), _w(4), (2, 2), (1, 1), (1, 1), 1), ((1, 6, 6),)),
+    Case("conv2d_stride3_odd_input", Conv(_w(3, 2, 2, 3), None, (3, 2), (1, 0), (1, 1), 1), ((2, 7, 5),)),
+    Case("conv2d_dilation_groups_s23", Conv(_w(4, 1, 3, 2), _w(4), (2, 3), (2, 1), (2, 2), 2), ((2, 7, 8),)),
+    Case("conv2d_stride_over_kernel", Conv(_w(2, 1, 1, 2), None, (3, 3), (3, 0), (1, 1), 1), ((1, 4, 5),)),
+    Case("conv1d_strided_dilated", Conv(_w(3, 1, 3), _w(3), (2,), (2,), (2,), 1), ((1, 9),)),
     Case(
         "conv_transpose",
         ConvTranspose(_w(2, 3, 3, 3), _w(3), (2, 2), (1, 1), (1, 1), (1, 1), 1),

@@ -70,6 +70,12 @@ class Affine(Op):
         _, vjp = torch.func.vjp(lambda x: self.linear(i, x), primal)
         return vjp(a)[0]
 
+    def box_lower(self, a: Tensor, centre: Tensor, radius: Tensor) -> Tensor | None:
+        """``min <a, J x>`` over the box ``|x - centre| <= radius`` for a one-input operator, computed
+        without laying ``J^T a`` out on the input; None when the operator has no such shortcut (the engine
+        then concretises ``J^T a``). a: [S, B, *output_shape]; centre, radius: [B, *input_shape]; -> [S, B]."""
+        return None
+
     def maps_boxes_to_boxes(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
         """True when every output reads one input coordinate and no coordinate is read twice: the image
         of a box is then a box (the scheduler uses it to skip CROWN where IBP is already exact)."""

@@ -1,18 +1,96 @@
-"""Convolutions (1-d and 2-d; stride, padding, dilation, groups) and 2-d transposed convolution."""
+"""Convolutions (1-d and 2-d; stride, padding, dilation, groups) and 2-d transposed convolution.
+
+The CROWN step of a convolution is its transpose, and the transpose of a strided convolution scatters each
+coefficient over a window of the input: torch's ``convolution_backward`` does that slowly when the input
+has few channels (the first layers of a CNN). Instead we split the input positions along each spatial axis
+by their residue modulo the stride (their *phase*): within a phase, every position receives the same
+kernel taps from coefficients at fixed offsets, so all phases at once are ONE stride-1 forward convolution
+of the coefficients with a rearranged kernel, whose output channels are ``(in_channel, phase_h, phase_w)``.
+Its result lives on a *phase grid*, ``[N, C_in, stride_h * stride_w * Gh * Gw]``: each phase is a
+``Gh x Gw`` rectangle, some of whose cells fall outside the input (they hold values of no coordinate and
+are dropped, or weighted by zero). :class:`_PhasePlan` maps cells to input positions.
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import grad as nn_grad
 
 from verifier.ops.base import Affine, converts, register
 from verifier.ops.linear import ConversionError
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
-_CONV_INPUT_GRAD = {1: nn_grad.conv1d_input, 2: nn_grad.conv2d_input}
+
+
+def _axis(k: int, s: int, p: int, d: int, n_in: int, n_out: int):
+    """One spatial axis of the phase split: ``(taps, (pad_left, pad_right), positions)``.
+
+    Forward ``y[i] = sum_u w[u] x[s i + d u - p]``: input ``m = s T + P`` receives ``w[u] y_bar[T + o]``
+    for each tap u with ``P + p - d u = s o``. Cell t of phase P stands for ``T = t + base - lo_P`` (lo_P:
+    the phase's smallest offset o, base: the smallest over phases), so every phase reads its taps from one
+    window ``y_bar[t + base + j]``, j < window. ``taps[P][j]``: the tap at window place j (-1: none);
+    ``positions[P][t]``: the input position of cell t (-1: outside the input)."""
+    offsets = {u: ((d * u - p) % s, ((d * u - p) % s + p - d * u) // s) for u in range(k)}
+    lo = [min((o for q, o in offsets.values() if q == P), default=0) for P in range(s)]
+    base = min(lo)
+    window = max(o - lo[q] for q, o in offsets.values()) + 1
+    taps = [[-1] * window for _ in range(s)]
+    for u, (q, o) in offsets.items():
+        taps[q][o - lo[q]] = u
+    count = [len(range(P, n_in, s)) for P in range(s)]  # input positions of each phase
+    grid = max(count[P] + lo[P] - base for P in range(s))
+    positions = [[s * (t + base - lo[P]) + P if 0 <= t + base - lo[P] < count[P] else -1 for t in range(grid)]
+                 for P in range(s)]  # fmt: skip
+    return taps, (-base, grid + window - 1 - n_out + base), positions
+
+
+@dataclass(frozen=True)
+class _PhasePlan:
+    """The phase split of one 2-d convolution geometry (see the module docstring).
+
+    ``kernel_index`` [sh, sw, Kh, Kw]: flat kernel tap (kh * kw: none) at each window place of each phase.
+    ``padding``: conv2d's symmetric padding (h, w) and the rest for F.pad (w_left, w_right, h_left, h_right),
+    negative entries cropping. ``cell_of_input`` [H * W]: grid cell of every input position (each input
+    position is in exactly one cell). ``input_of_cell`` [cells]: input position of every cell (H * W:
+    outside). ``in_order``: the grid is the input itself (stride 1: one phase, no cell outside)."""
+
+    kernel_index: Tensor
+    padding: tuple[int, int]
+    extra_padding: tuple[int, int, int, int]
+    cell_of_input: Tensor
+    input_of_cell: Tensor
+    in_order: bool
+
+
+@functools.lru_cache(maxsize=256)
+def _phase_plan(kernel, stride, padding, dilation, in_hw, out_hw) -> _PhasePlan:
+    """The plan of a 2-d geometry (all arguments pairs (h, w); out_hw: the convolution's output size)."""
+    axes = [_axis(*args) for args in zip(kernel, stride, padding, dilation, in_hw, out_hw)]
+    (taps_h, pad_h, cells_h), (taps_w, pad_w, cells_w) = axes
+    none, outside = kernel[0] * kernel[1], in_hw[0] * in_hw[1]
+    kernel_index = [[[[uh * kernel[1] + uw if min(uh, uw) >= 0 else none for uw in row_w] for uh in row_h]
+                     for row_w in taps_w] for row_h in taps_h]  # fmt: skip
+    inputs = [[[[mh * in_hw[1] + mw if min(mh, mw) >= 0 else outside for mw in row_w] for mh in row_h]
+               for row_w in cells_w] for row_h in cells_h]  # fmt: skip
+    inputs = torch.tensor(inputs).flatten()
+    inside = inputs < outside
+    cell_of_input = torch.empty(outside, dtype=torch.long)
+    cell_of_input[inputs[inside]] = torch.arange(inputs.numel())[inside]
+    sym = tuple(max(0, min(pads)) for pads in (pad_h, pad_w))
+    extra = (pad_w[0] - sym[1], pad_w[1] - sym[1], pad_h[0] - sym[0], pad_h[1] - sym[0])
+    in_order = bool(torch.equal(inputs, torch.arange(outside)))
+    return _PhasePlan(torch.tensor(kernel_index), sym, extra, cell_of_input, inputs, in_order)
+
+
+def _on_grid(x: Tensor, plan: _PhasePlan) -> Tensor:
+    """Input values [B, C, *spatial] laid out on the phase grid, [B, C * cells], 0 at cells outside."""
+    padded = torch.cat([x.flatten(2), x.new_zeros(*x.shape[:2], 1)], 2)  # the last entry: outside
+    cells = plan.input_of_cell.to(x.device)
+    return padded.flatten(0, 1).index_select(1, cells).reshape(x.shape[0], -1)
 
 
 @register
@@ -43,10 +121,38 @@ class Conv(Affine):
         return None if self.bias is None else self.bias.reshape((-1,) + (1,) * (self.weight.dim() - 2))
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-        grad = _CONV_INPUT_GRAD[self.weight.dim() - 2]
-        return grad(
-            (a.shape[0], *in_shape), self.weight, a, self.stride, self.padding, self.dilation, self.groups
-        )
+        grid, plan = self._phase_grid(a, in_shape)
+        if plan.in_order:
+            return grid.reshape(a.shape[0], *in_shape)
+        cells = plan.cell_of_input.to(grid.device)  # a gather over a 2-d view: ~3x faster than x[..., i]
+        return grid.reshape(-1, grid.shape[-1]).index_select(1, cells).reshape(a.shape[0], *in_shape)
+
+    def box_lower(self, a: Tensor, centre: Tensor, radius: Tensor) -> Tensor:
+        """``<J^T a, centre> - <|J^T a|, radius>``, the exact minimum of ``<a, J x>`` over the box, summed
+        over the phase grid instead of the input: cells outside the input get centre and radius 0 (they
+        are no coordinate), every input position is exactly one cell, so the sums are the same."""
+        s, b = a.shape[:2]
+        grid, plan = self._phase_grid(a.flatten(0, 1), tuple(centre.shape[1:]))
+        grid = grid.reshape(s, b, -1)
+        c, r = (_on_grid(t, plan) for t in (centre, radius))
+        return torch.einsum("sbn,bn->sb", grid, c) - torch.einsum("sbn,bn->sb", grid.abs(), r)
+
+    def _phase_grid(self, a: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, _PhasePlan]:
+        """``J^T a`` on the phase grid, [N, C_in, cells], for a of shape [N, *output_shape]."""
+        w, stride, padding, dilation = self.weight, self.stride, self.padding, self.dilation
+        if w.dim() == 3:  # 1-d: a 2-d convolution over a unit height
+            w, stride, padding, dilation = w.unsqueeze(2), (1, *stride), (0, *padding), (1, *dilation)
+        a = a.reshape(*a.shape[:2], -1, a.shape[-1])
+        in_hw = tuple(in_shape[1:]) if len(in_shape) == 3 else (1, in_shape[1])
+        plan = _phase_plan(tuple(w.shape[2:]), stride, padding, dilation, in_hw, tuple(a.shape[2:]))
+        g, (c_out, c_in) = self.groups, w.shape[:2]
+        taps = w.reshape(g, c_out // g, c_in, -1)
+        taps = torch.cat([taps, taps.new_zeros(*taps.shape[:3], 1)], 3)[..., plan.kernel_index.to(w.device)]
+        kernel = taps.permute(0, 2, 3, 4, 1, 5, 6).reshape(-1, c_out // g, *plan.kernel_index.shape[2:])
+        if any(plan.extra_padding):
+            a = F.pad(a, plan.extra_padding)
+        grid = F.conv2d(a, kernel, None, 1, plan.padding, 1, g)
+        return grid.reshape(grid.shape[0], g * c_in, -1), plan
 
 
 @register
