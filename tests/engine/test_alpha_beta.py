@@ -174,3 +174,38 @@ def test_nan_is_reported_at_the_node_where_it_appears():
     bad = verifier.api.BoundedModel(Graph(nodes, len(nodes) - 1))
     with pytest.raises(BoundComputationError, match="poisoned"):
         bad.bounds(verifier.LinfBall(x, 0.1), method="ibp")
+
+
+def test_linear_program_of_a_fully_split_domain_is_its_exact_minimum():
+    """Fix every unstable neuron to the side it takes at a point: the LP minimum over that domain lies
+    below every sampled value in it and is (nearly) reached by a dense grid of a 2-d input."""
+    from verifier.engine import lp
+
+    module = _mlp(11, widths=(2, 6, 6, 1))
+    x = torch.zeros(1, 2)
+    model = verifier.load(module, x)
+    state = _state(model, x, 1.0)
+    with torch.no_grad():
+        intermediate_bounds(state)
+    grid = torch.stack(
+        torch.meshgrid(torch.linspace(-1, 1, 301), torch.linspace(-1, 1, 301), indexing="ij"), -1
+    )
+    grid = grid.reshape(-1, 2)
+    pre = {1: module[0](grid)}
+    pre[3] = module[2](torch.relu(pre[1]))
+    point = 12345  # the pattern of one grid point
+    in_domain = torch.ones(len(grid), dtype=torch.bool)
+    for k, z in pre.items():
+        lo, hi = state.bounds[k]
+        sign = torch.where(z[point] >= 0, 1, -1).to(torch.int8)
+        split = torch.where((lo < 0) & (hi > 0), sign, torch.zeros_like(sign))
+        state.splits[k] = split
+        state.set_bounds(k, state.bounds[k])
+        in_domain &= ((z * split) >= 0).all(1)
+    rows = torch.ones(1, 1, 1)
+    with torch.no_grad():
+        exact = lp.exact_lower(state, rows)[0, 0]
+        plain = crown.backward(state, model.graph.output, rows)[0, 0]
+        values = module(grid[in_domain]).flatten()
+    assert plain <= exact + 1e-5 and exact <= values.min() + 1e-5
+    assert values.min() - exact < 2e-2, "the LP minimum is attained in the domain"

@@ -31,6 +31,17 @@ def backward(state: BoundState, start: int, a: Tensor, params: Params | None = N
     constraints, when ``beta``), so the concretisation at the input is a sound lower bound. ``tag``
     distinguishes the parameter sets of different passes in ``params``; ``record`` receives the
     coefficients [S, B, *shape_j] on the output of every nonlinear node j (for branching heuristics)."""
+    return _backward(state, start, a, params, tag, beta, record, linear=False)
+
+
+def linear_form(state: BoundState, start: int, a: Tensor) -> tuple[Tensor, Tensor]:
+    """``(A, c)`` with ``<a_s, z_start> >= <A_s, x> + c_s`` for every input x of the region:
+    A [S, B, *input_shape], c [S, B] (equality where every relaxation on the way is exact)."""
+    return _backward(state, start, a, None, (), False, None, linear=True)
+
+
+def _backward(state, start, a, params, tag, beta, record, linear):
+    """``backward``; with ``linear``, the linear function of the input instead of its minimum."""
     pending: dict[int, Tensor] = {start: a}
     const = a.new_zeros(a.shape[:2])
     for j in range(start, 0, -1):
@@ -42,7 +53,7 @@ def backward(state: BoundState, start: int, a: Tensor, params: Params | None = N
                 a = _split_multipliers(state, j, a, params)
             if record is not None and not isinstance(state.graph.nodes[j].op, Affine):
                 record[j] = a.detach()
-            const = const + _step(state, j, a, pending, params, tag)
+            const = const + _step(state, j, a, pending, params, tag, linear)
         except VerifierError:
             raise
         except Exception as exc:
@@ -50,17 +61,22 @@ def backward(state: BoundState, start: int, a: Tensor, params: Params | None = N
             raise BoundComputationError(
                 f"backward bound pass failed at node {node.name} ({type(node.op).__name__}): {exc}"
             ) from exc
-    return state.region.concretize(pending[0], const) if 0 in pending else const
+    coeffs = pending.get(0)
+    if linear:
+        shape = (*const.shape, *state.graph.input_shape)
+        return (const.new_zeros(shape) if coeffs is None else coeffs), const
+    return const if coeffs is None else state.region.concretize(coeffs, const)
 
 
-def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | None, tag) -> Tensor:
+def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | None, tag,
+          linear: bool = False) -> Tensor:  # fmt: skip
     """Pass node j's coefficients ``a`` to its inputs; return the constant term it adds ([S, B])."""
     nodes = state.graph.nodes
     node, (s, b) = nodes[j], a.shape[:2]
     if isinstance(node.op, Affine):
         offset = node.op.offset()
         const = (a * offset).flatten(2).sum(-1) if offset is not None else 0
-        if state.region.is_box and node.inputs == (0,) and state.graph.consumers[0] == (j,):
+        if not linear and state.region.is_box and node.inputs == (0,) and state.graph.consumers[0] == (j,):
             lo, hi = state.region.box()  # j alone reads the input: the minimum over the box of <a, J x>
             lower = node.op.box_lower(a, (hi + lo) / 2, (hi - lo) / 2)  # is exactly its concretisation
             if lower is not None:

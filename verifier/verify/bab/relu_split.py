@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 import verifier
-from verifier.engine import alpha, branching, crown
+from verifier.engine import alpha, branching, crown, lp
 from verifier.engine.bounds import intermediate_bounds, refresh_after
 from verifier.engine.params import Params
 from verifier.engine.state import BoundConfig, BoundState
@@ -114,14 +114,22 @@ class ReluSplit:
 
     def bound(self, domains: Domains) -> Tensor:
         """``(N, S)`` lower bounds by CROWN with optimised slopes and split multipliers, warm-started
-        from the parent; stores the updated parameters and the next neuron to split."""
+        from the parent (and by linear programming once no neuron is left to split: ``engine.lp``);
+        stores the updated parameters and the next neuron to split."""
         state, params = self._unpack(domains)
+        rows = self._rows(domains["case"])
         with torch.no_grad():
-            lower = alpha.optimise(state, self._rows(domains["case"]), params=params)
+            lower = alpha.optimise(state, rows, params=params)
+        self._choose(domains, state, params)
+        exact = (domains["branch_node"] < 0).nonzero().flatten()
+        if len(exact):  # nothing left to split: the exact minimum is a linear program
+            with torch.no_grad():
+                lower[:, exact] = torch.maximum(
+                    lower[:, exact], lp.exact_lower(state.select(exact), rows[:, exact])
+                )
         lower = lower.T.double()
         lower[state.infeasible()] = torch.inf  # an empty domain: nothing to verify
         domains.update(self._pack(state, params))
-        self._choose(domains, state, params)
         return lower
 
     # ------------------------------------------------------------------------------------------ helpers
