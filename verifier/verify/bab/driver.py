@@ -53,6 +53,7 @@ class Brancher(Protocol):
     """
 
     name: str
+    max_parents: int | None  # parents per iteration, or None for the driver's memory rule (``batch_size``)
 
     def split(self, parents: Domains) -> Domains: ...
 
@@ -136,9 +137,7 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
     queue = DomainQueue()
     queue.push(take(roots, roots[BOUND] <= 0))
     widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
-    size = getattr(brancher, "max_parents", None) or batch_size(
-        problem.bounder.spec.d.shape[1], widest, config
-    )
+    size = brancher.max_parents or batch_size(problem.bounder.spec.d.shape[1], widest, config)
     visited, iteration, shown = 0, 0, time.monotonic()
     rate = 64 / config.iteration_seconds  # parents per second, measured from the first iteration on
     while len(queue):

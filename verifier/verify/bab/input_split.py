@@ -52,6 +52,7 @@ class InputSplit:
     """The ``Brancher`` of input splitting (see the module docstring) for the cases of ``bounder``."""
 
     name = "bab-input"
+    max_parents = None
 
     def __init__(self, bounder: Bounder, config: InputSplitConfig = InputSplitConfig()):
         self.bounder, self.config = bounder, config

@@ -28,6 +28,7 @@ from verifier.engine import alpha, branching, crown, lp
 from verifier.engine.bounds import intermediate_bounds, refresh_after
 from verifier.engine.params import Params
 from verifier.engine.state import BoundConfig, BoundState
+from verifier.ops.base import Nonlinear
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
 
@@ -54,13 +55,14 @@ class ReluSplit:
         self.graph = bounder.model.graph
         self.cfg = BoundConfig(method="alpha-crown", alpha_steps=config.steps)
         self.nodes = sorted(self.graph.needs_bounds())
-        self.max_parents = config.max_batch  # parents per iteration (the driver's rate rule still applies)
+        self.max_parents = config.max_batch  # the driver's rate rule still applies below it
 
     @staticmethod
     def applies(model) -> bool:
         """Whether the model has neurons that a split at zero makes exact (ReLU-like)."""
-        return any(n.op is not None and getattr(n.op, "linear_on_each_side_of_zero", False)
-                   for n in model.graph.nodes)  # fmt: skip
+        return any(
+            isinstance(n.op, Nonlinear) and n.op.linear_on_each_side_of_zero for n in model.graph.nodes
+        )
 
     def roots(self, cases: np.ndarray) -> Domains:
         """One domain per case: full alpha-CROWN on its box, keeping bounds and output parameters."""
