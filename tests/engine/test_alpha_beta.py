@@ -209,3 +209,43 @@ def test_linear_program_of_a_fully_split_domain_is_its_exact_minimum():
         values = module(grid[in_domain]).flatten()
     assert plain <= exact + 1e-5 and exact <= values.min() + 1e-5
     assert values.min() - exact < 2e-2, "the LP minimum is attained in the domain"
+
+
+def _node_values(graph, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    values = {0: x}
+    for k, node in enumerate(graph.nodes[1:], start=1):
+        values[k] = node.op.forward(*[values[i] for i in node.inputs])
+    return values
+
+
+@pytest.mark.parametrize("name", ["cnn_bn_pool", "residual", "leaky_convt"])
+def test_split_children_of_general_graphs_are_sound_on_their_side(name):
+    """Splits, beta multipliers and warm starts on graphs with convolutions, pooling, BatchNorm, residual
+    sums and LeakyReLU: sampled points of each child's side stay above its bound."""
+    from tests.engine.nets import networks
+
+    module, shape = networks()[name]
+    x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(2))
+    model = verifier.load(module, x)
+    n_out = model.output_shape[0]
+    rows = torch.randn(2, 1, n_out, generator=torch.Generator().manual_seed(3))
+    state = _state(model, x, 0.5)
+    with torch.no_grad():
+        intermediate_bounds(state)
+        params = Params()
+        alpha.optimise(state, rows, params=params)
+        record = {}
+        crown.backward(state, model.graph.output, rows, params, ("out",), True, record)
+        nodes, pos, ok = branching.choose(branching.split_scores(state, record, torch.ones(2, 1)))
+        assert ok.all()
+        child, child_params = branching.split(state, params, nodes, pos)
+        lower = alpha.optimise(child, rows.repeat_interleave(2, 1), params=child_params)
+    pts = samples(x - 0.5, x + 0.5, 3000, torch.Generator().manual_seed(4)).flatten(0, 1)
+    with torch.no_grad():
+        values = _node_values(model.graph, pts)
+    y = values[model.graph.output].flatten(1) @ rows[:, 0].T  # [n, 2]
+    pre = values[int(nodes[0])].flatten(1)[:, int(pos[0])]
+    for side, sign in ((0, -1), (1, 1)):
+        mine = pre * sign >= 0
+        assert mine.any()
+        assert (y[mine] >= lower[:, side] - 1e-4).all(), f"{name}: a point of child {side} is below its bound"
