@@ -8,7 +8,7 @@ throughput (the "floor": the time the GEMMs alone would take). The GEMM rate is 
 every timed repeat and the median taken, so that a machine shared with other work slows both alike; the
 load average is recorded. JSON out.
 
-    .venv/bin/python scripts/bench_bounds.py --out results/bench_bounds.json [--threads 2] [--repeats 5]
+    .venv/bin/python scripts/bench_bounds.py --out scripts/results/bench_bounds.json [--threads 2] [--repeats 5]
         [--methods crown alpha-crown] [--shared ../shared]
 """
 
@@ -96,7 +96,9 @@ def run(name, path, make_region, args) -> list[dict]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/bench_bounds.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_bounds.json"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])

@@ -1,6 +1,6 @@
 """Start-up cost of one small ``verify-model`` run: wall and CPU time, cold and warm model cache.
 
-    .venv/bin/python scripts/bench_startup.py [--repeats 5] [--out bench_startup.json]
+    .venv/bin/python scripts/bench_startup.py [--repeats 5] [--out scripts/results/bench_startup.json]
 
 Runs ``verify-model models/test_small.onnx specs/test/test_small.vnnlib`` as its own process ``repeats``
 times with an empty model cache (cold: every run loads the ONNX file) and ``repeats`` times with a filled
@@ -58,7 +58,7 @@ def medians(command: list[str], env: dict, repeats: int, before_each=lambda: Non
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=Path("bench_startup.json"))
+    parser.add_argument("--out", type=Path, default=REPO / "scripts" / "results" / "bench_startup.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, VERIFIER_CACHE_DIR=cache)
