@@ -249,3 +249,30 @@ def test_split_children_of_general_graphs_are_sound_on_their_side(name):
         mine = pre * sign >= 0
         assert mine.any()
         assert (y[mine] >= lower[:, side] - 1e-4).all(), f"{name}: a point of child {side} is below its bound"
+
+
+def test_only_domains_with_exact_relaxations_get_the_linear_program():
+    """A ReLU net whose neurons are all stable is one affine map (exact); a max pool or a sigmoid on a
+    box that is not a point is not, and the LP must then stay out (its cut polytope would not be the
+    domain): exact_lower answers -inf there."""
+    from verifier.engine import lp
+
+    relu = _mlp(4, widths=(3, 5, 2))
+    x = torch.zeros(1, 3)
+    for module, expected in ((relu, True), (_mlp(4, widths=(3, 5, 2), act=nn.Sigmoid), False)):
+        model = verifier.load(module, x)
+        state = _state(model, x, 1e-4)  # tiny box: every ReLU stable, the sigmoid still curved
+        with torch.no_grad():
+            intermediate_bounds(state)
+            assert state.exact_relaxations().tolist() == [expected]
+            value = lp.exact_lower(state, torch.ones(1, 1, 2))[0, 0]
+        assert torch.isfinite(value) == expected
+    pooled = nn.Sequential(
+        nn.Conv2d(1, 2, 2), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 1)
+    ).eval()
+    xs = torch.randn(1, 1, 5, 5, generator=torch.Generator().manual_seed(0))
+    model = verifier.load(pooled, xs)
+    state = _state(model, xs, 0.5)
+    with torch.no_grad():
+        intermediate_bounds(state)
+    assert state.exact_relaxations().tolist() == [False]

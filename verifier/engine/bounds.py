@@ -29,9 +29,10 @@ from verifier.engine.state import METHODS, BoundConfig, BoundState, tighten
 from verifier.errors import BoundComputationError, InputError, VerifierError
 from verifier.graph.graph import Graph
 from verifier.ops.base import Affine
+from verifier.spec.regions import Region
 
 
-def compute_bounds(graph: Graph, region, cfg: BoundConfig, spec: Tensor, upper: bool = True):
+def compute_bounds(graph: Graph, region: Region, cfg: BoundConfig, spec: Tensor, upper: bool = True):
     """Bounds of ``<spec_s, f(x)>`` over the region: lower [S, B] and upper [S, B] (None unless ``upper``).
 
     ``spec`` has shape [S, B, *output_shape]."""

@@ -128,6 +128,15 @@ def select_rows(state: BoundState, k: int, mask: Tensor) -> tuple[Tensor, Tensor
     return order, valid
 
 
+def indicator_rows(order: Tensor, valid: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """[m, B, *shape] rows, row j of element b the indicator of position ``order[b, j]`` (zero where not
+    ``valid``): the specification that bounds those neurons one per row."""
+    m, batch = order.shape[1], order.shape[0]
+    rows = torch.zeros(m, batch, int(torch.Size(shape).numel()), dtype=like.dtype, device=like.device)
+    rows.scatter_(2, order.T.unsqueeze(2), valid.T.unsqueeze(2).to(like.dtype))
+    return rows.reshape(m, batch, *shape)
+
+
 def refine(state: BoundState, k: int, selection: tuple[Tensor, Tensor], params: Params | None = None) -> None:
     """Tighten ``state.bounds[k]`` by CROWN on the neurons of ``selection`` (see ``select_rows``).
 
@@ -147,9 +156,8 @@ def refine(state: BoundState, k: int, selection: tuple[Tensor, Tensor], params: 
     for start in range(0, most, chunk):
         pos, ok = order[:, start : start + chunk], valid[:, start : start + chunk]  # [B, m]
         m = pos.shape[1]
-        rows = torch.zeros(m, batch, numel, dtype=lo.dtype, device=lo.device)
-        rows.scatter_(2, pos.T.unsqueeze(2), ok.T.unsqueeze(2).to(lo.dtype))
-        rows = torch.cat([rows, -rows]).reshape(2 * m, batch, *state.graph.nodes[k].shape)
+        rows = indicator_rows(pos, ok, state.graph.nodes[k].shape, lo)
+        rows = torch.cat([rows, -rows])
         res = backward(state, k, rows, params, tag=(k, start))
         old_lo, old_hi = lo_flat.gather(1, pos), hi_flat.gather(1, pos)
         lo_flat = lo_flat.scatter(1, pos, torch.where(ok, torch.maximum(old_lo, res[:m].T), old_lo))

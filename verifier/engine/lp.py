@@ -23,8 +23,9 @@ from verifier.engine.state import BoundState
 
 
 def exact_lower(state: BoundState, rows: Tensor) -> Tensor:
-    """Lower bounds [S, B] of ``<rows_s, f(x)>`` over each domain of ``state`` (every relaxation exact):
-    the LP minimum, ``+inf`` for an empty domain, ``-inf`` where the solver gives no answer."""
+    """Lower bounds [S, B] of ``<rows_s, f(x)>`` over each domain of ``state``: the LP minimum, ``+inf``
+    for an empty domain, ``-inf`` where the solver gives no answer or some relaxation is not exact (the
+    linear forms are then only lower bounds, and the polytope they cut is not the domain)."""
     from scipy.optimize import linprog  # a heavy import, needed only once branch and bound gets here
 
     out_a, out_c = (
@@ -33,7 +34,10 @@ def exact_lower(state: BoundState, rows: Tensor) -> Tensor:
     cut_a, cut_b = _constraints(state)
     lo, hi = (t.detach().double().cpu().reshape(t.shape[0], -1).numpy() for t in state.region.box())
     result = np.full(out_c.shape, -np.inf)
+    exact = state.exact_relaxations().tolist()
     for b in range(out_c.shape[1]):
+        if not exact[b]:
+            continue
         bounds = np.stack([lo[b], hi[b]], axis=1)
         for s in range(out_c.shape[0]):
             res = linprog(
@@ -59,9 +63,8 @@ def _constraints(state: BoundState) -> tuple[list[np.ndarray], list[np.ndarray]]
         if most == 0:
             continue
         order, valid = crown.select_rows(state, k, split != 0)
-        e = torch.zeros(most, batch, flat.shape[1], dtype=state.bounds[k][0].dtype)
-        e.scatter_(2, order.T.unsqueeze(2), valid.T.unsqueeze(2).to(e.dtype))
-        a, c = crown.linear_form(state, k, e.reshape(most, batch, *state.graph.nodes[k].shape))
+        e = crown.indicator_rows(order, valid, state.graph.nodes[k].shape, state.bounds[k][0])
+        a, c = crown.linear_form(state, k, e)
         a = a.detach().double().cpu().reshape(most, batch, n_in).numpy()
         c = c.detach().double().cpu().numpy()
         sign = flat.gather(1, order).double().cpu().numpy()  # [B, most]

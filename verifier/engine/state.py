@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from verifier.graph.graph import Graph
-from verifier.ops.base import Interval, Relaxation, RelaxConfig
+from verifier.ops.base import Interval, Nonlinear, Relaxation, RelaxConfig
 from verifier.spec.regions import Region
 
 # method -> (intermediate bounds, output bound); "alpha" optimises slopes (both at once when both say so)
@@ -101,6 +101,17 @@ class BoundState:
         if j not in self._relaxations:
             self._relaxations[j] = node.op.relax(*self.bounds[node.inputs[0]], self.cfg.relax)
         return self._relaxations[j]
+
+    def exact_relaxations(self) -> Tensor:
+        """[B] bool: domains where every nonlinear node's two lines coincide (the network is then one
+        affine function on the domain)."""
+        exact = torch.ones(self.batch, dtype=torch.bool, device=self.region.box()[0].device)
+        for j, node in enumerate(self.graph.nodes):
+            if isinstance(node.op, Nonlinear):
+                rel = self.relaxation(j)
+                same = (rel.a_lo == rel.a_up) & (rel.b_lo == rel.b_up)  # both read the same input
+                exact &= same.flatten(1).all(1)
+        return exact
 
     def infeasible(self) -> Tensor:
         """[B] bool: domains with some node's lower bound above its upper bound. Bounds are sound, so such
