@@ -46,6 +46,14 @@ class Call:
     batched: bool
     out_value: Tensor
     data: list[Data] = field(default_factory=list)
+    live: bool = False
+
+    def param(self, t: Tensor | None) -> Tensor | None:
+        """A weight as an operator holds it: the module's own tensor when the graph is live (bounds then
+        follow the module and differentiate with respect to it), a detached constant otherwise. A live
+        operator must hold the tensor itself, not a tensor computed from it (that would be a stale copy):
+        ``load(..., live=True)`` checks this."""
+        return t if t is None or self.live else t.detach()
 
     @property
     def data_positions(self) -> list[int]:
@@ -112,10 +120,12 @@ def _describe(target: Any) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
 
-def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | None = None) -> Graph:
+def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | None = None,
+              live: bool = False) -> Graph:  # fmt: skip
     """Translate ``gm`` run on ``example`` ([1, *shape] when batched, else the per-sample tensor).
 
-    ``names`` maps submodule paths to the source's (node name, op type), for error messages."""
+    ``names`` maps submodule paths to the source's (node name, op type), for error messages. ``live``:
+    operators hold the module's parameters themselves (see ``Call.param``); no rewrite folds them."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ModelLoadError(f"models with {len(placeholders)} inputs are not supported (exactly one needed)")
@@ -128,19 +138,19 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | 
         if fx_node.op == "placeholder":
             values[fx_node], data_of[fx_node] = example, 0
         elif fx_node.op == "get_attr":
-            values[fx_node] = _fetch_attr(gm, fx_node.target)
+            values[fx_node] = _fetch_attr(gm, fx_node.target, live)
         elif fx_node.op == "output":
             output = fx_node.args[0]
         else:
-            _step(gm, fx_node, values, data_of, nodes, failures, batched, names or {})
+            _step(gm, fx_node, values, data_of, nodes, failures, batched, names or {}, live)
     if failures:
         raise UnsupportedOperatorError(failures)
     if not isinstance(output, fx.Node) or output not in data_of:
         raise ModelLoadError("the model must return a single tensor that depends on its input")
-    return _prune(fuse_bias(nodes), data_of[output], batched)
+    return _prune(nodes if live else fuse_bias(nodes), data_of[output], batched)
 
 
-def _step(gm, fx_node, values, data_of, nodes, failures, batched, names) -> None:
+def _step(gm, fx_node, values, data_of, nodes, failures, batched, names, live) -> None:
     """Evaluate one call node; fold it or translate it into a graph node."""
     target = _target(gm, fx_node)
     args, kwargs = pytree.tree_map(
@@ -175,7 +185,7 @@ def _step(gm, fx_node, values, data_of, nodes, failures, batched, names) -> None
     call_args, call_kwargs = pytree.tree_map(marked, (fx_node.args, fx_node.kwargs))
     data = [a for a in pytree.tree_leaves((call_args, call_kwargs), is_leaf=lambda a: isinstance(a, Data))
             if isinstance(a, Data)]  # fmt: skip
-    call = Call(name, target, tuple(call_args), dict(call_kwargs), batched, value, data)
+    call = Call(name, target, tuple(call_args), dict(call_kwargs), batched, value, data, live)
     converter = converter_for(target)
     if converter is None:
         failures.append((kind, name))
@@ -199,11 +209,11 @@ def _step(gm, fx_node, values, data_of, nodes, failures, batched, names) -> None
     data_of[fx_node] = len(nodes) - 1
 
 
-def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+def _fetch_attr(gm: fx.GraphModule, target: str, live: bool) -> Any:
     obj = gm
     for part in target.split("."):
         obj = getattr(obj, part)
-    return obj.detach() if isinstance(obj, Tensor) else obj
+    return obj.detach() if isinstance(obj, Tensor) and not live else obj
 
 
 def _prune(nodes: list[Node], output: int, batched: bool) -> Graph:

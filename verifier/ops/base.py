@@ -40,11 +40,12 @@ class Op:
         raise NotImplementedError
 
     def to(self, device=None, dtype=None) -> Op:
-        """A copy with every floating tensor constant moved to ``device`` / cast to ``dtype``."""
+        """A copy with every floating tensor constant moved to ``device`` / cast to ``dtype``. A module's
+        own parameters (held by live graphs) are kept: they follow their module (``module.to``)."""
         changes = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, Tensor):
+            if isinstance(v, Tensor) and not isinstance(v, torch.nn.Parameter):
                 changes[f.name] = v.to(device=device, dtype=dtype if v.is_floating_point() else None)
         return dataclasses.replace(self, **changes) if changes else self
 

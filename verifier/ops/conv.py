@@ -198,18 +198,17 @@ def _check_padding_mode(module) -> None:
 def _conv(call) -> Conv:
     m = call.target
     _check_padding_mode(m)
-    bias = None if m.bias is None else m.bias.detach()
-    return Conv(m.weight.detach(), bias, tuple(m.stride), tuple(m.padding), tuple(m.dilation), m.groups)
+    return Conv(call.param(m.weight), call.param(m.bias), tuple(m.stride), tuple(m.padding), tuple(m.dilation),
+                m.groups)  # fmt: skip
 
 
 @converts(nn.ConvTranspose2d)
 def _conv_transpose(call) -> ConvTranspose:
     m = call.target
     _check_padding_mode(m)
-    bias = None if m.bias is None else m.bias.detach()
     return ConvTranspose(
-        m.weight.detach(),
-        bias,
+        call.param(m.weight),
+        call.param(m.bias),
         tuple(m.stride),
         tuple(m.padding),
         tuple(m.output_padding),
@@ -226,6 +225,6 @@ def _conv_function(call) -> Conv:
     padding = call.const(4, "padding", 0)
     if isinstance(padding, str):
         raise ConversionError(f"convolution with padding {padding!r}")
-    return Conv(weight.detach(), None if call.const(2, "bias", None) is None else call.const(2, "bias").detach(),
+    return Conv(call.param(weight), call.param(call.const(2, "bias", None)),
                 tup(call.const(3, "stride", 1)), tup(padding), tup(call.const(5, "dilation", 1)),
                 call.const(6, "groups", 1))  # fmt: skip

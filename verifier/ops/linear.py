@@ -108,15 +108,12 @@ class Sum(Affine):
 
 @converts(nn.Linear)
 def _linear_module(call) -> Linear:
-    return Linear(
-        call.target.weight.detach(), None if call.target.bias is None else call.target.bias.detach()
-    )
+    return Linear(call.param(call.target.weight), call.param(call.target.bias))
 
 
 @converts(F.linear)
 def _linear_function(call) -> Linear:
-    weight = call.const(1, "weight")
-    return Linear(weight, call.const(2, "bias", None))
+    return Linear(call.param(call.const(1, "weight")), call.param(call.const(2, "bias", None)))
 
 
 @converts(OnnxMatMul, torch.matmul, operator.matmul, "matmul")
