@@ -19,6 +19,8 @@ for 4x4 stride-2 convolutions after a padded layer (DM-medium).
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 # ("conv", out_channels, kernel, stride, padding) or ("fc", out_features); None stands for n_classes.
@@ -70,17 +72,10 @@ def build(
         else:
             if i == 0 or spec[i - 1][0] == "conv":  # the first fully connected layer
                 layers.append(nn.Flatten())
-            layers.append(nn.Linear(_numel(shape), width))
+            layers.append(nn.Linear(math.prod(shape), width))
             shape = (width,)
         if not last:
             if batch_norm:
                 layers.append(nn.BatchNorm2d(width) if kind == "conv" else nn.BatchNorm1d(width))
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -93,9 +93,8 @@ def warmup_regulariser(
     """
     if eps_max < 0:
         raise ValueError(f"warmup_regulariser: eps_max must be >= 0, got {eps_max}")
-    zero = input_bounds[0].new_zeros(())
     fade = max(0.0, 1.0 - eps / eps_max) if eps_max > 0 else 0.0
     if fade == 0.0:
-        return zero
+        return input_bounds[0].new_zeros(())
     reg = tightness(input_bounds, pre_bounds, tol) + relu_balance(pre_bounds, tol)
     return weight * fade * reg
