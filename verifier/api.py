@@ -157,7 +157,9 @@ def load(
     if isinstance(model, nn.Module):
         if not isinstance(example_input, Tensor) or example_input.dim() < 1:
             raise InputError("loading a torch module needs example_input, a tensor [batch, *input_shape]")
-        example = example_input[:1].detach().to(torch.get_default_dtype())  # traced sizes are per sample
+        tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+        dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
+        example = example_input[:1].detach().to(dtype)  # traced sizes are per sample
         if not live:
             return _checked(_trace(copy.deepcopy(model).eval()), example, True, type(model).__name__)
         modes = {m: m.training for m in model.modules()}

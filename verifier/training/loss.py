@@ -1,0 +1,115 @@
+"""Certified training losses: the natural cross-entropy mixed with the cross-entropy of the worst-case
+logits that certified bounds allow, for any training loop.
+
+For a label y, the margins ``m_j = f_y - f_j`` (j != y) are bounded below over the perturbation set by
+one bound computation whose specification is the margin rows themselves (loss fusion: one pass over
+n - 1 rows, not 2n logit bounds). The worst-case logits ``z`` have ``z_y = 0`` and ``z_j = -lower(m_j)``;
+``CE(z, y) = log(1 + sum_j exp(-lower(m_j)))`` is an upper bound of the cross-entropy of every point of the
+set (CE is invariant to shifting the logits, and decreasing in every margin). The loss is
+
+    kappa * CE(f(x), y) + (1 - kappa) * CE(z, y)
+
+with the margin bounds from (``method``):
+
+| method    | intermediate bounds | margins                                                           |
+|-----------|---------------------|-------------------------------------------------------------------|
+| ibp       | IBP                 | IBP, the margin rows pushed through the last affine layer exactly  |
+| crown-ibp | IBP                 | ``beta * CROWN + (1 - beta) * IBP`` (Zhang et al. 2020)            |
+| crown-lbp | LBP                 | CROWN                                                              |
+| crown     | CROWN               | CROWN (slow: a backward pass per layer)                            |
+
+BatchNorm: with ``batch_norm="batch"`` the live model's BatchNorm layers normalise by the clean batch's
+statistics, in the logits and in the bounds alike (as the peers train); with ``"running"`` both use the
+running statistics; ``"auto"`` picks "batch" when the module is in training mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from verifier.api import BoundedModel
+from verifier.engine import crown
+from verifier.engine.bounds import intermediate_bounds, interval_spec
+from verifier.engine.state import BoundConfig, BoundState
+from verifier.errors import InputError
+from verifier.ops.base import Interval
+from verifier.spec.regions import Box
+
+METHODS = ("ibp", "crown-ibp", "crown-lbp", "crown")
+
+
+@dataclass
+class LossTerms:
+    """A certified loss and what it was made of (tensors keep their graph unless noted)."""
+
+    loss: Tensor  # scalar: kappa * natural + (1 - kappa) * robust
+    natural: Tensor  # scalar: cross-entropy of the clean logits
+    robust: Tensor  # scalar: cross-entropy of the worst-case logits
+    logits: Tensor  # [B, n] clean logits
+    margins: Tensor  # [B, n - 1] certified lower bounds of f_y - f_j (exact margins at eps 0)
+    input_bounds: Interval | None  # the perturbation box (None at eps 0)
+    pre_activation: list[Interval]  # bounds of every nonlinear operator's input (empty at eps 0)
+
+    @property
+    def verified(self) -> Tensor:
+        """[B] bool: every margin certified positive."""
+        return (self.margins > 0).all(1)
+
+
+def margin_spec(labels: Tensor, n: int, like: Tensor) -> Tensor:
+    """Engine specification [n - 1, B, n] of the margins ``f_y - f_j``, j != y in increasing order."""
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    others = torch.arange(n - 1, device=labels.device).unsqueeze(0).expand(len(labels), -1)
+    others = others + (others >= labels.unsqueeze(1))  # skip the label
+    return (eye[labels].unsqueeze(1) - eye[others]).transpose(0, 1)
+
+
+def certified_loss(bounded: BoundedModel, x: Tensor, y: Tensor, eps: float, method: str = "crown-ibp", *,
+                   kappa: float = 0.5, beta: float = 1.0, batch_norm: str = "auto", lower: float = 0.0,
+                   upper: float = 1.0) -> LossTerms:  # fmt: skip
+    """The certified loss of the batch ``x`` [B, *input_shape] with labels ``y`` [B] over the L-inf balls of
+    radius ``eps`` intersected with the data range [lower, upper]. ``bounded``: a classifier with a flat
+    output of n classes, loaded with ``live=True`` to train its parameters (see the module docstring)."""
+    if method not in METHODS:
+        raise InputError(f"unknown certified loss method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.0 <= kappa <= 1.0 or not 0.0 <= beta <= 1.0:
+        raise InputError(f"kappa and beta must lie in [0, 1], got kappa={kappa}, beta={beta}")
+    if batch_norm not in ("auto", "batch", "running"):
+        raise InputError(f"batch_norm must be 'auto', 'batch' or 'running', got {batch_norm!r}")
+    if len(bounded.output_shape) != 1:
+        raise InputError(f"a classifier's output must be flat, got per-sample shape {bounded.output_shape}")
+    n = bounded.output_shape[0]
+    training = bounded.module is not None and bounded.module.training
+    if batch_norm == "batch" or (batch_norm == "auto" and training):
+        logits, view = bounded.with_batch_statistics(x)
+    else:
+        logits, view = bounded(x), bounded
+    y = torch.as_tensor(y, device=logits.device).reshape(-1)
+    if y.shape[0] != logits.shape[0] or y.is_floating_point() or (y < 0).any() or (y >= n).any():
+        raise InputError(f"labels must be {logits.shape[0]} integers in [0, {n})")
+    natural = F.cross_entropy(logits, y)
+    spec = margin_spec(y, n, logits)
+    if float(eps) == 0.0:  # the set is the point: the margins are exact and the two losses coincide
+        margins = torch.einsum("sbn,bn->bs", spec, logits)
+        return LossTerms(natural, natural, natural, logits, margins, None, [])
+    x = x.to(logits.device, logits.dtype)
+    region = Box((x - eps).clamp(min=lower), (x + eps).clamp(max=upper))
+    state = BoundState(view.graph, region, BoundConfig(method="ibp" if method == "crown-ibp" else method))
+    intermediate_bounds(state)
+    margins = None
+    if method == "ibp" or beta < 1.0:
+        margins = interval_spec(state, spec)[0]
+    if method != "ibp" and beta > 0.0:
+        tight = crown.backward(state, view.graph.output, spec)
+        margins = tight if margins is None else beta * tight + (1.0 - beta) * margins
+    margins = margins.T
+    worst = torch.cat([margins.new_zeros(margins.shape[0], 1), -margins], 1)
+    robust = F.cross_entropy(worst, torch.zeros_like(y))
+    pre = [state.bounds[k] for k in sorted(view.graph.needs_bounds())]
+    return LossTerms(
+        kappa * natural + (1 - kappa) * robust, natural, robust, logits, margins, region.box(), pre
+    )
