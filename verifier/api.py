@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from verifier.engine.bounds import compute_bounds
 from verifier.engine.state import METHODS, BoundConfig
 from verifier.errors import InputError, ModelLoadError, UnsupportedOperatorError
 from verifier.graph import onnx_import
-from verifier.graph.fx_import import translate
+from verifier.graph.fx_import import trace, translate
 from verifier.graph.graph import Graph
 from verifier.spec.regions import Region
 
@@ -129,7 +129,7 @@ def load(model: str | Path | nn.Module, example_input: Tensor | None = None) -> 
             raise InputError("loading a torch module needs example_input, a tensor [batch, *input_shape]")
         module = copy.deepcopy(model).eval()
         try:
-            gm = fx.symbolic_trace(module)
+            gm = trace(module)
         except Exception as exc:
             raise ModelLoadError(f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
         example = example_input[:1].detach().to(torch.get_default_dtype())  # traced sizes are per sample
