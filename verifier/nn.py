@@ -27,9 +27,9 @@ def ramp_breakpoint(r: Tensor, like: Tensor, channel_dim: int | None) -> Tensor:
 
 
 def param_ramp(x: Tensor, r: Tensor, eta: float, channel_dim: int | None) -> Tensor:
-    """``eta x`` for x < 0, ``x`` on [0, r], ``r + eta (x - r)`` above r, as ``leaky_relu(x, eta) -
-    (1 - eta) relu(x - r)``: exact (the second term cancels the rise of the first above r) and exported to
-    ONNX as LeakyRelu, Sub, Relu, Mul."""
+    """``eta x`` for x < 0, ``x`` on [0, r], ``r + eta (x - r)`` above r, with r the breakpoint in use
+    (``ramp_breakpoint``), as ``leaky_relu(x, eta) - (1 - eta) relu(x - r)``: exact (the second term cancels
+    the rise of the first above r) and exported to ONNX as LeakyRelu, Sub, Relu, Mul, Sub."""
     r = ramp_breakpoint(r, x, channel_dim)
     return F.leaky_relu(x, eta) - (1 - eta) * F.relu(x - r)
 
@@ -68,7 +68,10 @@ class ParamRamp(nn.Module):
         self.r = nn.Parameter(torch.full(shape, float(init)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return param_ramp(x, self.r, self.eta, self.channel_dim)
+        # exported, the breakpoint goes into the file as a constant, clamped already: read through ``.data``,
+        # the tracer records no Clip on the parameter (the exporter folds no Clip, and ONNX readers may lack it)
+        r = self.r.data if torch.onnx.is_in_onnx_export() else self.r
+        return param_ramp(x, r, self.eta, self.channel_dim)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.r.shape)}, eta={self.eta}, channel_dim={self.channel_dim}"
