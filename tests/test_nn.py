@@ -11,7 +11,6 @@ from torch import nn
 
 import verifier
 from tests.helpers import assert_inside, samples
-from verifier.graph.fx_import import trace, translate
 from verifier.nn import MIN_BREAKPOINT, ParamRamp
 from verifier.ops.activations import Ramp
 
@@ -64,11 +63,11 @@ def test_crown_bound_is_differentiable_in_the_breakpoint():
 
 
 def test_a_live_graph_differentiates_the_module_breakpoint_and_follows_it():
-    """Translated live (what ``load(..., live=True)`` will do), the Ramp operator holds the module's own
-    parameter: the bound's gradient reaches ``module.r`` and equals central differences, which also show
-    that the bound follows the parameter when it moves."""
-    module, x = _mlp().double(), torch.randn(2, 3, dtype=torch.float64)
-    model = verifier.BoundedModel(translate(trace(module), x[:1], True, live=True))
+    """Loaded live, the Ramp operator holds the module's own parameter: the bound's gradient reaches
+    ``module.r`` and equals central differences, which also show that the bound follows the parameter
+    when it moves."""
+    module, x = _mlp(), torch.randn(2, 3, dtype=torch.float64)
+    model = verifier.load(module, x, live=True).to(dtype=torch.float64)  # moves the module too
     region, r = verifier.LinfBall(x, eps=0.5), module[1].r
     lower = model.bounds(region, method="crown", grad=True).lower.sum()
     (grad,) = torch.autograd.grad(lower, r)

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from verifier.engine.bounds import compute_bounds
 from verifier.engine.state import METHODS, BoundConfig
@@ -32,16 +33,33 @@ class Bounds(NamedTuple):
 class BoundedModel:
     """A model translated into a bound-propagation graph. Float32 on the CPU unless moved with ``to``."""
 
-    def __init__(self, graph: Graph, source: str = "<module>"):
+    def __init__(self, graph: Graph, source: str = "<module>", module: nn.Module | None = None):
         self.graph = graph
         self.source = source
+        self.module = module  # the live module (``load(..., live=True)``), else None
 
     input_shape = property(lambda self: self.graph.input_shape, doc="per-sample input shape")
     output_shape = property(lambda self: self.graph.output_shape, doc="per-sample output shape")
     has_batch_dim = property(lambda self: self.graph.batched, doc="whether the source model's input has one")
 
     def to(self, device=None, dtype=None) -> BoundedModel:
-        return BoundedModel(self.graph.to(device, dtype), self.source)
+        """The model on ``device`` / in ``dtype``. A live model moves its module (in place, as
+        ``module.to`` does) and the graph's constants; a live view also follows ``module.to`` by itself,
+        except for constants that are not parameters or BatchNorm statistics."""
+        if self.module is not None:
+            self.module.to(device=device, dtype=dtype)
+        return BoundedModel(self.graph.to(device, dtype), self.source, self.module)
+
+    def with_batch_statistics(self, x: Tensor) -> tuple[Tensor, BoundedModel]:
+        """Training-mode forward pass of a live model: BatchNorm layers normalise by the statistics of the
+        batch ``x`` (and update the module's running statistics when it is in training mode, as torch
+        does). Returns the outputs and a view whose bounds use this batch's BatchNorm maps: the function
+        that produced the outputs. Other models: ``(self(x), self)``."""
+        if self.module is None:
+            return self(x), self
+        x = self._as_input(x)
+        out, graph = self.graph.with_batch_statistics(x)
+        return out, BoundedModel(graph, self.source, self.module)
 
     def _like(self) -> Tensor | None:
         for node in self.graph.nodes:
@@ -56,6 +74,9 @@ class BoundedModel:
 
     def __call__(self, x: Tensor) -> Tensor:
         """Forward pass on x of shape [B, *input_shape] (cast to the model's device and precision)."""
+        return self.graph.forward(self._as_input(x))
+
+    def _as_input(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x)
         self._check_input(x, "input")
         like = self._like()
@@ -65,7 +86,7 @@ class BoundedModel:
             x = x.to(torch.get_default_dtype())
         if not torch.isfinite(x).all():
             raise InputError("input contains NaN or inf")
-        return self.graph.forward(x)
+        return x
 
     def bounds(self, region: Region, method: str = "crown", C: Tensor | None = None, *,
                relu_lower: str = "adaptive", grad: bool = False, upper: bool = True) -> Bounds:  # fmt: skip
@@ -121,19 +142,34 @@ class BoundedModel:
         return C.expand(batch, -1, -1).transpose(0, 1).reshape(C.shape[1], batch, *self.output_shape)
 
 
-def load(model: str | Path | nn.Module, example_input: Tensor | None = None) -> BoundedModel:
+def load(
+    model: str | Path | nn.Module, example_input: Tensor | None = None, *, live: bool = False
+) -> BoundedModel:
     """Load an ONNX file, or a torch module traceable by torch.fx (with an example input [B, *shape]).
-    Models are translated with inference semantics (BatchNorm running statistics, no Dropout)."""
+    Models are translated with inference semantics (BatchNorm running statistics, no Dropout).
+
+    A torch module is copied, unless ``live``: the graph's operators then hold the module's own
+    parameters (and read its BatchNorm statistics) at every bound computation, so that bounds are
+    differentiable with respect to them and follow optimiser steps, ``load_state_dict`` and
+    ``module.to`` without re-tracing (certified training). Other tensors (buffers, constants) are read
+    once. Loading checks this: an operator holding a tensor computed from a parameter (e.g. ``x @ W.T``
+    with a parameter W) is refused, naming the node. Training-mode BatchNorm: ``with_batch_statistics``."""
     if isinstance(model, nn.Module):
         if not isinstance(example_input, Tensor) or example_input.dim() < 1:
             raise InputError("loading a torch module needs example_input, a tensor [batch, *input_shape]")
-        module = copy.deepcopy(model).eval()
-        try:
-            gm = trace(module)
-        except Exception as exc:
-            raise ModelLoadError(f"torch.fx cannot trace {type(model).__name__}: {exc}") from exc
         example = example_input[:1].detach().to(torch.get_default_dtype())  # traced sizes are per sample
-        return _checked(gm, example, True, type(model).__name__)
+        if not live:
+            return _checked(_trace(copy.deepcopy(model).eval()), example, True, type(model).__name__)
+        modes = {m: m.training for m in model.modules()}
+        try:
+            model.eval()  # translation runs the module: no batch statistics, no running-statistics update
+            gm = _trace(model)
+            bounded = _checked(gm, example, True, type(model).__name__, live=True)
+            _check_live(gm, bounded.graph, example, model)
+        finally:
+            for m, training in modes.items():
+                m.training = training
+        return BoundedModel(bounded.graph, bounded.source, model)
     if not isinstance(model, (str, Path)):
         raise InputError(f"load() takes an ONNX path or a torch.nn.Module, not {type(model).__name__}")
     proto = onnx_import.read_onnx(model)
@@ -152,10 +188,55 @@ def load(model: str | Path | nn.Module, example_input: Tensor | None = None) -> 
     raise UnsupportedOperatorError(unsupported)
 
 
-def _checked(gm, example: Tensor, batched: bool, source: str, names=None, unsupported=()) -> BoundedModel:
+def _trace(module: nn.Module) -> fx.GraphModule:
+    try:
+        return trace(module)  # torch.fx, keeping whole the modules with a converter of their own
+    except Exception as exc:
+        raise ModelLoadError(f"torch.fx cannot trace {type(module).__name__}: {exc}") from exc
+
+
+def _check_live(gm: fx.GraphModule, graph: Graph, example: Tensor, module: nn.Module) -> None:
+    """Every tensor of a live graph that depends on the module's parameters or BatchNorm statistics must be
+    read from them at bound time. Perturb them, translate again: a tensor whose value moved but which is
+    not a parameter itself was computed from one at load time (a copy that would go stale)."""
+
+    def held(g: Graph) -> list[tuple]:
+        fields = [(node, f.name, getattr(node.op, f.name)) for node in g.nodes if node.op is not None
+                  for f in dataclasses.fields(node.op)]  # fmt: skip
+        return [
+            (n, name, v) for n, name, v in fields if isinstance(v, Tensor) and not isinstance(v, nn.Parameter)
+        ]
+
+    before = [t.detach().clone() for _, _, t in held(graph)]
+    state = [t for t in module.parameters()]
+    state += [t for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              for t in (m.running_mean, m.running_var) if t is not None]  # fmt: skip
+    saved = [t.detach().clone() for t in state]
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            for t in state:
+                t.mul_(1.5 + torch.rand(t.shape, generator=gen).to(t)).add_(0.25)
+            moved = held(translate(gm, example, True, live=True))
+            after = [t.detach().clone() for _, _, t in moved]  # before restoring: they may alias parameters
+    finally:
+        with torch.no_grad():
+            for t, old in zip(state, saved):
+                t.copy_(old)
+    for (node, name, _), old, new in zip(held(graph), before, after):
+        if old.shape != new.shape or not torch.equal(old, new):
+            raise ModelLoadError(
+                f"node {node.name} ({type(node.op).__name__}): its {name} is computed from the module's "
+                "parameters when loading, so live bounds would not follow them; write the layer with a "
+                "module the translator reads live (nn.Linear, nn.Conv*, nn.BatchNorm*)"
+            )
+
+
+def _checked(gm, example: Tensor, batched: bool, source: str, names=None, unsupported=(),
+             live: bool = False) -> BoundedModel:  # fmt: skip
     """Translate, then check the graph reproduces the original module on the example input."""
     with torch.no_grad():
-        graph = translate(gm, example, batched, names)
+        graph = translate(gm, example, batched, names, live)
         if unsupported:
             raise UnsupportedOperatorError(list(unsupported))
         expected = gm(example)

@@ -9,7 +9,7 @@ import torch
 from verifier.ops.activations import Ramp, ReLU, SShaped
 from verifier.ops.base import Op
 from verifier.ops.conv import Conv, ConvTranspose
-from verifier.ops.linear import Linear, ScaleShift, Sum
+from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
 from verifier.ops.pooling import AvgPool, MaxPool
 from verifier.ops.shape import Rearrange
 
@@ -28,6 +28,16 @@ class Case:
     relu_lower: str = "adaptive"
 
 
+def _batch_norm(channels: int) -> torch.nn.BatchNorm2d:
+    """A BatchNorm module with random affine parameters and running statistics (a live graph's view)."""
+    bn = torch.nn.BatchNorm2d(channels).eval()
+    with torch.no_grad():
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.copy_(_w(channels))
+        bn.running_var.copy_(_w(channels).abs() + 0.1)
+    return bn
+
+
 def _index(shape, fn):
     return fn(torch.arange(int(torch.Size(shape).numel())).reshape(shape)).flatten()
 
@@ -38,6 +48,7 @@ CASES = (
     Case("scale_shift_channel", ScaleShift(_w(2, 1, 1), _w(2, 1, 1)), ((2, 3, 3),)),
     Case("scale_shift_with_zero_scale", ScaleShift(torch.tensor([1.5, 0.0, -2.0]), None), ((3,),)),
     Case("shift_only", ScaleShift(None, _w(4)), ((4,),)),
+    Case("batch_norm_live", BatchNorm(_batch_norm(2), 3), ((2, 3, 3),)),
     Case("sum_add", Sum((1.0, 1.0)), ((2, 3), (2, 3))),
     Case("sum_sub", Sum((1.0, -1.0)), ((5,), (5,))),
     Case("conv2d_stride_pad", Conv(_w(3, 2, 3, 3), _w(3), (2, 2), (1, 1), (1, 1), 1), ((2, 5, 5),)),

@@ -59,9 +59,25 @@ class Graph:
 
     def forward(self, x: Tensor) -> Tensor:
         """Evaluate the graph on a batch ``x`` of shape [B, *input_shape]; values are freed after last use."""
+        return self._run(x, None)
+
+    def with_batch_statistics(self, x: Tensor) -> tuple[Tensor, Graph]:
+        """Training-mode evaluation: operators normalising by batch statistics (a live graph's BatchNorm)
+        use those of the batch ``x``. Returns the output and the graph with each such operator replaced by
+        the affine map of this batch's statistics (for bounds consistent with the output)."""
+        nodes = list(self.nodes)
+        return self._run(x, nodes), Graph(tuple(nodes), self.output, self.batched)
+
+    def _run(self, x: Tensor, specialised: list[Node] | None) -> Tensor:
         values: dict[int, Tensor] = {0: x}
         for k, node in enumerate(self.nodes[1 : self.output + 1], start=1):
-            values[k] = node.op.forward(*[values[i] for i in node.inputs])
+            inputs = [values[i] for i in node.inputs]
+            batch_map = getattr(node.op, "with_batch_statistics", None)
+            if specialised is not None and batch_map is not None:
+                values[k], op = batch_map(*inputs)
+                specialised[k] = replace(node, op=op)
+            else:
+                values[k] = node.op.forward(*inputs)
             for i in set(node.inputs):
                 if self.last_use[i] <= k:
                     del values[i]

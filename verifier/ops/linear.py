@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass
 
@@ -198,11 +199,87 @@ def _neg(call) -> ScaleShift:
     return ScaleShift(scale=-torch.ones(()))
 
 
+@register
+@dataclass(frozen=True, eq=False)
+class BatchNorm(Affine):
+    """A live BatchNorm module (graphs loaded with ``live=True``): ``x * scale + shift`` per channel (dim 1)
+    with ``scale = gamma / sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``, read from the
+    module at every use, so that bounds follow its parameters and statistics and differentiate with
+    respect to gamma and beta. ``with_batch_statistics`` gives the training-mode map of one batch."""
+
+    module: nn.Module  # nn.BatchNorm1d / 2d / 3d with running statistics
+    rank: int  # per-sample input rank (channels first)
+
+    def _affine(self, mean: Tensor, var: Tensor) -> ScaleShift:
+        m = self.module
+        scale = torch.rsqrt(var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight
+        shift = -mean * scale if m.bias is None else m.bias - mean * scale
+        return ScaleShift(scale=scale, shift=shift)
+
+    def to(self, device=None, dtype=None) -> BatchNorm:
+        """Itself when its module is already there (a live graph moved with its module), else an op over a
+        moved copy of the module."""
+        stats = self.module.running_var
+        device = None if device is None else torch.device(device)
+        same_device = device is None or (
+            device.type == stats.device.type and device.index in (None, stats.device.index)
+        )
+        if same_device and dtype in (None, stats.dtype):
+            return self
+        return BatchNorm(copy.deepcopy(self.module).to(device=device, dtype=dtype), self.rank)
+
+    def _channels(self, op: ScaleShift) -> ScaleShift:
+        shape = (-1,) + (1,) * (self.rank - 1)
+        return ScaleShift(op.scale.reshape(shape), op.shift.reshape(shape))
+
+    def _map(self) -> ScaleShift:
+        return self._channels(self._affine(self.module.running_mean, self.module.running_var))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._map().forward(x)
+
+    def linear(self, i: int, x: Tensor) -> Tensor:
+        return self._map().linear(i, x)
+
+    def abs_linear(self, i: int, x: Tensor) -> Tensor:
+        return self._map().abs_linear(i, x)
+
+    def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        return a * self._map().scale
+
+    def offset(self) -> Tensor | None:
+        return self._map().shift
+
+    def maps_boxes_to_boxes(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
+        return True
+
+    def with_batch_statistics(self, x: Tensor) -> tuple[Tensor, ScaleShift]:
+        """Training-mode BatchNorm of the batch x: ``(y, op)`` with op the per-channel affine map of the
+        batch's mean and (biased) variance, differentiable with respect to x and the module's parameters.
+        Updates the module's running statistics as torch does, when the module is in training mode."""
+        m = self.module
+        dims = [0, *range(2, x.dim())]
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        if m.training and m.track_running_stats:
+            with torch.no_grad():
+                m.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
+                n = x.numel() / x.shape[1]
+                m.running_mean.lerp_(mean.detach(), momentum)
+                m.running_var.lerp_(var.detach() * n / max(n - 1, 1), momentum)
+        op = self._channels(self._affine(mean, var))
+        return op.forward(x), op
+
+
 @converts(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-def _batch_norm(call) -> ScaleShift:
+def _batch_norm(call) -> ScaleShift | BatchNorm:
     bn = call.target
     if bn.running_mean is None:
         raise ConversionError("BatchNorm without running statistics")
+    if call.live:
+        return BatchNorm(bn, len(call.in_shapes[0]))
     return _scale_shift_bn(call, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
 
 
