@@ -18,7 +18,7 @@ from verifier.engine.bounds import compute_bounds
 from verifier.engine.state import METHODS, BoundConfig
 from verifier.errors import InputError, ModelLoadError, UnsupportedOperatorError
 from verifier.graph import onnx_import
-from verifier.graph.fx_import import translate
+from verifier.graph.fx_import import trace, translate
 from verifier.graph.graph import Graph
 from verifier.spec.regions import Region
 
@@ -192,7 +192,7 @@ def load(
 
 def _trace(module: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(module)
+        return trace(module)  # torch.fx, keeping whole the modules with a converter of their own
     except Exception as exc:
         raise ModelLoadError(f"torch.fx cannot trace {type(module).__name__}: {exc}") from exc
 

@@ -12,6 +12,8 @@ from graph_testing import assert_sound, violations
 from torch import nn
 
 import verifier
+from verifier.nn import ParamRamp
+from verifier.ops.activations import Ramp
 
 
 def _bn(channels: int, kind=nn.BatchNorm2d, seed: int = 0) -> nn.Module:
@@ -106,6 +108,22 @@ def _activation_modules() -> nn.Module:
     return nn.Sequential(first, nn.Identity(), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2))
 
 
+def _ramp(num_features: int, eta: float) -> ParamRamp:
+    """A ParamRamp with breakpoints spread over [0.05, 1.5]: the boxes below hold 0, r, both or neither."""
+    ramp = ParamRamp(num_features, eta=eta)
+    with torch.no_grad():
+        ramp.r.uniform_(0.05, 1.5)
+    return ramp
+
+
+def _ramp_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), _ramp(8, 0.0), nn.Linear(8, 6), _ramp(6, 0.1), nn.Linear(6, 3))
+
+
+def _ramp_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 3, 3), _ramp(3, 0.05), nn.Flatten(), nn.Linear(48, 2))
+
+
 MODULES = {  # name -> (module builder, per-sample input shape)
     "mlp": (
         lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)),
@@ -124,6 +142,8 @@ MODULES = {  # name -> (module builder, per-sample input shape)
     "conv_transpose": (_conv_transpose, (2, 3, 3)),
     "pools": (Pools, (2, 6, 6)),
     "activation_modules": (_activation_modules, (3,)),
+    "param_ramp_mlp": (_ramp_mlp, (4,)),
+    "param_ramp_cnn": (_ramp_cnn, (2, 6, 6)),
 }
 
 
@@ -163,6 +183,13 @@ def test_bounds_contain_the_module_outputs(name, loaded):
     module, model = loaded(name)
     with torch.no_grad():
         assert_sound(model, _box(model.input_shape, batch=2, seed=1), module)
+
+
+@pytest.mark.parametrize("name", ["param_ramp_mlp", "param_ramp_cnn"])
+def test_param_ramp_gets_its_own_rule(name, loaded):
+    """The loader keeps ParamRamp whole (its rule is tighter than the rules of the operators inside it)."""
+    _, model = loaded(name)
+    assert any(isinstance(node.op, Ramp) for node in model.graph.nodes)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn_batchnorm_pools", "residual_add"])

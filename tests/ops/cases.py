@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from verifier.ops.activations import ReLU, SShaped
+from verifier.ops.activations import Ramp, ReLU, SShaped
 from verifier.ops.base import Op
 from verifier.ops.conv import Conv, ConvTranspose
 from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
@@ -84,6 +84,16 @@ CASES = (
     Case("relu_zero_lower", ReLU(), ((7,),), relu_lower="zero"),
     Case("leaky_relu", ReLU(0.1), ((6,),)),
     Case("leaky_relu_steep", ReLU(2.5), ((6,),)),
+    # breakpoints from below the clamp (-1, 1e-5: used as 1e-4) to wide, so that the boxes of every kind
+    # hold 0, r, both or neither
+    Case("param_ramp", Ramp(torch.tensor([-1.0, 1e-5, 0.05, 0.5, 1.0, 2.0, 4.0, 8.0])), ((8,),)),
+    Case("param_ramp_eta", Ramp(torch.tensor([0.02, 0.3, 1.0, 1.5, 3.0, 6.0]), eta=0.1), ((6,),)),
+    Case(
+        "param_ramp_flat_lines", Ramp(torch.tensor([0.1, 0.7, 2.0, 5.0]), eta=0.2), ((4,),), relu_lower="zero"
+    ),
+    Case("param_ramp_channels", Ramp(torch.tensor([0.1, 1.0, 3.0]), eta=0.05), ((3, 2, 2),)),
+    Case("param_ramp_last_dim", Ramp(torch.tensor([0.2, 1.0, 2.5]), eta=0.01, channel_dim=-1), ((2, 3),)),
+    Case("param_ramp_per_neuron", Ramp(0.1 + 3 * _w(2, 3).abs(), eta=0.3, channel_dim=None), ((2, 3),)),
     Case("sigmoid", SShaped("sigmoid"), ((3, 5),)),
     Case("tanh", SShaped("tanh"), ((2, 6),)),
     Case("maxpool", MaxPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),

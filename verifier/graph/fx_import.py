@@ -18,7 +18,7 @@ import verifier.ops  # noqa: F401  (registers every converter)
 from verifier.errors import ModelLoadError, UnsupportedOperatorError
 from verifier.graph.graph import Graph, Node
 from verifier.graph.simplify import fuse_bias
-from verifier.ops.base import Onnx2TorchClass, converter_for
+from verifier.ops.base import CONVERTERS, Onnx2TorchClass, converter_for
 from verifier.ops.linear import ConversionError
 
 _FAILED = -1  # data index of a node that failed: its consumers still count as data-dependent
@@ -106,6 +106,19 @@ class Call:
         if self.batched and (out.dim() == 0 or out.shape[0] != 1):
             raise ConversionError("operator moves or removes the batch dimension")
         return out[0] if self.batched else out
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, which also keeps whole every module with a converter of its own (e.g.
+    ``verifier.nn.ParamRamp``: its dedicated bound rule is tighter than one of the operators inside it)."""
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return type(m) in CONVERTERS or super().is_leaf_module(m, qualname)
+
+
+def trace(module: torch.nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace``, stopping at the modules the loader translates whole."""
+    return fx.GraphModule(module, _Tracer().trace(module), type(module).__name__)
 
 
 def _target(gm: fx.GraphModule, node: fx.Node) -> Any:

@@ -1,4 +1,5 @@
-"""Elementwise activations: ReLU / LeakyReLU (one piecewise-linear rule) and the S-shaped Sigmoid / Tanh."""
+"""Elementwise activations: ReLU / LeakyReLU (one piecewise-linear rule), ParamRamp, and the S-shaped Sigmoid /
+Tanh."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from verifier.nn import ParamRamp, param_ramp, ramp_breakpoint
 from verifier.ops.base import Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
 
@@ -85,6 +87,92 @@ def _leaky_relu(call) -> ReLU:
     if slope < 0:
         raise ConversionError("LeakyReLU with a negative slope is not monotone")
     return ReLU(float(slope))
+
+
+# ------------------------------------------------------------------------------------------------- ramp
+
+
+@register
+@dataclass(frozen=True)
+class Ramp(Nonlinear):
+    """ParamRamp (Lyu et al. 2021): ``f(h) = eta h`` below 0, ``h`` on [0, r], ``r + eta (h - r)`` above r,
+    with 0 <= eta < 1 and r > 0 (see ``verifier.nn.ParamRamp``): increasing, piecewise linear, with a convex
+    kink at 0 (slope eta to 1) and a concave kink at r (slope 1 to eta).
+
+    ``breakpoint`` is the module's parameter itself when the graph is live: it is clamped and shaped at bound
+    time (``ramp_breakpoint``), so bounds follow it and differentiate with respect to it.
+
+    Lines on a box [l, u] (a box touching a kink only at an end lies in one piece: both lines are that piece):
+
+    * crossing 0 only (l < 0 < u <= r): f is convex on the box, so the chord through (l, f(l)) and (u, f(u))
+      lies above; below, a line through the origin with slope a in [eta, 1] (ReLU's rule): for h < 0,
+      a h <= eta h because a >= eta; for 0 <= h <= u, a h <= h.
+    * crossing r only (0 <= l < r < u): the mirror image. f is concave, so the chord lies below; above, a
+      line through (r, r) with slope b in [eta, 1]: for h <= r, r + b (h - r) >= h because b <= 1; for h >= r,
+      it is >= r + eta (h - r) because b >= eta.
+    * crossing both (l < 0 < r < u): f is linear between l, 0, r, u, so a line lies above (below) f on the
+      box when it does at these four points. Above: (0, 0) lies below the segment joining (l, f(l)) and
+      (r, r) (convex kink), so a line through (r, r) lies above f iff it does at u (slope b >= eta) and at
+      l (b <= (r - f(l)) / (r - l)). Below: (r, r) lies above the segment joining (0, 0) and (u, f(u))
+      (concave kink), so a line through the origin lies below f iff it does at l (slope a >= eta) and at u
+      (a <= f(u) / u). For u <= r (resp. l >= 0) the range of a (of b) is the [eta, 1] above.
+
+    Both ranges are nonempty (the upper ends exceed eta because r > 0). The choice within each (CROWN's
+    adaptive rule) minimises the area between line and f: a line through a kink touches f along the piece
+    holding the box's midpoint, i.e. the steep end when the midpoint lies on the rising side of the kink.
+    ``relu_lower="zero"`` takes eta for both, the outer pieces' slope (the lines IBP-like bounds would use).
+    """
+
+    breakpoint: Tensor
+    eta: float = 0.0
+    channel_dim: int | None = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return param_ramp(x, self.breakpoint, self.eta, self.channel_dim)
+
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        lo, hi = bounds
+        return self.forward(lo), self.forward(hi)  # increasing (eta >= 0)
+
+    def _crossing(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The breakpoint (broadcast to lo), and which boxes contain 0 and r in their interior."""
+        r = ramp_breakpoint(self.breakpoint, lo, self.channel_dim).expand_as(lo)
+        return r, (lo < 0) & (hi > 0), (lo < r) & (hi > r)
+
+    def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
+        _, cross_zero, cross_r = self._crossing(lo, hi)
+        return cross_zero | cross_r
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
+        r, cross_zero, cross_r = self._crossing(lo, hi)
+        f_lo, f_hi = self.forward(lo), self.forward(hi)
+        one, zero, eta = torch.ones_like(lo), torch.zeros_like(lo), self.eta * torch.ones_like(lo)
+        # a box holding no kink inside lies in one piece: slope eta outside [0, r], 1 on it
+        piece = (torch.where((hi <= 0) | (lo >= r), eta, one), torch.where(lo >= r, (1 - eta) * r, zero))
+        # the chord: above f on a convex box (crossing 0 only), below on a concave one (crossing r only)
+        chord_a = (f_hi - f_lo) / torch.where(cross_zero | cross_r, hi - lo, one)
+        chord = (chord_a, f_lo - chord_a * lo)
+        # lines through a kink; denominators are replaced where unused, so that gradients stay finite
+        steep_zero = f_hi / torch.where(cross_zero, hi, one)  # from the origin to (u, f(u))
+        steep_r = (r - f_lo) / torch.where(cross_r, r - lo, one)  # from (l, f(l)) to (r, r)
+        flat = cfg.relu_lower == "zero"
+        a = eta if flat else torch.where(hi > -lo, steep_zero, eta)
+        b = eta if flat else torch.where(hi - r > r - lo, eta, steep_r)
+        lower = [
+            torch.where(cross_zero, k, torch.where(cross_r, c, p)) for k, c, p in zip((a, zero), chord, piece)
+        ]
+        upper = [
+            torch.where(cross_r, k, torch.where(cross_zero, c, p))
+            for k, c, p in zip((b, r - b * r), chord, piece)
+        ]
+        return Relaxation(*lower, *upper)
+
+
+@converts(ParamRamp)
+def _param_ramp(call) -> Ramp:
+    """The module's own breakpoint parameter (``Call.param``): shaped and clamped by the op at bound time."""
+    m = call.target
+    return Ramp(call.param(m.r), m.eta, m.channel_dim)
 
 
 # --------------------------------------------------------------------------------------------- S-shaped
