@@ -176,7 +176,9 @@ def _linear_spec(state: BoundState, b: lbp.LinearBounds, spec: Tensor) -> tuple[
 
 def _check_node(state: BoundState, k: int) -> None:
     lo, hi = state.bounds[k]
-    if torch.isnan(lo).any() or torch.isnan(hi).any():
+    # a sum is NaN when some entry is (or when infinities of both signs meet): a cheap test first
+    suspect = torch.isnan(lo.sum() + hi.sum())
+    if suspect and (torch.isnan(lo).any() or torch.isnan(hi).any()):
         node = state.graph.nodes[k]
         raise BoundComputationError(
             f"numerical failure: NaN in the bounds of node {node.name} ({type(node.op).__name__}); "

@@ -84,8 +84,8 @@ class Affine(Op):
 
     def ibp(self, *bounds: Interval) -> Interval:
         """Centre and radius: ``y = J c + c0 +- |J| r`` contains ``J x + c0`` for every x in the box."""
-        centre = self.forward(*[(lo + hi) / 2 for lo, hi in bounds])
-        radius = sum(self.abs_linear(i, (hi - lo) / 2) for i, (lo, hi) in enumerate(bounds))
+        centre = self.forward(*[(lo + hi) * 0.5 for lo, hi in bounds])  # exact halving, as / 2
+        radius = sum(self.abs_linear(i, (hi - lo) * 0.5) for i, (lo, hi) in enumerate(bounds))
         return centre - radius, centre + radius
 
 

@@ -261,7 +261,7 @@ class BatchNorm(Affine):
         Updates the module's running statistics as torch does, when the module is in training mode."""
         m = self.module
         dims = [0, *range(2, x.dim())]
-        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        var, mean = torch.var_mean(x, dims, unbiased=False)
         if m.training and m.track_running_stats:
             with torch.no_grad():
                 m.num_batches_tracked.add_(1)
