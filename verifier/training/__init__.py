@@ -1,0 +1,1 @@
+"""Certified training: losses, schedules and the evaluation of trained classifiers."""
