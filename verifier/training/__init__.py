@@ -1,2 +1,3 @@
-"""Certified training: epsilon and loss-weight schedules, IBP initialisation, warm-up regularisers and the
-standard benchmark architectures. Import the submodules directly (``verifier.training.schedules``, ...)."""
+"""Certified training: the certified loss (``loss``), epsilon and loss-weight schedules (``schedules``), IBP
+initialisation (``init``), warm-up regularisers (``regularisers``), the standard benchmark architectures
+(``models``) and the evaluation of trained classifiers (``evaluate``). Import the submodules directly."""
