@@ -18,6 +18,7 @@ verified accuracy at ``--eps``: best of IBP, CROWN and alpha-CROWN per example),
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import shlex
@@ -26,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import verifier
@@ -39,18 +39,22 @@ from verifier.training.schedules import LinearRamp, SmoothRamp
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("mnist", "fashion-mnist")
+CHECK_N = 100  # test images of the card's reproducible check
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--data-root", type=Path, help="folder of the IDX files (default ../shared/data/<dataset>)")
+    p.add_argument(
+        "--data-root", type=Path, help="folder of the IDX files (default ../shared/data/<dataset>)"
+    )
     p.add_argument("--model", choices=names(), default="dm-small")
     p.add_argument("--no-batch-norm", action="store_true", help="no BatchNorm after each layer")
     p.add_argument("--eps", type=float, default=0.1, help="test radius (L-inf, pixels in [0, 1])")
     p.add_argument("--train-eps", type=float, help="training radius (default: --eps)")
     p.add_argument("--method", choices=METHODS, default="ibp")
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--minutes", type=float, help="training time budget: fewer epochs when they do not fit")
     p.add_argument("--warmup", type=float, default=1, help="epochs at eps 0")
     p.add_argument("--ramp", type=float, default=10, help="epochs of the eps ramp")
     p.add_argument("--kappa", type=float, default=0.0, help="final natural-loss weight")
@@ -104,7 +108,9 @@ def train_epoch(args, net, bounded, opt, data, epoch: int, scheds) -> dict:
     eps_s, kappa_s, beta_s = scheds
     totals = {"loss": 0.0, "natural": 0, "verified": 0, "n": 0}
     net.train()
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, dynamic_ncols=True, mininterval=2)
+    bar = tqdm(
+        range(steps), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, dynamic_ncols=True, mininterval=2
+    )
     for i in bar:
         step = epoch * steps + i
         idx = order[i * args.batch_size : (i + 1) * args.batch_size]
@@ -141,6 +147,18 @@ def validate(args, bounded, test) -> dict:
         clean += (terms.logits.argmax(1) == y[k : k + 500]).sum().item()
         verified += terms.verified.sum().item()
     return {"val_clean_acc": clean / len(y), "val_ibp_verified_acc": verified / len(y)}
+
+
+def fit_budget(args, lr_sched, done: int, seconds: float) -> None:
+    """Shorten the run to the epochs that fit in ``--minutes`` at the mean epoch time so far (never
+    lengthen it); the learning-rate milestones move with the end. The eps ramp is not rescaled: the run
+    must still have time to train at the final eps."""
+    fits = done + int((args.minutes * 60 - seconds) / (seconds / done))
+    if fits < args.epochs:
+        args.epochs = max(done, fits)
+        future = [m for m in (round(f * args.epochs) for f in args.milestones) if m > done]
+        lr_sched.milestones = collections.Counter(future + [m for m in lr_sched.milestones if m <= done])
+        print(f"time budget: {args.epochs} epochs fit in {args.minutes:g} minutes", flush=True)
 
 
 def save_checkpoint(path: Path, net, opt, lr_sched, epoch: int, history: list, args) -> None:
@@ -189,7 +207,8 @@ def main(argv=None) -> int:
         seconds = history[-1]["seconds"] if history else 0.0
         print(f"resumed {args.checkpoint} after epoch {start}")
     scheds = schedules(args, steps)
-    for epoch in range(start, args.epochs):
+    epoch = start
+    while epoch < args.epochs:
         t0 = time.perf_counter()
         row = train_epoch(args, net, bounded, opt, train, epoch, scheds)
         lr_sched.step()
@@ -201,7 +220,10 @@ def main(argv=None) -> int:
               f"train nat {row['train_natural_acc']:.4f} ver {row['train_verified_acc']:.4f}  "
               f"test clean {row['val_clean_acc']:.4f} IBP-verified@{args.eps:g} {row['val_ibp_verified_acc']:.4f}  "
               f"{seconds / 60:.1f} min", flush=True)  # fmt: skip
-        save_checkpoint(args.checkpoint, net, opt, lr_sched, epoch + 1, history, args)
+        epoch += 1
+        if args.minutes:
+            fit_budget(args, lr_sched, epoch, seconds)
+        save_checkpoint(args.checkpoint, net, opt, lr_sched, epoch, history, args)
     if args.no_export:
         return 0
     from verifier.training import evaluate as evaluation
@@ -211,6 +233,8 @@ def main(argv=None) -> int:
     x, y = test[0][: args.eval_n], test[1][: args.eval_n]
     rows = evaluation.evaluate(shipped, x, y, [args.eps], progress=True)
     print(evaluation.format_table(rows))
+    # the first CHECK_N test images again, alone: what a test recomputes from the shipped file
+    check = evaluation.evaluate(shipped, test[0][:CHECK_N], test[1][:CHECK_N], [args.eps])[0]
     card = {
         "name": args.name,
         "onnx": path.name,
@@ -220,10 +244,11 @@ def main(argv=None) -> int:
         "eps": args.eps,
         "train_eps": args.train_eps,
         "method": args.method,
-        "epochs": args.epochs,
+        "epochs": len(history),
         "train_minutes": round(seconds / 60, 1),
         "threads": torch.get_num_threads(),
         "evaluation": rows[0],
+        "check": check,
         "verified_means": "best of IBP, CROWN and alpha-CROWN per example, on the ONNX file",
         "command": "scripts/train_certified.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "history": history,

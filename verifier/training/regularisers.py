@@ -51,20 +51,18 @@ def relu_balance(pre_activation_bounds: list[Interval], tol: float = 0.5) -> Ten
     as 0. The result is the sum of the terms divided by the number of layers (0 when there are none).
     """
     _check_tol(tol)
-    terms = []
+    if not pre_activation_bounds:
+        return torch.zeros(())
+    total = pre_activation_bounds[0][0].new_zeros(())
     for lo, hi in pre_activation_bounds:
-        c = (lo + hi) / 2
-        active, inactive = lo > 0, hi < 0
-        if not (active.any() and inactive.any()):
-            continue
-        dev = (c - c.mean()) ** 2
-        term = _penalty(c[active].sum(), -c[inactive].sum(), tol)
-        term = term + _penalty(dev[active].sum(), dev[inactive].sum(), tol)
-        if torch.isfinite(term):
-            terms.append(term)
-    if not terms:
-        return torch.zeros(()) if not pre_activation_bounds else pre_activation_bounds[0][0].new_zeros(())
-    return torch.stack(terms).sum() / len(pre_activation_bounds)
+        c = ((lo + hi) * 0.5).flatten()
+        values = torch.stack([c, (c - c.mean()) ** 2])  # [2, n]
+        masks = torch.stack([lo.flatten() > 0, hi.flatten() < 0]).to(c.dtype)  # [2, n]: A, I
+        sums = values @ masks.T  # [[sum_A c, sum_I c], [sum_A dev, sum_I dev]]: one pass, no sync
+        term = _penalty(sums[0, 0], -sums[0, 1], tol) + _penalty(sums[1, 0], sums[1, 1], tol)
+        defined = (masks.sum(1) > 0).all() & torch.isfinite(term)
+        total = total + torch.where(defined, term, torch.zeros_like(term))
+    return total / len(pre_activation_bounds)
 
 
 def _check_tol(tol: float) -> None:
