@@ -9,7 +9,10 @@ every timed repeat and the median taken, so that a machine shared with other wor
 load average is recorded. JSON out.
 
     .venv/bin/python scripts/bench_bounds.py --out scripts/results/bench_bounds.json [--threads 2] [--repeats 5]
-        [--methods crown alpha-crown] [--shared ../shared]
+        [--methods crown alpha-crown] [--shared ../shared] [--training-only]
+
+Training rows: one DM-small (BatchNorm) optimiser step on 128 MNIST images with the natural loss and with
+the IBP and CROWN-IBP certified losses at eps 0.1, and their ratios to the natural step.
 """
 
 from __future__ import annotations
@@ -94,6 +97,39 @@ def run(name, path, make_region, args) -> list[dict]:
     return rows
 
 
+def training_rows(args) -> list[dict]:
+    """One optimiser step of DM-small (BatchNorm, training mode) on 128 real MNIST training images: the
+    natural cross-entropy step, and the IBP and CROWN-IBP certified-loss steps at eps 0.1 (live bounds), as
+    median times and ratios to the natural step."""
+    from verifier.training.loss import certified_loss
+    from verifier.training.models import build
+
+    images, labels = read_mnist(args.shared / "data" / "mnist", "train")
+    x, y = torch.from_numpy(images[:128]).unsqueeze(1), torch.from_numpy(labels[:128])
+    torch.manual_seed(0)
+    net = build("dm-small", batch_norm=True).train()
+    bounded = verifier.load(net, x, live=True)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    losses = {
+        "natural": lambda: torch.nn.functional.cross_entropy(net(x), y),
+        "ibp": lambda: certified_loss(bounded, x, y, 0.1, "ibp").loss,
+        "crown-ibp": lambda: certified_loss(bounded, x, y, 0.1, "crown-ibp", beta=1.0).loss,
+    }
+
+    def step(loss):
+        opt.zero_grad(set_to_none=True)
+        loss().backward()
+        opt.step()
+
+    times = {name: median_time(lambda f=loss: step(f), args.repeats)[0] for name, loss in losses.items()}
+    rows = [{"model": "dm-small+bn training step", "batch": 128, "method": name, "median_ms": round(1000 * t, 2),
+             "ratio_to_natural": round(t / times["natural"], 2), "load_1min": os.getloadavg()[0]}
+            for name, t in times.items()]  # fmt: skip
+    for row in rows:
+        print(json.dumps(row), file=sys.stderr)
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -104,13 +140,17 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--methods", nargs="+", default=list(verifier.METHODS), choices=verifier.METHODS)
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding benchmarks/, data/")
+    parser.add_argument("--training-only", action="store_true", help="only the training-step rows")
     args = parser.parse_args(argv)
     if not (args.shared / "benchmarks").is_dir():
         sys.exit(f"benchmark data not found in {args.shared}")
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
-    rows = run("mnist_fc_256x6", "mnist_fc/onnx/mnist-net_256x6.onnx", mnist_regions, args)
-    rows += run("oval21_cifar_base", "oval21/onnx/cifar_base_kw.onnx", oval_regions, args)
+    rows = []
+    if not args.training_only:
+        rows += run("mnist_fc_256x6", "mnist_fc/onnx/mnist-net_256x6.onnx", mnist_regions, args)
+        rows += run("oval21_cifar_base", "oval21/onnx/cifar_base_kw.onnx", oval_regions, args)
+    rows += training_rows(args)
     result = {
         "threads": args.threads,
         "gemm_gflops": round(gemm_rate(), 1),

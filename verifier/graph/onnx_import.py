@@ -72,6 +72,7 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
             model = version_converter.convert_version(model, _TARGET_OPSET)
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot lift opset {opset} to {_TARGET_OPSET}: {exc}") from exc
+    _drop_identities(model)
     initializers = {t.name for t in model.graph.initializer}
     if any(i.name in initializers for i in model.graph.input):  # old exporters list weights as inputs
         keep = [i for i in model.graph.input if i.name not in initializers]
@@ -83,6 +84,34 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
             return onnx2torch.convert(model).eval()  # inference semantics (BatchNorm, Dropout)
     except Exception as exc:
         raise ModelLoadError(f"{path}: onnx2torch could not convert the model: {exc}") from exc
+
+
+def _drop_identities(model: onnx.ModelProto) -> None:
+    """Remove Identity nodes, their consumers reading the Identity's input instead (torch's exporter emits
+    them from opset 19 on, where onnx2torch has no converter for them). An Identity producing a graph
+    output from another node's output hands that output its name."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    sources = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    rename: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or len(node.input) != 1:
+            kept.append(node)
+        elif node.output[0] not in outputs:
+            rename[node.output[0]] = node.input[0]
+        elif node.input[0] not in sources and node.input[0] not in outputs:
+            for producer in kept:  # the producer writes the graph output directly
+                producer.output[:] = [node.output[0] if o == node.input[0] else o for o in producer.output]
+            for consumer in kept:
+                consumer.input[:] = [node.output[0] if i == node.input[0] else i for i in consumer.input]
+            rename[node.input[0]] = node.output[0]
+        else:
+            kept.append(node)
+    if len(kept) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def example_input(dims: list[int | None]) -> tuple[torch.Tensor, bool]:
