@@ -70,6 +70,11 @@ class ScaleShift(Affine):
     def maps_boxes_to_boxes(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
         return in_shape == out_shape  # a broadcasting shift copies coordinates
 
+    def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        if tuple(a.shape[1:]) != tuple(in_shape):  # a shift broadcast the input: sum over the copies
+            return super().transpose(i, a, in_shape)
+        return a if self.scale is None else a * self.scale
+
     def _broadcast(self, y: Tensor) -> Tensor:
         """A shift may broadcast the input to a larger shape: the linear part must have that shape too."""
         if self.shift is None:
