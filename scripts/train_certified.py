@@ -24,6 +24,7 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -176,8 +177,10 @@ def export(args, net, example: torch.Tensor) -> Path:
     args.models_dir.mkdir(parents=True, exist_ok=True)
     path = args.models_dir / f"{args.name}.onnx"
     net.eval()
-    torch.onnx.export(net, example, path, input_names=["input"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)  # fmt: skip
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated; the new one needs onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, example, path, input_names=["input"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)  # fmt: skip
     return path
 
 

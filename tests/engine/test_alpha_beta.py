@@ -276,3 +276,16 @@ def test_only_domains_with_exact_relaxations_get_the_linear_program():
     with torch.no_grad():
         intermediate_bounds(state)
     assert state.exact_relaxations().tolist() == [False]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_final_alpha_is_sound_and_never_looser_than_crown(seed):
+    module = _mlp(seed)
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(seed))
+    model = verifier.load(module, x)
+    region = verifier.LinfBall(x, 0.3)
+    crown_lo, final_lo = (model.bounds(region, m, upper=False).lower for m in ("crown", "alpha-crown-final"))
+    assert (final_lo >= crown_lo - 1e-5).all() and (final_lo > crown_lo + 1e-4).any()
+    pts = samples(x - 0.3, x + 0.3, 500, torch.Generator().manual_seed(4))
+    y = module(pts.flatten(0, 1)).reshape(pts.shape[0], 4, 3)
+    assert_inside(y, final_lo, torch.full_like(final_lo, torch.inf), "alpha-crown-final lower")

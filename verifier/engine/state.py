@@ -26,6 +26,7 @@ PLANS = {
     "lbp": ("lbp", "lbp"),
     "crown-lbp": ("lbp", "crown"),
     "alpha-crown": ("alpha", "alpha"),
+    "alpha-crown-final": ("crown", "alpha"),
 }
 METHODS = tuple(PLANS)
 
