@@ -12,8 +12,7 @@ warm-up regularisers of Shi et al. fade out as eps reaches its target; the learn
 (``--checkpoint``, resumed with ``--resume``). At the end the model (inference BatchNorm) is exported to
 ONNX under ``models/<name>.onnx``, reloaded from that file, evaluated on the test set (clean, PGD and
 verified accuracy at ``--eps``: best of IBP, CROWN and alpha-CROWN per example, see METHODS_EVAL), and
-described by the card
-``models/<name>.json`` (data, eps, method, accuracies, the command that made it).
+described by the card ``models/<name>.json`` (data, eps, method, accuracies, the command that made it).
 """
 
 from __future__ import annotations
