@@ -165,11 +165,11 @@ def fit_budget(args, lr_sched, done: int, seconds: float) -> None:
         print(f"time budget: {args.epochs} epochs fit in {args.minutes:g} minutes", flush=True)
 
 
-def save_checkpoint(path: Path, net, opt, lr_sched, epoch: int, history: list, args) -> None:
+def save_checkpoint(path: Path, net, opt, lr_sched, epoch: int, history: list, args, command: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "lr": lr_sched.state_dict(),
-             "epoch": epoch, "history": history, "args": vars(args)}  # fmt: skip
+             "epoch": epoch, "history": history, "args": vars(args), "argv": command}  # fmt: skip
     torch.save(state, tmp)
     tmp.replace(path)  # a crash mid-write never leaves a broken checkpoint
 
@@ -187,8 +187,28 @@ def export(args, net, example: torch.Tensor) -> Path:
     return path
 
 
+def command_of(stored: dict) -> list[str]:
+    """The options of a checkpointed run (as it was planned, after any --minutes shortening), for
+    checkpoints that did not record their command line."""
+    skip = {"data_root", "models_dir", "checkpoint", "resume", "no_export"}
+    out = []
+    for key, value in stored.items():
+        if key in skip or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        out += (
+            [flag]
+            if value is True
+            else [flag, *map(str, value)]
+            if isinstance(value, list)
+            else [flag, str(value)]
+        )
+    return out
+
+
 def main(argv=None) -> int:
     args = parse(argv)
+    command = list(argv if argv is not None else sys.argv[1:])
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -211,6 +231,9 @@ def main(argv=None) -> int:
         lr_sched.load_state_dict(state["lr"])
         history, start = state["history"], state["epoch"]
         seconds = history[-1]["seconds"] if history else 0.0
+        command = state.get("argv") or command_of(state["args"])
+        if state["args"].get("minutes") and state["args"]["epochs"] < args.epochs:
+            args.epochs = state["args"]["epochs"]  # the run was shortened to its time budget: keep its plan
         print(f"resumed {args.checkpoint} after epoch {start}")
     scheds = schedules(args, steps)
     # Gradients of well-classified examples' robust loss underflow to denormals, which x86 CPUs compute
@@ -233,7 +256,7 @@ def main(argv=None) -> int:
         epoch += 1
         if args.minutes:
             fit_budget(args, lr_sched, epoch, seconds)
-        save_checkpoint(args.checkpoint, net, opt, lr_sched, epoch, history, args)
+        save_checkpoint(args.checkpoint, net, opt, lr_sched, epoch, history, args, command)
     torch.set_flush_denormal(False)
     if args.no_export:
         return 0
@@ -266,7 +289,7 @@ def main(argv=None) -> int:
         "cumulative in that order)",
         "methods": list(METHODS_EVAL),
         "lazy": list(LAZY_EVAL),
-        "command": "scripts/train_certified.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "scripts/train_certified.py " + shlex.join(command),
         "history": history,
     }
     (args.models_dir / f"{args.name}.json").write_text(json.dumps(card, indent=1) + "\n")
