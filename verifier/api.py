@@ -19,7 +19,8 @@ from verifier.engine.state import METHODS, BoundConfig
 from verifier.errors import InputError, ModelLoadError, UnsupportedOperatorError
 from verifier.graph import onnx_import
 from verifier.graph.fx_import import trace, translate
-from verifier.graph.graph import Graph
+from verifier.graph.graph import Graph, prune
+from verifier.graph.simplify import fold_scale_shift
 from verifier.spec.regions import Region
 
 __all__ = ["METHODS", "BoundedModel", "Bounds", "load", "supported_onnx_operators"]
@@ -59,6 +60,7 @@ class BoundedModel:
             return self(x), self
         x = self._as_input(x)
         out, graph = self.graph.with_batch_statistics(x)
+        graph = prune(fold_scale_shift(list(graph.nodes)), graph.output, graph.batched)
         return out, BoundedModel(graph, self.source, self.module)
 
     def _like(self) -> Tensor | None:

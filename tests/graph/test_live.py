@@ -111,6 +111,9 @@ def test_batch_statistics_match_torch_training_mode():
             torch.testing.assert_close(ours.running_mean, theirs.running_mean)
             torch.testing.assert_close(ours.running_var, theirs.running_var)
             assert ours.num_batches_tracked == theirs.num_batches_tracked
+    # each BatchNorm map is folded into the layer before it: one affine operator per layer in the view
+    kinds = [type(n.op).__name__ for n in view.graph.nodes[1:]]
+    assert kinds == ["Conv", "ReLU", "Rearrange", "Linear", "ReLU", "Linear"], kinds
     # the view bounds the batch-statistics function that produced the outputs
     lower = view.margins(verifier.LinfBall(x, 0.0), y, method="crown")
     exact = out.gather(1, y[:, None]) - out

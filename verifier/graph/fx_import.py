@@ -16,7 +16,7 @@ from torch.utils import _pytree as pytree
 
 import verifier.ops  # noqa: F401  (registers every converter)
 from verifier.errors import ModelLoadError, UnsupportedOperatorError
-from verifier.graph.graph import Graph, Node
+from verifier.graph.graph import Graph, Node, prune
 from verifier.graph.simplify import fuse_bias
 from verifier.ops.base import CONVERTERS, Onnx2TorchClass, converter_for
 from verifier.ops.linear import ConversionError
@@ -160,7 +160,7 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | 
         raise UnsupportedOperatorError(failures)
     if not isinstance(output, fx.Node) or output not in data_of:
         raise ModelLoadError("the model must return a single tensor that depends on its input")
-    return _prune(nodes if live else fuse_bias(nodes), data_of[output], batched)
+    return prune(nodes if live else fuse_bias(nodes), data_of[output], batched)
 
 
 def _step(gm, fx_node, values, data_of, nodes, failures, batched, names, live) -> None:
@@ -227,17 +227,3 @@ def _fetch_attr(gm: fx.GraphModule, target: str, live: bool) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj.detach() if isinstance(obj, Tensor) and not live else obj
-
-
-def _prune(nodes: list[Node], output: int, batched: bool) -> Graph:
-    """Keep the ancestors of the output only, renumbered in the same (topological) order."""
-    keep = {output}
-    for k in range(output, -1, -1):
-        if k in keep:
-            keep.update(nodes[k].inputs)
-    keep.add(0)
-    order = sorted(keep)
-    new_index = {old: new for new, old in enumerate(order)}
-    kept = tuple(Node(nodes[k].name, nodes[k].op, tuple(new_index[i] for i in nodes[k].inputs), nodes[k].shape)
-                 for k in order)  # fmt: skip
-    return Graph(kept, new_index[output], batched)

@@ -93,3 +93,17 @@ def identity_coefficients(shape: tuple[int, ...], batch: int, like: Tensor) -> T
     n = int(torch.Size(shape).numel())
     eye = torch.eye(n, dtype=like.dtype, device=like.device)
     return eye.reshape(n, 1, *shape).expand(n, batch, *shape)
+
+
+def prune(nodes: list[Node], output: int, batched: bool) -> Graph:
+    """Keep the ancestors of the output only, renumbered in the same (topological) order."""
+    keep = {output}
+    for k in range(output, -1, -1):
+        if k in keep:
+            keep.update(nodes[k].inputs)
+    keep.add(0)
+    order = sorted(keep)
+    new_index = {old: new for new, old in enumerate(order)}
+    kept = tuple(Node(nodes[k].name, nodes[k].op, tuple(new_index[i] for i in nodes[k].inputs), nodes[k].shape)
+                 for k in order)  # fmt: skip
+    return Graph(kept, new_index[output], batched)
