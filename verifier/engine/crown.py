@@ -75,7 +75,7 @@ def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | 
     node, (s, b) = nodes[j], a.shape[:2]
     if isinstance(node.op, Affine):
         offset = node.op.offset()
-        const = (a * offset).flatten(2).sum(-1) if offset is not None else 0
+        const = _offset_term(a, offset) if offset is not None else 0
         if not linear and state.region.is_box and node.inputs == (0,) and state.graph.consumers[0] == (j,):
             lo, hi = state.region.box()  # j alone reads the input: the minimum over the box of <a, J x>
             lower = node.op.box_lower(a, (hi + lo) / 2, (hi - lo) / 2)  # is exactly its concretisation
@@ -96,6 +96,21 @@ def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | 
     new, const = apply_relaxation(a, state.relaxation(j, param), int(torch.Size(shape).numel()))
     _accumulate(pending, src, new.reshape(s, b, *shape))
     return const
+
+
+def _offset_term(a: Tensor, offset: Tensor) -> Tensor:
+    """``<a_s, offset>`` per row [S, B] for a [S, B, *shape] and an offset broadcast over it. Where the
+    offset is broadcast (a bias per channel over the pixels), a is summed over those dimensions first: one
+    read of a instead of a product the size of a."""
+    rank = a.dim() - 2
+    off = offset
+    while off.dim() > rank and off.shape[0] == 1:
+        off = off[0]
+    if off.dim() > rank:
+        return (a * offset).flatten(2).sum(-1)
+    off = off.reshape((1,) * (rank - off.dim()) + tuple(off.shape))
+    dims = [2 + d for d, n in enumerate(off.shape) if n == 1 and a.shape[2 + d] != 1]
+    return ((a.sum(dims, keepdim=True) if dims else a) * off).flatten(2).sum(-1)
 
 
 def _per_row(value: Tensor | None, rows: int) -> Tensor | None:
