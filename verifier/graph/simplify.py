@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 from verifier.graph.graph import Node
@@ -12,10 +13,7 @@ from verifier.ops.linear import Linear, ScaleShift
 def fuse_bias(nodes: list[Node]) -> list[Node]:
     """``Linear`` followed by a constant shift along its output features (MatMul + Add exports) becomes one
     ``Linear`` with that bias, when the Linear has no other consumer. The Linear node is left without consumers, for pruning."""
-    consumers: dict[int, int] = {}
-    for node in nodes:
-        for i in node.inputs:
-            consumers[i] = consumers.get(i, 0) + 1
+    consumers = Counter(i for node in nodes for i in node.inputs)
     out = list(nodes)
     for k, node in enumerate(nodes):
         op = node.op
@@ -38,10 +36,7 @@ def fold_scale_shift(nodes: list[Node]) -> list[Node]:
     nothing else becomes that layer with scaled weights, ``W s`` and ``b s + t``: one affine operator
     instead of two, so bound passes touch the activations once (the layer is left without consumers, for
     pruning). The folded tensors are computed from the operators' own, so gradients still reach them."""
-    consumers: dict[int, int] = {}
-    for node in nodes:
-        for i in node.inputs:
-            consumers[i] = consumers.get(i, 0) + 1
+    consumers = Counter(i for node in nodes for i in node.inputs)
     out = list(nodes)
     for k, node in enumerate(nodes):
         op, src = node.op, node.inputs[0] if node.inputs else None
