@@ -10,6 +10,7 @@ from torch import nn
 
 import verifier
 from verifier.errors import BoundComputationError, ModelLoadError
+from verifier.ops.base import RelaxConfig
 from verifier.ops.elementwise import Exp, Log, Power, Softplus
 
 
@@ -74,3 +75,17 @@ def test_domain_errors_name_node_and_operator(fn, lower, what, method):
     box = verifier.Box(torch.full((1, 3), lower), torch.ones(1, 3))
     with pytest.raises(BoundComputationError, match=f"node {node} .*{what}"):
         model.bounds(box, method=method)
+
+
+@pytest.mark.parametrize("op", [Power(0.5), Power(1.5), Log(), Exp()])
+def test_tangent_point_gradients_are_finite(op):
+    """alpha-CROWN moves the tangent points by gradient: the vertical tangent of sqrt at 0 and point boxes
+    (whose lines are constant) must not send NaN into them."""
+    lo = torch.tensor([[0.0, 0.0, 1.0, 0.25]], dtype=torch.float64)
+    hi = torch.tensor([[1.0, 0.0, 1.0, 2.0]], dtype=torch.float64)
+    if isinstance(op, Log):
+        lo, hi = lo + 1e-3, hi + 1e-3
+    param = torch.tensor([[0.0, 0.5, 0.3, 1.0]], dtype=torch.float64, requires_grad=True)
+    rel = op.relax(lo, hi, RelaxConfig(), param)
+    (rel.a_lo + rel.b_lo + rel.a_up + rel.b_up).sum().backward()
+    assert torch.isfinite(param.grad).all()

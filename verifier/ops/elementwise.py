@@ -77,13 +77,15 @@ class Curved(Nonlinear):
         chord_a = (f_hi - f_lo) / torch.where(flat, 1.0, width)  # 0 on a flat box: f_hi == f_lo
         chord_b = f_lo - chord_a * l
         t = l + p * width
+        if t.requires_grad:  # at a point where f' or f'' is infinite (sqrt, x ** 1.5 at 0) the gradient is
+            t.register_hook(lambda g: torch.where(g.isfinite(), g, 0.0))  # no guide for an optimiser
         tan_a = self._df(t)
         tan_b = self._f(t) - tan_a * t
+        usable = ~flat & tan_a.isfinite() & tan_b.isfinite()
         convex = self._convex(l, u)
-        # where the tangent is vertical (sqrt at 0) or the box a point: the constant line through the end
-        # value on the tangent's side (f is monotone on the box, so its values lie between the ends')
+        # where the tangent is vertical or the box a point: the constant line through the end value on the
+        # tangent's side (f is monotone on the box, so its values lie between the ends')
         const = torch.where(convex, torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi))
-        usable = torch.isfinite(tan_a) & torch.isfinite(tan_b) & ~flat
         tan_a, tan_b = torch.where(usable, tan_a, 0.0), torch.where(usable, tan_b, const)
         # convex: tangent below, chord above; concave: the mirror
         a_lo, b_lo = torch.where(convex, tan_a, chord_a), torch.where(convex, tan_b, chord_b)
