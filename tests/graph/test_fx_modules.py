@@ -76,6 +76,25 @@ class Arithmetic(nn.Module):
         return -F.linear(h + 0.25, self.w) * 3.0
 
 
+class Elementwise(nn.Module):
+    """Every spelling of the convex / concave functions (functions, tensor methods, modules, ``**``);
+    inputs of restricted domains go through exp and a shift."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.softplus = nn.Softplus(beta=2.0, threshold=5.0)
+        self.out = nn.Linear(39, 2)
+
+    def forward(self, x):  # x: [B, 4]
+        h = self.fc(x)
+        pos = torch.exp(h) + 0.5
+        parts = [torch.log(pos), pos.log(), torch.sqrt(pos), pos.sqrt(), torch.reciprocal(pos)]
+        parts += [pos.reciprocal(), F.softplus(h), self.softplus(h), h**2, torch.pow(pos, 3), pos.pow(-0.5)]
+        parts += [h.exp(), h.pow(4)]
+        return self.out(torch.cat(parts, dim=1))
+
+
 def _cnn() -> nn.Module:
     conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), _bn(4), nn.ReLU(), nn.MaxPool2d(2))
     head = nn.Sequential(
@@ -144,6 +163,7 @@ MODULES = {  # name -> (module builder, per-sample input shape)
     "activation_modules": (_activation_modules, (3,)),
     "param_ramp_mlp": (_ramp_mlp, (4,)),
     "param_ramp_cnn": (_ramp_cnn, (2, 6, 6)),
+    "elementwise": (Elementwise, (4,)),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from verifier.ops.activations import Ramp, ReLU, SShaped
 from verifier.ops.base import Op
 from verifier.ops.conv import Conv, ConvTranspose
+from verifier.ops.elementwise import Exp, Log, Power, Softplus
 from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
 from verifier.ops.pooling import AvgPool, MaxPool
 from verifier.ops.shape import Rearrange
@@ -26,6 +28,16 @@ class Case:
     op: Op
     in_shapes: tuple[tuple[int, ...], ...]
     relu_lower: str = "adaptive"
+    # for operators defined on part of the line: a nondecreasing map applied to both ends of every box
+    domain: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def _positive(t: torch.Tensor) -> torch.Tensor:
+    return torch.exp(t / 4)  # boxes of every kind, squeezed into (0, inf) (wide ones: about e^-10 to e^10)
+
+
+def _negative(t: torch.Tensor) -> torch.Tensor:
+    return -torch.exp(-t / 4)
 
 
 def _batch_norm(channels: int) -> torch.nn.BatchNorm2d:
@@ -96,6 +108,23 @@ CASES = (
     Case("param_ramp_per_neuron", Ramp(0.1 + 3 * _w(2, 3).abs(), eta=0.3, channel_dim=None), ((2, 3),)),
     Case("sigmoid", SShaped("sigmoid"), ((3, 5),)),
     Case("tanh", SShaped("tanh"), ((2, 6),)),
+    Case("exp", Exp(), ((2, 5),)),
+    Case("log", Log(), ((6,),), domain=_positive),
+    Case("softplus", Softplus(), ((2, 4),)),
+    Case("softplus_beta_low_threshold", Softplus(2.0, 3.0), ((7,),)),
+    Case("sqrt", Power(0.5), ((6,),), domain=_positive),
+    Case("sqrt_from_zero", Power(0.5), ((6,),), domain=torch.relu),  # boxes [0, u]: vertical tangent at 0
+    Case("reciprocal_positive", Power(-1.0), ((5,),), domain=_positive),
+    Case("reciprocal_negative", Power(-1.0), ((5,),), domain=_negative),
+    Case("square", Power(2.0), ((2, 3),)),
+    Case("fourth_power", Power(4.0), ((5,),)),
+    Case("cube_positive", Power(3.0), ((5,),), domain=_positive),
+    Case("cube_negative", Power(3.0), ((5,),), domain=_negative),
+    Case("inverse_square_negative", Power(-2.0), ((5,),), domain=_negative),
+    Case("power_1.5", Power(1.5), ((5,),), domain=torch.relu),
+    Case("power_-0.5", Power(-0.5), ((5,),), domain=_positive),
+    Case("constant_power", Power(0.0), ((4,),)),
+    Case("identity_power", Power(1.0), ((4,),)),
     Case("maxpool", MaxPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),
     Case("maxpool_overlap_pad", MaxPool((3, 3), (2, 2), (1, 1)), ((1, 5, 5),)),
     Case("maxpool_dilation", MaxPool((2, 2), (1, 1), (0, 0), (2, 2)), ((1, 4, 4),)),

@@ -16,9 +16,9 @@ if TYPE_CHECKING:  # onnx itself is imported where a file is read: a cached mode
 # ONNX operator types with bound rules (or folded at load time when they only touch constants and shapes).
 SUPPORTED_ONNX_OPERATORS = frozenset({
     "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
-    "Dropout", "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul",
-    "MaxPool", "Mul", "Neg", "Pad", "Relu", "Reshape", "Shape", "Sigmoid", "Slice", "Squeeze", "Sub", "Tanh",
-    "Tile", "Transpose", "Unsqueeze",
+    "Dropout", "Exp", "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu",
+    "Log", "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow", "Reciprocal", "Relu", "Reshape", "Shape",
+    "Sigmoid", "Slice", "Softplus", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze",
 })  # fmt: skip
 _TARGET_OPSET = 17
 

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from verifier.nn import ParamRamp, param_ramp, ramp_breakpoint
-from verifier.ops.base import Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
+from verifier.ops.base import (
+    Nonlinear,
+    Onnx2TorchClass,
+    Relaxation,
+    RelaxConfig,
+    converter_for,
+    converts,
+    register,
+)
 from verifier.ops.linear import ConversionError
 
 
@@ -322,9 +330,8 @@ def _tanh(call) -> SShaped:
 
 @converts(Onnx2TorchClass("functions", "OnnxFunction"))
 def _onnx_function(call) -> Nonlinear:
-    """onnx2torch's generic elementwise module (ONNX Tanh, Sigmoid, ...): dispatch on its torch function."""
-    by_function = {torch.tanh: SShaped("tanh"), torch.sigmoid: SShaped("sigmoid"), torch.relu: ReLU()}
-    op = by_function.get(call.target.function)
-    if op is None:
+    """onnx2torch's generic elementwise module (ONNX Tanh, Exp, Log, ...): converted as its torch function."""
+    convert = converter_for(call.target.function)
+    if convert is None:
         raise ConversionError(f"elementwise function {getattr(call.target.function, '__name__', '?')}")
-    return op
+    return convert(call)

@@ -1,0 +1,264 @@
+"""Elementwise functions that are convex or concave on every box they are given: Exp, Log, Softplus and
+Power with a constant exponent (which also spells Sqrt, ``x ** 0.5``, and Reciprocal, ``x ** -1``).
+
+One rule serves them all (:class:`Curved`); a function only states its values, its derivative, its domain
+and on which boxes it is convex. On a convex box the chord through (l, f(l)) and (u, f(u)) lies above f and
+the tangent at any point of the box below it; on a concave box the roles swap. The tangent point is
+``l + p (u - l)`` with the fraction ``p`` in [0, 1] (alpha-CROWN's parameter); its default, the midpoint,
+is the point whose tangent leaves the least area between itself and f over the box (the derivative of that
+area in the tangent point t is ``f''(t) (u - l) (t - m)``, zero at the midpoint m). Lines are computed in
+float64 and widened like the S-shaped ones (``_widened``), so they are sound in float32 and float64."""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from verifier.ops.activations import _widened
+from verifier.ops.base import Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
+from verifier.ops.linear import ConversionError
+
+
+class DomainError(ValueError):
+    """Input bounds outside the domain of a function (the engine re-raises it naming the node)."""
+
+
+class Curved(Nonlinear):
+    """An elementwise function, monotone and either convex or concave on each box it accepts.
+
+    Subclasses give ``forward`` (the working-precision function), ``_f`` and ``_df`` (the function and its
+    derivative, evaluated in float64), ``_convex`` and, when needed, ``_check``."""
+
+    def _f(self, x: Tensor) -> Tensor:
+        return self.forward(x)
+
+    def _df(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _convex(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """Where f is convex on [lo, hi] (bool); concave elsewhere."""
+        raise NotImplementedError
+
+    def _check(self, lo: Tensor, hi: Tensor) -> None:
+        """Raise a :class:`DomainError` where the box leaves the domain (or the supported boxes)."""
+
+    def _refuse(self, bad: Tensor, lo: Tensor, hi: Tensor, what: str) -> None:
+        if bad.any():
+            i = bad.flatten().nonzero()[0, 0]
+            l, u = lo.flatten()[i].item(), hi.flatten()[i].item()
+            raise DomainError(f"{self}: input bounds [{l:.6g}, {u:.6g}] {what}")
+
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        """Monotone on the box: the ends' values, in either order."""
+        lo, hi = bounds
+        self._check(lo, hi)
+        f_lo, f_hi = self.forward(lo), self.forward(hi)
+        return torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi)
+
+    def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
+        """The tangent point as a fraction of the box, [B, *shape]: the midpoint (least area)."""
+        return torch.full_like(lo, 0.5) if (lo < hi).any() else None
+
+    def project(self, param: Tensor) -> Tensor:
+        return param.clamp(0.0, 1.0)
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
+        self._check(lo, hi)
+        l, u = lo.double(), hi.double()
+        p = 0.5 if param is None else param.double()
+        width = u - l
+        flat = width == 0
+        f_lo, f_hi = self._f(l), self._f(u)
+        chord_a = (f_hi - f_lo) / torch.where(flat, 1.0, width)  # 0 on a flat box: f_hi == f_lo
+        chord_b = f_lo - chord_a * l
+        t = l + p * width
+        if t.requires_grad:  # at a point where f' or f'' is infinite (sqrt, x ** 1.5 at 0) the gradient is
+            t.register_hook(lambda g: torch.where(g.isfinite(), g, 0.0))  # no guide for an optimiser
+        tan_a = self._df(t)
+        tan_b = self._f(t) - tan_a * t
+        usable = ~flat & tan_a.isfinite() & tan_b.isfinite()
+        convex = self._convex(l, u)
+        # where the tangent is vertical or the box a point: the constant line through the end value on the
+        # tangent's side (f is monotone on the box, so its values lie between the ends')
+        const = torch.where(convex, torch.minimum(f_lo, f_hi), torch.maximum(f_lo, f_hi))
+        tan_a, tan_b = torch.where(usable, tan_a, 0.0), torch.where(usable, tan_b, const)
+        # convex: tangent below, chord above; concave: the mirror
+        a_lo, b_lo = torch.where(convex, tan_a, chord_a), torch.where(convex, tan_b, chord_b)
+        a_up, b_up = torch.where(convex, chord_a, tan_a), torch.where(convex, chord_b, tan_b)
+        return _widened(a_lo, b_lo, a_up, b_up, l, u, lo.dtype)
+
+
+# ------------------------------------------------------------------------------------------- functions
+
+
+@register
+@dataclass(frozen=True)
+class Exp(Curved):
+    """``exp``: convex and increasing everywhere."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.exp(x)
+
+    def _df(self, x: Tensor) -> Tensor:
+        return torch.exp(x)
+
+    def _convex(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.ones_like(lo, dtype=torch.bool)
+
+
+@register
+@dataclass(frozen=True)
+class Log(Curved):
+    """``log``: concave and increasing on x > 0, its domain."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.log(x)
+
+    def _df(self, x: Tensor) -> Tensor:
+        return 1 / x
+
+    def _convex(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.zeros_like(lo, dtype=torch.bool)
+
+    def _check(self, lo: Tensor, hi: Tensor) -> None:
+        self._refuse(~(lo > 0), lo, hi, "leave the domain x > 0")
+
+
+@register
+@dataclass(frozen=True)
+class Softplus(Curved):
+    """``log(1 + exp(beta x)) / beta`` (convex, increasing), computed as PyTorch does: ``x`` itself where
+    ``beta x > threshold``. There the computed value lies below the function by ``log(1 + exp(-beta x)) /
+    beta``, less than ``gap = log(1 + exp(-threshold)) / beta``; lowering the lower line and the IBP lower
+    bound by ``gap`` makes them sound for the computed function (2e-9 for the default threshold 20)."""
+
+    beta: float = 1.0
+    threshold: float = 20.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x, self.beta, self.threshold)
+
+    def _f(self, x: Tensor) -> Tensor:
+        return torch.logaddexp(self.beta * x, torch.zeros_like(x)) / self.beta
+
+    def _df(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.beta * x)
+
+    def _convex(self, lo: Tensor, hi: Tensor) -> Tensor:
+        return torch.ones_like(lo, dtype=torch.bool)
+
+    def _gap(self) -> float:
+        return math.log1p(math.exp(-self.threshold)) / self.beta
+
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        # the computed function lies in [f - gap, f] and f is increasing
+        lo, hi = bounds
+        return self.forward(lo) - self._gap(), self._f(hi)
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
+        rel = super().relax(lo, hi, cfg, param)
+        return replace(rel, b_lo=rel.b_lo - self._gap())
+
+
+@register
+@dataclass(frozen=True)
+class Power(Curved):
+    """``x ** exponent`` for a constant exponent; the sign of ``f'' = e (e - 1) x^(e - 2)`` decides:
+
+    * on x >= 0: convex when ``e >= 1`` or ``e <= 0``, concave for ``0 < e < 1``;
+    * on x <= 0 (integer exponents only): convex for even e, concave for odd e (``e = 1``: linear);
+    * boxes crossing 0: even ``e >= 0`` is convex there (IBP's lower end is then 0, the minimum); odd
+      ``e >= 3`` is concave-convex and not supported; negative exponents have no finite bound.
+
+    Domain: integer ``e >= 0`` any x; integer ``e < 0``: boxes not containing 0; other exponents x >= 0
+    (x > 0 when negative)."""
+
+    exponent: float = 2.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.pow(x, self.exponent)
+
+    def _df(self, x: Tensor) -> Tensor:
+        e = self.exponent
+        return e * torch.pow(x, e - 1) if e != 0 else torch.zeros_like(x)
+
+    def _integer(self) -> bool:
+        return float(self.exponent).is_integer()
+
+    def _convex(self, lo: Tensor, hi: Tensor) -> Tensor:
+        e = self.exponent
+        on_positive = torch.full_like(lo, e >= 1 or e <= 0, dtype=torch.bool)
+        even = self._integer() and e % 2 == 0
+        return torch.where(hi <= 0, even, on_positive) | ((lo < 0) & (hi > 0))
+
+    def _check(self, lo: Tensor, hi: Tensor) -> None:
+        e = self.exponent
+        if not self._integer():
+            bad, domain = (~(lo > 0), "x > 0") if e < 0 else (~(lo >= 0), "x >= 0")
+            self._refuse(bad, lo, hi, f"leave the domain {domain}")
+        elif e < 0:
+            self._refuse(~((lo > 0) | (hi < 0)), lo, hi, "contain 0, where the function has no finite bound")
+        elif e % 2 == 1 and e > 1:
+            self._refuse((lo < 0) & (hi > 0), lo, hi, "cross 0, where an odd power is not supported")
+
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        lo, hi = super().ibp(bounds)
+        a, b = bounds
+        if self._integer() and self.exponent > 0 and self.exponent % 2 == 0:  # the minimum 0 is inside
+            lo = torch.where((a < 0) & (b > 0), 0.0, lo)
+        return lo, hi
+
+
+# ------------------------------------------------------------------------------------------ converters
+
+OnnxPow = Onnx2TorchClass("pow", "OnnxPow")
+OnnxSqrt = Onnx2TorchClass("pow", "OnnxSqrt")
+OnnxReciprocal = Onnx2TorchClass("reciprocal", "OnnxReciprocal")
+
+
+@converts(torch.exp, "exp")
+def _exp(call) -> Exp:
+    return Exp()
+
+
+@converts(torch.log, "log")
+def _log(call) -> Log:
+    return Log()
+
+
+@converts(torch.sqrt, "sqrt", OnnxSqrt)
+def _sqrt(call) -> Power:
+    return Power(0.5)
+
+
+@converts(torch.reciprocal, "reciprocal", OnnxReciprocal)
+def _reciprocal(call) -> Power:
+    return Power(-1.0)
+
+
+@converts(nn.Softplus, F.softplus)
+def _softplus(call) -> Softplus:
+    if isinstance(call.target, nn.Module):
+        beta, threshold = call.target.beta, call.target.threshold
+    else:
+        beta, threshold = call.const(1, "beta", 1.0), call.const(2, "threshold", 20.0)
+    if not beta > 0:
+        raise ConversionError(f"Softplus with beta {beta} (only beta > 0 is supported)")
+    return Softplus(float(beta), float(threshold))
+
+
+@converts(torch.pow, operator.pow, "pow", OnnxPow)
+def _pow(call) -> Power:
+    """A graph tensor raised to one constant exponent (a number, or a tensor whose entries are all equal)."""
+    if call.data_positions != [0]:
+        raise ConversionError("Pow needs a graph tensor as base and a constant exponent")
+    e = call.args[1] if len(call.args) > 1 else call.kwargs.get("exponent")
+    e = torch.as_tensor(e).detach().flatten()
+    if e.numel() == 0 or not (e == e[0]).all():
+        raise ConversionError("Pow with an exponent that differs between entries")
+    return Power(float(e[0]))
