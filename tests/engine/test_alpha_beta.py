@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import verifier
-from tests.helpers import BOX_KINDS, assert_inside, make_box, samples
+from tests.helpers import BOX_KINDS, assert_inside, samples
 from tests.ops.cases import CASES
 from verifier.engine import alpha, branching, crown
 from verifier.engine.bounds import intermediate_bounds, refresh_after
@@ -26,7 +26,7 @@ NONLINEAR = [c for c in CASES if isinstance(c.op, Nonlinear)]
 @pytest.mark.parametrize("case", NONLINEAR, ids=lambda c: c.name)
 def test_every_projected_parameter_gives_a_sound_relaxation(case, kind):
     gen = torch.Generator().manual_seed(7)
-    lo, hi = make_box(kind, case.in_shapes[0], 3, torch.float64, gen)
+    lo, hi = case.boxes(kind, 3, torch.float64, gen)[0]
     op, cfg = case.op.to(dtype=torch.float64), RelaxConfig(case.relu_lower)
     start = op.initial_param(lo, hi, cfg)
     if start is None:  # nothing to optimise on this box

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tests.helpers import make_box
 from verifier.ops.activations import Ramp, ReLU, SShaped
 from verifier.ops.base import Op
 from verifier.ops.conv import Conv, ConvTranspose
@@ -30,6 +31,11 @@ class Case:
     relu_lower: str = "adaptive"
     # for operators defined on part of the line: a nondecreasing map applied to both ends of every box
     domain: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def boxes(self, kind: str, batch: int, dtype: torch.dtype, gen: torch.Generator) -> list[tuple]:
+        """One batch of boxes of the given kind per input, mapped into the operator's domain."""
+        boxes = [make_box(kind, shape, batch, dtype, gen) for shape in self.in_shapes]
+        return boxes if self.domain is None else [(self.domain(lo), self.domain(hi)) for lo, hi in boxes]
 
 
 def _positive(t: torch.Tensor) -> torch.Tensor:

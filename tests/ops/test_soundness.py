@@ -29,10 +29,7 @@ def test_every_registered_operator_has_cases():
 
 
 def _inputs(case, kind, dtype, gen, batch=3):
-    boxes = [make_box(kind, shape, batch, dtype, gen) for shape in case.in_shapes]
-    if case.domain is not None:
-        boxes = [(case.domain(lo), case.domain(hi)) for lo, hi in boxes]
-    return [(lo, hi) for lo, hi in boxes]
+    return case.boxes(kind, batch, dtype, gen)
 
 
 def _points(boxes, gen):
