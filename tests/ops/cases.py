@@ -13,6 +13,7 @@ from verifier.ops.base import Op
 from verifier.ops.conv import Conv, ConvTranspose
 from verifier.ops.elementwise import Exp, Log, Power, Softplus
 from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
+from verifier.ops.piecewise import Abs, Clip
 from verifier.ops.pooling import AvgPool, MaxPool
 from verifier.ops.shape import Rearrange
 
@@ -131,6 +132,13 @@ CASES = (
     Case("power_-0.5", Power(-0.5), ((5,),), domain=_positive),
     Case("constant_power", Power(0.0), ((4,),)),
     Case("identity_power", Power(1.0), ((4,),)),
+    Case("abs", Abs(), ((3, 4),)),
+    Case("abs_zero_lower", Abs(), ((7,),), relu_lower="zero"),
+    Case("clip_both", Clip(-0.5, 1.5), ((2, 5),)),
+    Case("clip_narrow", Clip(0.25, 0.25 + 1e-5), ((6,),)),
+    Case("clip_min", Clip(low=-1.0), ((6,),)),
+    Case("clip_max", Clip(high=0.5), ((6,),)),
+    Case("clip_max_zero_lower", Clip(high=-1.0), ((6,),), relu_lower="zero"),
     Case("maxpool", MaxPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),
     Case("maxpool_overlap_pad", MaxPool((3, 3), (2, 2), (1, 1)), ((1, 5, 5),)),
     Case("maxpool_dilation", MaxPool((2, 2), (1, 1), (0, 0), (2, 2)), ((1, 4, 4),)),
