@@ -13,6 +13,7 @@ from verifier.ops.base import Op
 from verifier.ops.conv import Conv, ConvTranspose
 from verifier.ops.elementwise import Exp, Log, Power, Softplus
 from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
+from verifier.ops.periodic import Periodic
 from verifier.ops.piecewise import Abs, Clip
 from verifier.ops.pooling import AvgPool, MaxPool
 from verifier.ops.shape import Rearrange
@@ -139,6 +140,9 @@ CASES = (
     Case("clip_min", Clip(low=-1.0), ((6,),)),
     Case("clip_max", Clip(high=0.5), ((6,),)),
     Case("clip_max_zero_lower", Clip(high=-1.0), ((6,),), relu_lower="zero"),
+    Case("sin", Periodic("sin"), ((3, 5),)),
+    Case("cos", Periodic("cos"), ((3, 5),)),
+    Case("sin_far", Periodic("sin"), ((8,),), domain=lambda t: t + 100.0),
     Case("maxpool", MaxPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),
     Case("maxpool_overlap_pad", MaxPool((3, 3), (2, 2), (1, 1)), ((1, 5, 5),)),
     Case("maxpool_dilation", MaxPool((2, 2), (1, 1), (0, 0), (2, 2)), ((1, 4, 4),)),
