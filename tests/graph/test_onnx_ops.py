@@ -429,6 +429,12 @@ ELEMENTWISE = {
     "elementwise_pow_cube_positive": lambda: _between_gemms("Pow", True, 3.0),
     "elementwise_pow_half": lambda: _between_gemms("Pow", True, 0.5),
     "elementwise_pow_inverse_square": lambda: _between_gemms("Pow", True, -2.0),
+    "elementwise_abs": lambda: _between_gemms("Abs"),
+    "elementwise_sin": lambda: _between_gemms("Sin"),
+    "elementwise_cos": lambda: _between_gemms("Cos"),
+    "elementwise_clip": lambda: _between_gemms("Clip", False, -0.3, 0.4),
+    "elementwise_clip_min": lambda: _between_gemms("Clip", False, 0.1),
+    "elementwise_clip_relu6": lambda: _between_gemms("Clip", False, 0.0, 6.0),
 }
 for _name, _build in ELEMENTWISE.items():
     case(_name)(_build)
@@ -447,6 +453,38 @@ def _():
 @case("one_node_pow_square")
 def _():
     return _one_node("Pow", 2.0)
+
+
+@case("one_node_abs")
+def _():
+    return _one_node("Abs")
+
+
+@case("one_node_sin")
+def _():
+    return _one_node("Sin")
+
+
+@case("one_node_cos")
+def _():
+    return _one_node("Cos")
+
+
+@case("one_node_clip")
+def _():
+    return _one_node("Clip", -0.25, 0.5)
+
+
+@case("one_node_clip_max_only")
+def _():
+    n = Net([1, 5])
+    return n.model(n.op("Clip", "x", "", n.const(0.2)))
+
+
+@case("opset6_clip_attributes")
+def _():
+    n = Net([1, 5])
+    return n.model(n.op("Clip", "x", min=-0.5, max=0.5), opset=6)
 
 
 def _one_node(op_type: str, *consts) -> onnx.ModelProto:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,10 +16,11 @@ if TYPE_CHECKING:  # onnx itself is imported where a file is read: a cached mode
 
 # ONNX operator types with bound rules (or folded at load time when they only touch constants and shapes).
 SUPPORTED_ONNX_OPERATORS = frozenset({
-    "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Constant", "Conv", "ConvTranspose", "Div",
-    "Dropout", "Exp", "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu",
-    "Log", "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow", "Reciprocal", "Relu", "Reshape", "Shape",
-    "Sigmoid", "Slice", "Softplus", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze",
+    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
+    "ConvTranspose", "Cos", "Div", "Dropout", "Exp", "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool",
+    "Identity", "LeakyRelu", "Log", "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow", "Reciprocal", "Relu",
+    "Reshape", "Shape", "Sigmoid", "Sin", "Slice", "Softplus", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile",
+    "Transpose", "Unsqueeze",
 })  # fmt: skip
 _TARGET_OPSET = 17
 
@@ -73,6 +75,7 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot lift opset {opset} to {_TARGET_OPSET}: {exc}") from exc
     _drop_identities(model)
+    _fill_clip_minimum(model)
     initializers = {t.name for t in model.graph.initializer}
     if any(i.name in initializers for i in model.graph.input):  # old exporters list weights as inputs
         keep = [i for i in model.graph.input if i.name not in initializers]
@@ -84,6 +87,18 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
             return onnx2torch.convert(model).eval()  # inference semantics (BatchNorm, Dropout)
     except Exception as exc:
         raise ModelLoadError(f"{path}: onnx2torch could not convert the model: {exc}") from exc
+
+
+def _fill_clip_minimum(model: onnx.ModelProto) -> None:
+    """Give every Clip with a maximum but no minimum (an empty input name) the minimum -inf, which clamps
+    nothing: onnx2torch reads an empty name as a dynamic bound and refuses it."""
+    from onnx import TensorProto, helper
+
+    for k, node in enumerate(model.graph.node):
+        if node.op_type == "Clip" and len(node.input) == 3 and node.input[1] == "":
+            name = f"{node.output[0]}_no_minimum_{k}"
+            model.graph.initializer.append(helper.make_tensor(name, TensorProto.FLOAT, [], [-math.inf]))
+            node.input[1] = name
 
 
 def _drop_identities(model: onnx.ModelProto) -> None:

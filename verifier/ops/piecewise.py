@@ -4,6 +4,7 @@ which is a ReLU or a unit ramp moved into place."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -135,13 +136,16 @@ def _abs(call) -> Abs:
 
 
 def _constant_end(value, name: str) -> float | None:
-    """A clamp end as a number: None, a number, or a one-element tensor; a graph tensor is refused."""
+    """A clamp end as a number (None, or infinite, which clamps nothing: no end), from a number or a
+    one-element tensor."""
     if value is None:
         return None
-    t = torch.as_tensor(value).detach()
-    if t.numel() != 1:
-        raise ConversionError(f"clamp with a {name} that is not one constant")
-    return float(t)
+    if not isinstance(value, (int, float)):
+        value = torch.as_tensor(value).detach()
+        if value.numel() != 1:
+            raise ConversionError(f"clamp with a {name} that is not one constant")
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _clip(low, high) -> Clip:
