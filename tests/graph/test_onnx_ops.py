@@ -440,41 +440,6 @@ for _name, _build in ELEMENTWISE.items():
     case(_name)(_build)
 
 
-@case("one_node_exp")
-def _():
-    return _one_node("Exp")
-
-
-@case("one_node_softplus")
-def _():
-    return _one_node("Softplus")
-
-
-@case("one_node_pow_square")
-def _():
-    return _one_node("Pow", 2.0)
-
-
-@case("one_node_abs")
-def _():
-    return _one_node("Abs")
-
-
-@case("one_node_sin")
-def _():
-    return _one_node("Sin")
-
-
-@case("one_node_cos")
-def _():
-    return _one_node("Cos")
-
-
-@case("one_node_clip")
-def _():
-    return _one_node("Clip", -0.25, 0.5)
-
-
 @case("one_node_clip_max_only")
 def _():
     n = Net([1, 5])
@@ -491,6 +456,19 @@ def _one_node(op_type: str, *consts) -> onnx.ModelProto:
     """The function alone on the input (defined on every box the generic tests draw)."""
     n = Net([1, 5])
     return n.model(n.op(op_type, "x", *[n.const(c) for c in consts]))
+
+
+ONE_NODE = {
+    "one_node_exp": ("Exp",),
+    "one_node_softplus": ("Softplus",),
+    "one_node_pow_square": ("Pow", 2.0),
+    "one_node_abs": ("Abs",),
+    "one_node_sin": ("Sin",),
+    "one_node_cos": ("Cos",),
+    "one_node_clip": ("Clip", -0.25, 0.5),
+}
+for _name, _args in ONE_NODE.items():
+    case(_name)(lambda args=_args: _one_node(*args))
 
 
 # ---------------------------------------------------------------------------------------- older opsets
