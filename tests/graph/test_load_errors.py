@@ -89,9 +89,9 @@ def test_an_output_that_does_not_depend_on_the_input(tmp_path):
 
 def test_every_unsupported_operator_is_listed_with_its_node(tmp_path):
     n = Net([1, 4])
-    path = save(tmp_path, n.model(n.op("Softmax", n.op("Cos", n.gemm(n.op("Sin", "x"), 4, 4)), axis=1)))
+    path = save(tmp_path, n.model(n.op("Softmax", n.op("Erf", n.gemm(n.op("Atan", "x"), 4, 4)), axis=1)))
     error = raised(UnsupportedOperatorError, verifier.load, path)
-    assert error.unsupported == [("Sin", "/sin_0"), ("Cos", "/cos_2"), ("Softmax", "/softmax_3")]
+    assert error.unsupported == [("Atan", "/atan_0"), ("Erf", "/erf_2"), ("Softmax", "/softmax_3")]
     for op, node in error.unsupported:
         assert f"{op} (node {node})" in str(error)
 
@@ -139,11 +139,11 @@ def test_translation_failures_name_the_onnx_node_verbatim(tmp_path):
 
 def test_unknown_types_and_untranslatable_uses_are_listed_together(tmp_path):
     n = Net([1, 4])
-    h = n.op("Sin", "x")
+    h = n.op("Atan", "x")
     n.nodes.append(helper.make_node("Mul", [h, n.op("Relu", "x")], ["y"], name="mul_node"))
     path = save(tmp_path, n.model("y"))
     error = raised(UnsupportedOperatorError, verifier.load, path)
-    assert "/sin_0" in str(error) and "mul_node" in str(error)
+    assert "/atan_0" in str(error) and "mul_node" in str(error)
 
 
 # --------------------------------------------------------------------------------------------- bad input
