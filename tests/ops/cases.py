@@ -16,6 +16,8 @@ from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
 from verifier.ops.periodic import Periodic
 from verifier.ops.piecewise import Abs, Clip
 from verifier.ops.pooling import AvgPool, MaxPool
+from verifier.ops.reduce import Reduce
+from verifier.ops.resize import Interpolate
 from verifier.ops.shape import Rearrange
 
 _gen = torch.Generator().manual_seed(1234)
@@ -100,6 +102,14 @@ CASES = (
         Rearrange((3,), (5,), torch.tensor([-1, 0, 1, 2, -1]), torch.tensor([0.5, 0, 0, 0, -2.0])),
         ((3,),),
     ),
+    Case("reduce_sum", Reduce((1,)), ((3, 4),)),
+    Case("reduce_mean_keepdim", Reduce((0, 2), keepdim=True, scale=1 / 6), ((2, 4, 3),)),
+    Case("reduce_negative_scale", Reduce((0,), scale=-2.5), ((5, 2),)),
+    Case("interpolate_linear", Interpolate("linear", scale=(2.5,)), ((2, 4),)),
+    Case(
+        "interpolate_bilinear_corners", Interpolate("bilinear", size=(5, 3), align_corners=True), ((2, 3, 4),)
+    ),
+    Case("interpolate_trilinear", Interpolate("trilinear", size=(3, 4, 2)), ((1, 2, 3, 3),)),
     Case("relu", ReLU(), ((3, 4),)),
     Case("relu_zero_lower", ReLU(), ((7,),), relu_lower="zero"),
     Case("leaky_relu", ReLU(0.1), ((6,),)),
@@ -116,6 +126,7 @@ CASES = (
     Case("param_ramp_per_neuron", Ramp(0.1 + 3 * _w(2, 3).abs(), eta=0.3, channel_dim=None), ((2, 3),)),
     Case("sigmoid", SShaped("sigmoid"), ((3, 5),)),
     Case("tanh", SShaped("tanh"), ((2, 6),)),
+    Case("erf", SShaped("erf"), ((3, 5),)),
     Case("exp", Exp(), ((2, 5),)),
     Case("log", Log(), ((6,),), domain=_positive),
     Case("softplus", Softplus(), ((2, 4),)),

@@ -1,5 +1,16 @@
 """Operators, one module per family; importing this package registers every operator and converter."""
 
 from verifier.graph import onnx2torch_compat  # noqa: F401  (before the modules that import onnx2torch)
-from verifier.ops import activations, conv, elementwise, linear, periodic, piecewise, pooling, shape  # noqa: F401
+from verifier.ops import (  # noqa: F401
+    activations,
+    conv,
+    elementwise,
+    linear,
+    periodic,
+    piecewise,
+    pooling,
+    reduce,
+    resize,
+    shape,
+)
 from verifier.ops.base import OPS, Affine, Nonlinear, Op, Relaxation, RelaxConfig  # noqa: F401

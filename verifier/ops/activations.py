@@ -1,8 +1,9 @@
 """Elementwise activations: ReLU / LeakyReLU (one piecewise-linear rule), ParamRamp, and the S-shaped Sigmoid /
-Tanh."""
+Tanh / Erf."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -195,15 +196,25 @@ def _tanh_grad(x: Tensor) -> Tensor:
     return 1 - torch.tanh(x) ** 2
 
 
-_FUNCTIONS = {"sigmoid": (torch.sigmoid, _sigmoid_grad), "tanh": (torch.tanh, _tanh_grad)}
-_SEARCH_SPAN = 20.0  # tangent points are searched in [0, 20]; beyond it both functions are flat in float64
+def _erf_grad(x: Tensor) -> Tensor:
+    return (2 / math.sqrt(math.pi)) * torch.exp(-(x**2))
+
+
+_FUNCTIONS = {
+    "sigmoid": (torch.sigmoid, _sigmoid_grad),
+    "tanh": (torch.tanh, _tanh_grad),
+    "erf": (torch.erf, _erf_grad),
+}
+# tangent points are searched in [0, 20] (a point beyond it found unsound gives a constant line, see
+# ``_cross_line``); tanh and erf are flat in float64 well inside it (erf from about 6 on)
+_SEARCH_SPAN = 20.0
 _SEARCH_STEPS = 40
 
 
 @register
 @dataclass(frozen=True)
 class SShaped(Nonlinear):
-    """Sigmoid or Tanh: increasing, convex for h < 0, concave for h > 0.
+    """Sigmoid, Tanh or Erf: increasing, convex for h < 0, concave for h > 0.
 
     Convex box: chord above, tangent at the midpoint below; concave box: the mirror image. Box crossing
     zero: the upper line is the tangent at the point ``d >= 0`` whose tangent passes through (l, f(l))
@@ -326,6 +337,11 @@ def _sigmoid(call) -> SShaped:
 @converts(nn.Tanh, torch.tanh, F.tanh, "tanh")
 def _tanh(call) -> SShaped:
     return SShaped("tanh")
+
+
+@converts(torch.erf, torch.special.erf, "erf", Onnx2TorchClass("activations", "OnnxErf"))
+def _erf(call) -> SShaped:
+    return SShaped("erf")
 
 
 @converts(Onnx2TorchClass("functions", "OnnxFunction"))
