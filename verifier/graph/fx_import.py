@@ -7,7 +7,8 @@ are collected and reported together, naming each node."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -47,6 +48,7 @@ class Call:
     out_value: Tensor
     data: list[Data] = field(default_factory=list)
     live: bool = False
+    item: int | None = None  # for one piece of an operator with several outputs (Split): which one
 
     def param(self, t: Tensor | None) -> Tensor | None:
         """A weight as an operator holds it: the module's own tensor when the graph is live (bounds then
@@ -97,8 +99,10 @@ class Call:
         swap = lambda a: next(it) if isinstance(a, Data) else a
         args, kwargs = pytree.tree_map(swap, (self.args, self.kwargs), is_leaf=lambda a: isinstance(a, Data))
         if isinstance(self.target, str):
-            return getattr(args[0], self.target)(*args[1:], **kwargs)
-        return self.target(*args, **kwargs)
+            out = getattr(args[0], self.target)(*args[1:], **kwargs)
+        else:
+            out = self.target(*args, **kwargs)
+        return out if self.item is None else out[self.item]
 
     def run_per_sample(self, *data: Tensor) -> Tensor:
         """``run`` on one sample (batch of 1 when batched); checks the batch dimension is kept."""
@@ -143,7 +147,7 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | 
     if len(placeholders) != 1:
         raise ModelLoadError(f"models with {len(placeholders)} inputs are not supported (exactly one needed)")
     values: dict[fx.Node, Any] = {}
-    data_of: dict[fx.Node, int] = {}
+    data_of: dict[fx.Node, int | Call] = {}  # graph node index, or the call producing several pieces
     nodes = [Node("input", None, (), tuple(example.shape[1:]) if batched else tuple(example.shape))]
     failures: list[tuple[str, str]] = []
     output = None
@@ -158,7 +162,7 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | 
             _step(gm, fx_node, values, data_of, nodes, failures, batched, names or {}, live)
     if failures:
         raise UnsupportedOperatorError(failures)
-    if not isinstance(output, fx.Node) or output not in data_of:
+    if not isinstance(output, fx.Node) or not isinstance(data_of.get(output), int):
         raise ModelLoadError("the model must return a single tensor that depends on its input")
     return prune(nodes if live else fuse_bias(nodes), data_of[output], batched)
 
@@ -188,18 +192,25 @@ def _step(gm, fx_node, values, data_of, nodes, failures, batched, names, live) -
         return  # a constant given the input's shape: folded
     # ONNX models: name the ONNX node (the submodule path onnx2torch gives it) and its ONNX type
     name, kind = names.get(fx_node.target, (fx_node.name, _describe(target)))
+    producer = fx_node.args[0] if target is operator.getitem else None
+    if isinstance(data_of.get(producer), Call):  # one piece of a split: the producer, then the piece
+        name, kind = names.get(producer.target, (producer.name, _describe(_target(gm, producer))))
+        call = replace(data_of[producer], name=name, out_value=value, item=fx_node.args[1])
+    elif any(isinstance(data_of[a], Call) for a in sources):
+        failures.append((f"{kind}: takes the pieces of a split all at once", name))
+        data_of[fx_node] = _FAILED
+        return
+    else:
+        call = _call(fx_node, target, name, values, data_of, batched, live)
+    pieces = isinstance(value, (tuple, list)) and all(isinstance(v, Tensor) for v in value)
+    if pieces and call.item is None and converter_for(target) is not None:
+        data_of[fx_node] = call  # several outputs (Split): translated piece by piece, where each is used
+        return
     if not isinstance(value, Tensor):
         failures.append((f"{kind}: output is not a tensor", name))
         data_of[fx_node] = _FAILED
         return
-    marked = lambda a: (
-        Data(data_of[a], values[a]) if is_data(a) else (values[a] if isinstance(a, fx.Node) else a)
-    )
-    call_args, call_kwargs = pytree.tree_map(marked, (fx_node.args, fx_node.kwargs))
-    data = [a for a in pytree.tree_leaves((call_args, call_kwargs), is_leaf=lambda a: isinstance(a, Data))
-            if isinstance(a, Data)]  # fmt: skip
-    call = Call(name, target, tuple(call_args), dict(call_kwargs), batched, value, data, live)
-    converter = converter_for(target)
+    converter = converter_for(call.target)
     if converter is None:
         failures.append((kind, name))
         data_of[fx_node] = _FAILED
@@ -215,11 +226,23 @@ def _step(gm, fx_node, values, data_of, nodes, failures, batched, names, live) -
         data_of[fx_node] = _FAILED
         return
     if op is None:
-        data_of[fx_node] = data[0].node
+        data_of[fx_node] = call.data[0].node
         return
     shape = call.out_shape
-    nodes.append(Node(fx_node.name, op, tuple(d.node for d in data), shape))
+    nodes.append(Node(fx_node.name, op, tuple(d.node for d in call.data), shape))
     data_of[fx_node] = len(nodes) - 1
+
+
+def _call(fx_node, target, name, values, data_of, batched, live) -> Call:
+    """The converter's view of a node: graph tensors in its arguments marked as :class:`Data`."""
+    is_data = lambda a: isinstance(a, fx.Node) and a in data_of
+    marked = lambda a: (
+        Data(data_of[a], values[a]) if is_data(a) else (values[a] if isinstance(a, fx.Node) else a)
+    )
+    call_args, call_kwargs = pytree.tree_map(marked, (fx_node.args, fx_node.kwargs))
+    data = [a for a in pytree.tree_leaves((call_args, call_kwargs), is_leaf=lambda a: isinstance(a, Data))
+            if isinstance(a, Data)]  # fmt: skip
+    return Call(name, target, tuple(call_args), dict(call_kwargs), batched, values[fx_node], data, live)
 
 
 def _fetch_attr(gm: fx.GraphModule, target: str, live: bool) -> Any:

@@ -1,6 +1,7 @@
 """Data movement: every operator that only moves, copies or pads values (Flatten, Reshape, Transpose,
-Concat, Slice, Gather with constant indices, Squeeze/Unsqueeze, Pad, Expand, Tile) is one
-:class:`Rearrange`, an index map found by running the original operator once on an index tensor.
+Concat, Slice, Split, Gather with constant indices, Squeeze/Unsqueeze, Pad, Expand, Tile, nearest Resize) is
+one :class:`Rearrange`, an index map found by running the original operator once on an index tensor (each
+used piece of a Split on its own).
 Identity, Dropout (inference) and float Casts are aliases and produce no node at all."""
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ OnnxPadStatic = Onnx2TorchClass("pad", "OnnxPadStatic")
 OnnxReshape = Onnx2TorchClass("reshape", "OnnxReshape")
 OnnxSlice = Onnx2TorchClass("slice", "OnnxSlice")
 OnnxSliceV9 = Onnx2TorchClass("slice", "OnnxSliceV9")
+OnnxSplit = Onnx2TorchClass("split", "OnnxSplit")
+OnnxSplit13 = Onnx2TorchClass("split", "OnnxSplit13")
 OnnxSqueezeDynamicAxes = Onnx2TorchClass("squeeze", "OnnxSqueezeDynamicAxes")
 OnnxSqueezeStaticAxes = Onnx2TorchClass("squeeze", "OnnxSqueezeStaticAxes")
 OnnxTile = Onnx2TorchClass("tile", "OnnxTile")
@@ -126,7 +129,7 @@ _MOVES = (
     OnnxSliceV9, OnnxSlice, operator.getitem, OnnxGather, OnnxSqueezeStaticAxes, OnnxSqueezeDynamicAxes,
     torch.squeeze, "squeeze", OnnxUnsqueezeStaticAxes, OnnxUnsqueezeDynamicAxes, torch.unsqueeze, "unsqueeze",
     OnnxPadStatic, OnnxPadDynamic, F.pad, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, OnnxExpand, "expand", OnnxTile,
-    "repeat",
+    "repeat", OnnxSplit, OnnxSplit13, torch.split, "split", torch.chunk, "chunk", torch.unbind, "unbind",
 )  # fmt: skip
 
 
