@@ -95,6 +95,44 @@ class Elementwise(nn.Module):
         return self.out(torch.cat(parts, dim=1))
 
 
+class Reductions(nn.Module):
+    """Sums and means over constant dimensions, every spelling, with and without keepdim."""
+
+    def forward(self, x):  # x: [B, 2, 3, 4]
+        h = F.relu(x - 0.2)
+        parts = [h.sum(1).flatten(1), torch.mean(h, dim=(-1, 2)), x.mean(3, keepdim=True).flatten(1)]
+        parts += [torch.sum(h, dim=[1, 2], keepdim=True).flatten(1), h.sum(dim=-2).flatten(1)]
+        return torch.tanh(torch.cat(parts, dim=1))
+
+
+class Resampling(nn.Module):
+    """Nearest and (bi)linear resizing as functions and modules; erf as a function."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear")
+        self.near = nn.Upsample(size=(5, 4))
+        self.conv = nn.Conv2d(2, 2, 2)
+
+    def forward(self, x):  # x: [B, 2, 3, 3]
+        h = self.conv(F.relu(self.up(x)))  # [B, 2, 5, 5]
+        h = (
+            F.interpolate(h, size=(4, 3), mode="bilinear", align_corners=True)
+            + self.near(x)[..., :3][:, :, 1:]
+        )
+        flat = F.interpolate(torch.erf(h).flatten(2), scale_factor=1.5, mode="linear")  # [B, 2, 18]
+        return torch.special.erf(F.interpolate(flat, scale_factor=0.5, mode="nearest"))
+
+
+class Pieces(nn.Module):
+    """torch.split and chunk, their pieces used apart (one not at all)."""
+
+    def forward(self, x):  # x: [B, 6, 4]
+        a, b, _ = torch.split(F.relu(x), 2, dim=1)
+        c, d = x.chunk(2, -1)
+        return torch.cat([a - b, c.flatten(1)[:, None, :4], torch.unbind(d, 2)[1][:, None, :4]], dim=1)
+
+
 def _cnn() -> nn.Module:
     conv = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), _bn(4), nn.ReLU(), nn.MaxPool2d(2))
     head = nn.Sequential(
@@ -164,6 +202,9 @@ MODULES = {  # name -> (module builder, per-sample input shape)
     "param_ramp_mlp": (_ramp_mlp, (4,)),
     "param_ramp_cnn": (_ramp_cnn, (2, 6, 6)),
     "elementwise": (Elementwise, (4,)),
+    "reductions": (Reductions, (2, 3, 4)),
+    "resampling": (Resampling, (2, 3, 3)),
+    "pieces": (Pieces, (6, 4)),
 }
 
 

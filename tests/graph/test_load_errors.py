@@ -89,9 +89,9 @@ def test_an_output_that_does_not_depend_on_the_input(tmp_path):
 
 def test_every_unsupported_operator_is_listed_with_its_node(tmp_path):
     n = Net([1, 4])
-    path = save(tmp_path, n.model(n.op("Softmax", n.op("Erf", n.gemm(n.op("Atan", "x"), 4, 4)), axis=1)))
+    path = save(tmp_path, n.model(n.op("Softmax", n.op("Asin", n.gemm(n.op("Atan", "x"), 4, 4)), axis=1)))
     error = raised(UnsupportedOperatorError, verifier.load, path)
-    assert error.unsupported == [("Atan", "/atan_0"), ("Erf", "/erf_2"), ("Softmax", "/softmax_3")]
+    assert error.unsupported == [("Atan", "/atan_0"), ("Asin", "/asin_2"), ("Softmax", "/softmax_3")]
     for op, node in error.unsupported:
         assert f"{op} (node {node})" in str(error)
 
@@ -119,6 +119,28 @@ def test_a_supported_type_used_without_bound_rules_names_the_node(tmp_path, misu
     path = save(tmp_path, n.model("y"))
     error = raised(UnsupportedOperatorError, verifier.load, path)
     assert "bad_node" in str(error) and [node for _, node in error.unsupported] == ["bad_node"]
+
+
+REFUSALS = {  # a supported op type used in a way without bound rules, and what the error says
+    "reduce_sum_over_batch": (lambda n: n.op("ReduceSum", "x", n.ints(0, 1)), "over the batch dimension"),
+    "reduce_mean_over_all": (lambda n: n.op("ReduceMean", "x", keepdims=0), "over the batch dimension"),
+    "resize_cubic": (
+        lambda n: n.op(
+            "Resize", n.op("Reshape", "x", n.ints(1, 1, 2, 2)), "", n.const([1, 1, 2, 2]), mode="cubic"
+        ),
+        "cubic interpolation",
+    ),
+}
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_a_refused_use_names_the_node_and_the_reason(tmp_path, refusal):
+    build, reason = REFUSALS[refusal]
+    n = Net([1, 4])
+    out = build(n)
+    path = save(tmp_path, n.model(out))
+    error = raised(UnsupportedOperatorError, verifier.load, path)
+    assert [node for _, node in error.unsupported] == [n.nodes[-1].name] and reason in str(error)
 
 
 def test_a_cast_to_integer_is_unsupported(tmp_path):
@@ -209,6 +231,21 @@ def test_a_well_formed_specification_is_accepted(model):
 def test_loading_a_module_needs_a_matching_example_input():
     raised(InputError, verifier.load, torch.nn.Linear(3, 2))
     raised(ModelLoadError, verifier.load, torch.nn.Linear(3, 2), torch.zeros(1, 4))
+
+
+class _Refused(torch.nn.Module):
+    """Module uses without bound rules: all pieces of a split taken at once, a sum over the batch."""
+
+    def forward(self, x):  # x: [B, 4]
+        joined = torch.cat(torch.split(x, 2, 1), 1)
+        return joined + x.sum() + torch.mean(x, dim=0)
+
+
+def test_refused_module_uses_name_their_nodes():
+    error = raised(UnsupportedOperatorError, verifier.load, _Refused(), torch.zeros(1, 4))
+    reasons = {node: kind for kind, node in error.unsupported}
+    assert {"cat", "sum_1", "mean"} <= set(reasons)
+    assert "pieces of a split" in reasons["cat"] and "batch dimension" in reasons["mean"]
 
 
 # ------------------------------------------------------------------------- raw exceptions (known bugs)

@@ -406,6 +406,79 @@ def _():
     return n.model(n.op("Relu", h))
 
 
+@case("split_pieces_used_apart")
+def _():
+    n = Net([1, 2, 6])
+    x = n.op("Relu", "x")
+    n.nodes.append(onnx.helper.make_node("Split", [x, n.ints(2, 4)], ["s0", "s1"], axis=2, name="/split"))
+    return n.model(n.op("Add", "s0", n.op("Slice", "s1", n.ints(0), n.ints(2), n.ints(2))))
+
+
+@case("split_equal_one_piece_unused")
+def _():
+    n = Net([1, 6, 2])
+    n.nodes.append(onnx.helper.make_node("Split", ["x"], ["s0", "s1", "s2"], axis=1, name="/split"))
+    return n.model(n.op("Relu", n.op("Sub", "s2", "s0")))
+
+
+@case("resize_nearest")
+def _():
+    n = Net([1, 2, 2, 3])
+    scales = n.const([1, 1, 2, 1.5])
+    h = n.op("Resize", n.op("Relu", "x"), "", scales, mode="nearest", coordinate_transformation_mode="asymmetric",
+             nearest_mode="floor")  # fmt: skip
+    return n.model(n.op("Relu", n.conv(h, 2, 1, k=2)))
+
+
+@case("resize_linear_half_pixel_scales")
+def _():
+    n = Net([1, 2, 3, 4])
+    return n.model(
+        n.op("Relu", n.op("Resize", n.conv("x", 2, 2, k=1), "", n.const([1, 1, 2, 0.5]), mode="linear"))
+    )
+
+
+@case("resize_linear_align_corners_sizes")
+def _():
+    n = Net([1, 2, 3, 3])
+    h = n.op("Resize", n.op("Relu", "x"), "", "", n.ints(1, 2, 5, 4), mode="linear",
+             coordinate_transformation_mode="align_corners")  # fmt: skip
+    return n.model(n.op("Sub", h, n.const(0.5)))
+
+
+@case("resize_linear_1d")
+def _():
+    n = Net([1, 2, 4])
+    return n.model(n.op("Resize", n.op("Relu", "x"), "", n.const([1, 1, 1.5]), mode="linear"))
+
+
+@case("opset9_upsample_nearest")
+def _():
+    n = Net([1, 1, 2, 2])
+    h = n.op("Upsample", n.op("Relu", "x"), n.const([1, 1, 2, 3]), mode="nearest")
+    return n.model(n.op("Relu", n.op("Sub", h, n.const(0.25))), opset=9)
+
+
+@case("reduce_sum_axes_input")
+def _():
+    n = Net([1, 2, 3, 4])
+    h = n.op("ReduceSum", n.op("Relu", n.conv("x", 2, 3, k=1)), n.ints(-1, 1), keepdims=0)
+    return n.model(n.gemm(h, 3, 2))
+
+
+@case("reduce_mean_attribute_keepdims")
+def _():
+    n = Net([1, 2, 3, 4])
+    return n.model(n.op("Relu", n.op("ReduceMean", n.conv("x", 2, 3, k=1), axes=[2, 3])))
+
+
+@case("reduce_mean_of_reduce_sum_noop")
+def _():
+    n = Net([1, 3, 4])
+    h = n.op("ReduceSum", n.op("Relu", "x"), n.const([], np.int64), noop_with_empty_axes=1)
+    return n.model(n.op("ReduceMean", h, axes=[-1], keepdims=0))
+
+
 # --------------------------------------------------------------------------- convex / concave elementwise
 # Each function between two Gemms (inputs of restricted domains go through Exp, plus a shift, first), so that
 # CROWN has correlations to exploit: ``test_crown_not_looser_than_ibp`` checks that it does.
@@ -432,6 +505,7 @@ ELEMENTWISE = {
     "elementwise_abs": lambda: _between_gemms("Abs"),
     "elementwise_sin": lambda: _between_gemms("Sin"),
     "elementwise_cos": lambda: _between_gemms("Cos"),
+    "elementwise_erf": lambda: _between_gemms("Erf"),
     "elementwise_clip": lambda: _between_gemms("Clip", False, -0.3, 0.4),
     "elementwise_clip_min": lambda: _between_gemms("Clip", False, 0.1),
     "elementwise_clip_relu6": lambda: _between_gemms("Clip", False, 0.0, 6.0),
@@ -466,6 +540,7 @@ ONE_NODE = {
     "one_node_sin": ("Sin",),
     "one_node_cos": ("Cos",),
     "one_node_clip": ("Clip", -0.25, 0.5),
+    "one_node_erf": ("Erf",),
 }
 for _name, _args in ONE_NODE.items():
     case(_name)(lambda args=_args: _one_node(*args))

@@ -17,10 +17,10 @@ if TYPE_CHECKING:  # onnx itself is imported where a file is read: a cached mode
 # ONNX operator types with bound rules (or folded at load time when they only touch constants and shapes).
 SUPPORTED_ONNX_OPERATORS = frozenset({
     "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
-    "ConvTranspose", "Cos", "Div", "Dropout", "Exp", "Expand", "Flatten", "Gather", "Gemm", "GlobalAveragePool",
-    "Identity", "LeakyRelu", "Log", "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow", "Reciprocal", "Relu",
-    "Reshape", "Shape", "Sigmoid", "Sin", "Slice", "Softplus", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile",
-    "Transpose", "Unsqueeze",
+    "ConvTranspose", "Cos", "Div", "Dropout", "Erf", "Exp", "Expand", "Flatten", "Gather", "Gemm",
+    "GlobalAveragePool", "Identity", "LeakyRelu", "Log", "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow",
+    "Reciprocal", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Sin", "Slice",
+    "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Upsample",
 })  # fmt: skip
 _TARGET_OPSET = 17
 
