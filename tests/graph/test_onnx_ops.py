@@ -295,6 +295,20 @@ def _reshape_by_shape_subgraph(batch) -> onnx.ModelProto:
     return n.model(n.gemm(n.op("Reshape", h, n.op("Concat", size, n.ints(-1), axis=0)), 8, 3))
 
 
+@case("expand_folded_where_subgraph")
+def _():
+    """Expand to a shape computed as torch exports ``expand(-1, 4)``, from constants only:
+    ``Where(Equal(s, -ones), ones, s)`` with ``ones = ConstantOfShape(2)``; folded at load time."""
+    n = Net([1, 3])
+    h = n.op("ReduceMean", n.op("Relu", n.gemm("x", 3, 4)), axes=[1], keepdims=1)
+    target = n.ints(-1, 4)
+    ones = n.op(
+        "ConstantOfShape", n.ints(2), value=onnx.helper.make_tensor("one", TensorProto.INT64, [1], [1])
+    )
+    shape = n.op("Where", n.op("Equal", target, n.op("Mul", ones, n.ints(-1))), ones, target)
+    return n.model(n.gemm(n.op("Expand", h, shape), 4, 2))
+
+
 case("reshape_folded_shape_subgraph")(lambda: _reshape_by_shape_subgraph(1))
 case("reshape_folded_symbolic_batch")(lambda: _reshape_by_shape_subgraph("batch"))
 

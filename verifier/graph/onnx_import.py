@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -14,13 +15,15 @@ from verifier.errors import ModelLoadError
 if TYPE_CHECKING:  # onnx itself is imported where a file is read: a cached model needs no onnx at all
     import onnx
 
-# ONNX operator types with bound rules (or folded at load time when they only touch constants and shapes).
+# ONNX operator types with bound rules, or folded at load time when they only touch constants and shapes
+# (Shape, ConstantOfShape, Equal, Where: on graph tensors they have no rules, and loading names the node).
 SUPPORTED_ONNX_OPERATORS = frozenset({
-    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant", "Conv",
-    "ConvTranspose", "Cos", "Div", "Dropout", "Erf", "Exp", "Expand", "Flatten", "Gather", "Gemm",
-    "GlobalAveragePool", "Identity", "LeakyRelu", "Log", "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow",
-    "Reciprocal", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape", "Sigmoid", "Sin", "Slice",
-    "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose", "Unsqueeze", "Upsample",
+    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant",
+    "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand",
+    "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "Log", "MatMul", "MaxPool",
+    "Mul", "Neg", "Pad", "Pow", "Reciprocal", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape",
+    "Sigmoid", "Sin", "Slice", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
+    "Unsqueeze", "Upsample", "Where",
 })  # fmt: skip
 _TARGET_OPSET = 17
 
@@ -74,6 +77,11 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
             model = version_converter.convert_version(model, _TARGET_OPSET)
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot lift opset {opset} to {_TARGET_OPSET}: {exc}") from exc
+    elif opset > _TARGET_OPSET:  # onnx2torch lacks converters for several newer versions (ReduceMean-18,
+        # Split-18, Constant-19, ...): lower the model when onnx has the adapters (not for Split-18 or
+        # Constant-19), else convert it as it is and let onnx2torch name what it cannot convert
+        with contextlib.suppress(Exception):
+            model = version_converter.convert_version(model, _TARGET_OPSET)
     _drop_identities(model)
     _fill_clip_minimum(model)
     initializers = {t.name for t in model.graph.initializer}
