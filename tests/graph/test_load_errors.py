@@ -100,14 +100,7 @@ MISUSES = {  # a supported op type on graph tensors where it is not affine, buil
     "mul_two_tensors": lambda n: ("Mul", [n.op("Relu", "x"), n.gemm("x", 4, 4)]),
     "div_by_tensor": lambda n: ("Div", [n.const(2.0), n.op("Relu", "x")]),
     "matmul_two_tensors": lambda n: ("MatMul", [n.op("Reshape", "x", n.ints(1, 2, 2))] * 2),
-    "sub_broadcast": lambda n: (
-        "Sub",
-        [n.op("Relu", "x"), n.op("Slice", "x", n.ints(0), n.ints(1), n.ints(1))],
-    ),
-    "add_broadcast": lambda n: (
-        "Add",
-        [n.op("Slice", "x", n.ints(0), n.ints(1), n.ints(1)), n.op("Relu", "x")],
-    ),
+    "pow_two_tensors": lambda n: ("Pow", [n.op("Relu", "x"), n.gemm("x", 4, 4)]),
 }
 
 

@@ -309,6 +309,23 @@ def _():
     return n.model(n.gemm(n.op("Expand", h, shape), 4, 2))
 
 
+@case("sub_broadcast_mean")
+def _():
+    """``h - mean(h)`` over features (a normalisation's centring): Sub of two graph tensors, broadcast."""
+    n = Net([1, 3])
+    h = n.op("Relu", n.gemm("x", 3, 4))
+    return n.model(n.gemm(n.op("Sub", h, n.op("ReduceMean", h, axes=[1], keepdims=1)), 4, 2))
+
+
+@case("add_broadcast_outer")
+def _():
+    """A column plus a row: both operands broadcast, to [1, 2, 3]."""
+    n = Net([1, 4])
+    col = n.op("Reshape", n.gemm("x", 4, 2), n.ints(1, 2, 1))
+    row = n.op("Reshape", n.op("Relu", n.gemm("x", 4, 3)), n.ints(1, 1, 3))
+    return n.model(n.op("Flatten", n.op("Add", col, row), axis=1))
+
+
 case("reshape_folded_shape_subgraph")(lambda: _reshape_by_shape_subgraph(1))
 case("reshape_folded_symbolic_batch")(lambda: _reshape_by_shape_subgraph("batch"))
 

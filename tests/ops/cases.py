@@ -73,6 +73,8 @@ CASES = (
     Case("batch_norm_live", BatchNorm(_batch_norm(2), 3), ((2, 3, 3),)),
     Case("sum_add", Sum((1.0, 1.0)), ((2, 3), (2, 3))),
     Case("sum_sub", Sum((1.0, -1.0)), ((5,), (5,))),
+    Case("sum_broadcast", Sum((1.0, -1.0), ((2, 3), (3,)), (2, 3)), ((2, 3), (3,))),
+    Case("sum_broadcast_both", Sum((1.0, 1.0), ((2, 1), (1, 3)), (2, 3)), ((2, 1), (1, 3))),
     Case("conv2d_stride_pad", Conv(_w(3, 2, 3, 3), _w(3), (2, 2), (1, 1), (1, 1), 1), ((2, 5, 5),)),
     Case("conv2d_groups_dilation", Conv(_w(4, 1, 2, 2), None, (1, 1), (0, 1), (2, 2), 2), ((2, 5, 4),)),
     Case("conv1d", Conv(_w(2, 3, 3), _w(2), (2,), (1,), (1,), 1), ((3, 7),)),

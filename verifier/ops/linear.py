@@ -88,24 +88,41 @@ class ScaleShift(Affine):
 @register
 @dataclass(frozen=True)
 class Sum(Affine):
-    """``y = sum_i sign_i * x_i`` for graph tensors of one shape (residual Add, Sub)."""
+    """``y = sum_i sign_i * x_i`` for graph tensors (residual Add, Sub). With ``out_shape``, inputs of other
+    per-sample shapes ``in_shapes`` are broadcast to it (padded with unit dimensions on the left, as
+    numpy broadcasting does), e.g. ``x - mean(x)`` of a normalisation."""
 
     signs: tuple[float, ...] = (1.0, 1.0)
+    in_shapes: tuple[tuple[int, ...], ...] = ()
+    out_shape: tuple[int, ...] | None = None  # None: every input has the output's shape
 
     @property
     def arity(self) -> int:  # type: ignore[override]
         return len(self.signs)
 
+    def _padded(self, i: int) -> tuple[int, ...]:
+        shape = self.in_shapes[i]
+        return (1,) * (len(self.out_shape) - len(shape)) + tuple(shape)
+
+    def _expand(self, i: int, x: Tensor) -> Tensor:
+        if self.out_shape is None:
+            return x
+        return x.reshape(x.shape[0], *self._padded(i)).expand(x.shape[0], *self.out_shape)
+
     def forward(self, *xs: Tensor) -> Tensor:
-        return sum(s * x for s, x in zip(self.signs, xs))
+        return sum(s * self._expand(i, x) for i, (s, x) in enumerate(zip(self.signs, xs)))
 
     def linear(self, i: int, x: Tensor) -> Tensor:
-        return self.signs[i] * x
+        return self.signs[i] * self._expand(i, x)
 
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
-        return abs(self.signs[i]) * x
+        return abs(self.signs[i]) * self._expand(i, x)
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        if self.out_shape is not None:  # the adjoint of a broadcast: sum over the copies
+            padded = self._padded(i)
+            dims = [1 + d for d, (p, o) in enumerate(zip(padded, self.out_shape)) if p == 1 and o != 1]
+            a = (a.sum(dims, keepdim=True) if dims else a).reshape(a.shape[0], *in_shape)
         return self.signs[i] * a
 
 
@@ -179,9 +196,17 @@ def _binary(call, name: str) -> Affine:
     if len(data) == 2:
         if name not in ("add", "sub"):
             raise ConversionError(f"{name} of two graph tensors is not affine")
-        if call.in_shapes[0] != call.in_shapes[1]:
-            raise ConversionError(f"{name} of graph tensors with shapes {call.in_shapes} (broadcasting)")
-        return Sum((1.0, 1.0 if name == "add" else -1.0))
+        signs = (1.0, 1.0 if name == "add" else -1.0)
+        if call.in_shapes[0] == call.in_shapes[1]:
+            return Sum(signs)
+        out = call.out_shape
+        for shape in call.in_shapes:
+            padded = (1,) * (len(out) - len(shape)) + tuple(shape)
+            if len(shape) > len(out) or any(p not in (1, o) for p, o in zip(padded, out)):
+                raise ConversionError(
+                    f"{name} of graph tensors with shapes {call.in_shapes} (broadcast over the batch)"
+                )
+        return Sum(signs, tuple(tuple(s) for s in call.in_shapes), tuple(out))
     const = torch.as_tensor(call.args[1 - data[0]]).detach()
     if not const.is_floating_point():
         const = const.to(torch.get_default_dtype())
