@@ -187,25 +187,6 @@ def export(args, net, example: torch.Tensor) -> Path:
     return path
 
 
-def command_of(stored: dict) -> list[str]:
-    """The options of a checkpointed run (as it was planned, after any --minutes shortening), for
-    checkpoints that did not record their command line."""
-    skip = {"data_root", "models_dir", "checkpoint", "resume", "no_export"}
-    out = []
-    for key, value in stored.items():
-        if key in skip or value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        out += (
-            [flag]
-            if value is True
-            else [flag, *map(str, value)]
-            if isinstance(value, list)
-            else [flag, str(value)]
-        )
-    return out
-
-
 def main(argv=None) -> int:
     args = parse(argv)
     command = list(argv if argv is not None else sys.argv[1:])
@@ -231,7 +212,7 @@ def main(argv=None) -> int:
         lr_sched.load_state_dict(state["lr"])
         history, start = state["history"], state["epoch"]
         seconds = history[-1]["seconds"] if history else 0.0
-        command = state.get("argv") or command_of(state["args"])
+        command = state["argv"]
         if state["args"].get("minutes") and state["args"]["epochs"] < args.epochs:
             args.epochs = state["args"]["epochs"]  # the run was shortened to its time budget: keep its plan
         print(f"resumed {args.checkpoint} after epoch {start}")

@@ -105,9 +105,7 @@ class BoundedModel:
         batch = region.box()[0].shape[0]
         if labels.is_floating_point() or labels.numel() != batch or (labels < 0).any() or (labels >= n).any():
             raise InputError(f"labels must be {batch} integers in [0, {n}), got {labels.tolist()}")
-        eye = torch.eye(n)
-        others = torch.stack([torch.cat([eye[:y], eye[y + 1 :]]) for y in labels.tolist()])
-        C = eye[labels].unsqueeze(1) - others
+        C = margin_rows(labels, n, region.box()[0])
         return self._bound(region, method, C, relu_lower, grad, upper=False)[0]
 
     def _bound(self, region, method, C, relu_lower, grad, upper):
@@ -142,6 +140,14 @@ class BoundedModel:
         if not torch.isfinite(C).all():
             raise InputError("C contains NaN or inf")
         return C.expand(batch, -1, -1).transpose(0, 1).reshape(C.shape[1], batch, *self.output_shape)
+
+
+def margin_rows(labels: Tensor, n: int, like: Tensor) -> Tensor:
+    """``C`` [B, n - 1, n] of the margins ``f_y - f_j``, j != y in increasing order, for labels y [B]."""
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    others = torch.arange(n - 1, device=labels.device).unsqueeze(0).expand(len(labels), -1)
+    others = others + (others >= labels.unsqueeze(1))  # skip the label
+    return eye[labels].unsqueeze(1) - eye[others]
 
 
 def load(

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from verifier.api import BoundedModel
+from verifier.api import BoundedModel, margin_rows
 from verifier.engine import crown
 from verifier.engine.bounds import intermediate_bounds, interval_spec
 from verifier.engine.state import BoundConfig, BoundState
@@ -60,14 +60,6 @@ class LossTerms:
         return (self.margins > 0).all(1)
 
 
-def margin_spec(labels: Tensor, n: int, like: Tensor) -> Tensor:
-    """Engine specification [n - 1, B, n] of the margins ``f_y - f_j``, j != y in increasing order."""
-    eye = torch.eye(n, dtype=like.dtype, device=like.device)
-    others = torch.arange(n - 1, device=labels.device).unsqueeze(0).expand(len(labels), -1)
-    others = others + (others >= labels.unsqueeze(1))  # skip the label
-    return (eye[labels].unsqueeze(1) - eye[others]).transpose(0, 1)
-
-
 def certified_loss(bounded: BoundedModel, x: Tensor, y: Tensor, eps: float, method: str = "crown-ibp", *,
                    kappa: float = 0.5, beta: float = 1.0, batch_norm: str = "auto", lower: float = 0.0,
                    upper: float = 1.0) -> LossTerms:  # fmt: skip
@@ -92,7 +84,7 @@ def certified_loss(bounded: BoundedModel, x: Tensor, y: Tensor, eps: float, meth
     if y.shape[0] != logits.shape[0] or y.is_floating_point() or (y < 0).any() or (y >= n).any():
         raise InputError(f"labels must be {logits.shape[0]} integers in [0, {n})")
     natural = F.cross_entropy(logits, y)
-    spec = margin_spec(y, n, logits)
+    spec = margin_rows(y, n, logits).transpose(0, 1)  # the engine's layout: [n - 1, B, n]
     if float(eps) == 0.0:  # the set is the point: the margins are exact and the two losses coincide
         margins = torch.einsum("sbn,bn->bs", spec, logits)
         return LossTerms(natural, natural, natural, logits, margins, None, [])
