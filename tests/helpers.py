@@ -53,6 +53,19 @@ def samples(lo: Tensor, hi: Tensor, n: int, gen: torch.Generator) -> Tensor:
     return torch.cat(points)
 
 
+def joint_samples(boxes: list[tuple[Tensor, Tensor]], n: int, gen: torch.Generator) -> list[Tensor]:
+    """``samples`` of the product of several boxes (one per operand), drawn jointly so that corners of the
+    product are among them: [n_total, batch, *shape_i] per box."""
+    lo = torch.cat([b[0].flatten(1) for b in boxes], 1)
+    hi = torch.cat([b[1].flatten(1) for b in boxes], 1)
+    points, out, start = samples(lo, hi, n, gen), [], 0
+    for b in boxes:
+        size = b[0][0].numel()
+        out.append(points[:, :, start : start + size].reshape(points.shape[0], *b[0].shape))
+        start += size
+    return out
+
+
 # Rounding allowance relative to 1 + |y|: a few roundings of the working precision for one operator or a
 # small network; float32 models several layers deep, whose bounds are computed in float32 as well and
 # checked against another implementation's outputs (onnxruntime), get DEEP_FLOAT32.

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 import verifier
-from tests.helpers import BOX_KINDS, assert_inside, samples
+from tests.helpers import BOX_KINDS, assert_inside, joint_samples, samples
 from tests.ops.cases import CASES
 from verifier.engine import alpha, branching, crown
 from verifier.engine.bounds import intermediate_bounds, refresh_after
 from verifier.engine.params import Params
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.errors import BoundComputationError
-from verifier.ops.base import Nonlinear, RelaxConfig
+from verifier.ops.base import JointRelaxation, Nonlinear, RelaxConfig
 
 NONLINEAR = [c for c in CASES if isinstance(c.op, Nonlinear)]
 
@@ -26,19 +26,26 @@ NONLINEAR = [c for c in CASES if isinstance(c.op, Nonlinear)]
 @pytest.mark.parametrize("case", NONLINEAR, ids=lambda c: c.name)
 def test_every_projected_parameter_gives_a_sound_relaxation(case, kind):
     gen = torch.Generator().manual_seed(7)
-    lo, hi = case.boxes(kind, 3, torch.float64, gen)[0]
+    boxes = case.boxes(kind, 3, torch.float64, gen)
+    bounds = [t for box in boxes for t in box]
     op, cfg = case.op.to(dtype=torch.float64), RelaxConfig(case.relu_lower)
-    start = op.initial_param(lo, hi, cfg)
+    start = op.initial_param(*bounds, cfg)
     if start is None:  # nothing to optimise on this box
         return
     param = op.project(6 * torch.randn((5, *start.shape), generator=gen, dtype=torch.float64) - 3)
     assert torch.equal(op.project(start), start), "the default parameters must be sound ones"
-    rel = op.relax(lo, hi, cfg, param)
-    x = samples(lo, hi, 100, gen)  # [n, B, *shape]
-    y = op.forward(x)
-    v = x.unsqueeze(1)  # against every row of parameters: [n, 1, B, *shape]
-    assert_inside(y.unsqueeze(1).expand(-1, 5, *y.shape[1:]), rel.a_lo * v + rel.b_lo, rel.a_up * v + rel.b_up,
-                  f"{case.name} with parameters")  # fmt: skip
+    rel = op.relax(*bounds, cfg, param)
+    xs = joint_samples(boxes, 100, gen)  # per input [n, B, *shape_i]
+    y = op.forward(*[x.flatten(0, 1) for x in xs])
+    y = y.reshape(xs[0].shape[0], 1, -1, *y.shape[1:])  # against every row of parameters: [n, 1, B, *out]
+    if isinstance(rel, JointRelaxation):
+        vs = [op.broadcast(i, x.flatten(0, 1)).reshape(y.shape) for i, x in enumerate(xs)]
+        lower = sum(a * v for a, v in zip(rel.a_lo, vs)) + rel.b_lo
+        upper = sum(a * v for a, v in zip(rel.a_up, vs)) + rel.b_up
+    else:
+        v = xs[0].unsqueeze(1)
+        lower, upper = rel.a_lo * v + rel.b_lo, rel.a_up * v + rel.b_up
+    assert_inside(y.expand(-1, 5, *y.shape[2:]), lower, upper, f"{case.name} with parameters")
 
 
 def _mlp(seed: int, widths=(4, 12, 12, 12, 3), act=nn.ReLU) -> nn.Module:

@@ -15,7 +15,7 @@ import onnx
 import pytest
 import torch
 from graph_testing import Net, OnnxRunner, assert_sound
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import verifier
 
@@ -324,6 +324,98 @@ def _():
     col = n.op("Reshape", n.gemm("x", 4, 2), n.ints(1, 2, 1))
     row = n.op("Reshape", n.op("Relu", n.gemm("x", 4, 3)), n.ints(1, 1, 3))
     return n.model(n.op("Flatten", n.op("Add", col, row), axis=1))
+
+
+# ------------------------------------------------------------------- products of tensors, normalisations
+
+
+@case("mul_two_tensors")
+def _():
+    """A product of two graph tensors (of opposite-sign ranges), then a layer."""
+    n = Net([1, 4])
+    return n.model(n.gemm(n.op("Mul", n.gemm("x", 4, 5), n.op("Tanh", n.gemm("x", 4, 5))), 5, 2))
+
+
+@case("mul_broadcast_square")
+def _():
+    """A column times a row (both broadcast), and a tensor times itself."""
+    n = Net([1, 4])
+    col = n.op("Reshape", n.gemm("x", 4, 2), n.ints(1, 2, 1))
+    row = n.op("Reshape", n.op("Relu", n.gemm("x", 4, 3)), n.ints(1, 1, 3))
+    outer = n.op("Flatten", n.op("Mul", col, row), axis=1)
+    return n.model(n.op("Mul", outer, outer))
+
+
+@case("div_two_tensors")
+def _():
+    """A quotient by a positive graph tensor (``exp(h) + 0.5``)."""
+    n = Net([1, 4])
+    den = n.op("Add", n.op("Exp", n.gemm("x", 4, 3)), n.const(0.5))
+    return n.model(n.op("Div", n.gemm("x", 4, 3), den))
+
+
+@case("matmul_two_tensors")
+def _():
+    """Attention-like scores: ``q @ k^T`` of two [2, 3] maps of the input, per head of a batch of 2."""
+    n = Net([1, 6])
+    q = n.op("Reshape", n.gemm("x", 6, 12), n.ints(1, 2, 2, 3))
+    k = n.op("Transpose", n.op("Reshape", n.gemm("x", 6, 12), n.ints(1, 2, 2, 3)), perm=[0, 1, 3, 2])
+    return n.model(n.op("MatMul", q, k))
+
+
+@case("softmax_last_axis")
+def _():
+    n = Net([1, 2, 4])
+    return n.model(n.op("Softmax", n.op("Relu", n.op("MatMul", "x", n.rand(4, 4))), axis=-1))
+
+
+@case("softmax_middle_axis")
+def _():
+    n = Net([1, 3, 2])
+    return n.model(n.op("Softmax", n.op("Add", "x", n.rand(3, 2)), axis=1))
+
+
+@case("log_softmax_logits")
+def _():
+    n = Net([1, 4])
+    return n.model(n.op("LogSoftmax", n.gemm(n.op("Relu", n.gemm("x", 4, 6)), 6, 3), axis=1))
+
+
+@case("opset11_softmax_flattens_trailing_axes")
+def _():
+    """Before opset 13 Softmax normalises over all axes from ``axis`` on, taken as one."""
+    n = Net([1, 2, 3])
+    return n.model(n.op("Softmax", n.op("Add", "x", n.rand(2, 3)), axis=1), opset=11)
+
+
+@case("opset11_softmax_last_of_runtime_shape")
+def _():
+    """Softmax-11 over the last of four axes of a tensor whose shape is known only at run time (a Reshape to
+    a shape computed from ``Shape``, as the VNN-COMP ViTs do): lifting it to opset 13 wraps it in a Flatten
+    that would merge the batch dimension into the rows; the loader keeps the batch."""
+    n = Net([1, 12])
+    batch = n.op("Unsqueeze", n.op("Gather", n.op("Shape", "x"), n.const(0, np.int64), axis=0), axes=[0])
+    h = n.op("Reshape", n.op("Relu", n.gemm("x", 12, 12)), n.op("Concat", batch, n.ints(2, 2, 3), axis=0))
+    out = n.op("Softmax", h, axis=3)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, n.shape)
+    y = helper.make_tensor_value_info(out, TensorProto.FLOAT, None)
+    graph = helper.make_graph(n.nodes, "case", [x], [y], n.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 8
+    return model
+
+
+@case("layer_norm")
+def _():
+    n = Net([1, 3, 4])
+    h = n.op("Add", n.op("MatMul", "x", n.rand(4, 4)), n.rand(4))
+    return n.model(n.op("LayerNormalization", h, n.rand(4), n.rand(4), axis=-1, epsilon=1e-5))
+
+
+@case("layer_norm_two_axes_no_bias")
+def _():
+    n = Net([1, 2, 3])
+    return n.model(n.op("LayerNormalization", n.op("Relu", "x"), n.rand(2, 3), axis=1, epsilon=1e-3))
 
 
 case("reshape_folded_shape_subgraph")(lambda: _reshape_by_shape_subgraph(1))

@@ -16,6 +16,7 @@ from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
 from verifier.ops.periodic import Periodic
 from verifier.ops.piecewise import Abs, Clip
 from verifier.ops.pooling import AvgPool, MaxPool
+from verifier.ops.product import Product
 from verifier.ops.reduce import Reduce
 from verifier.ops.resize import Interpolate
 from verifier.ops.shape import Rearrange
@@ -156,6 +157,11 @@ CASES = (
     Case("sin", Periodic("sin"), ((3, 5),)),
     Case("cos", Periodic("cos"), ((3, 5),)),
     Case("sin_far", Periodic("sin"), ((8,),), domain=lambda t: t + 100.0),
+    Case("product", Product(), ((2, 3), (2, 3))),
+    Case("product_broadcast", Product(((2, 3), (3,)), (2, 3)), ((2, 3), (3,))),
+    Case("product_outer", Product(((2, 1), (1, 3)), (2, 3)), ((2, 1), (1, 3))),
+    Case("product_positive", Product(), ((4,), (4,)), domain=_positive),
+    Case("product_mixed_signs", Product(), ((4,), (4,)), domain=lambda t: t - 2.0),
     Case("maxpool", MaxPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),
     Case("maxpool_overlap_pad", MaxPool((3, 3), (2, 2), (1, 1)), ((1, 5, 5),)),
     Case("maxpool_dilation", MaxPool((2, 2), (1, 1), (0, 0), (2, 2)), ((1, 4, 4),)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import BOX_KINDS, assert_inside, case_seed, make_box, samples
+from tests.helpers import BOX_KINDS, assert_inside, case_seed, joint_samples, make_box, samples
 from tests.ops.cases import CASES
 from verifier.api import BoundedModel
 from verifier.engine.state import METHODS
@@ -32,19 +32,6 @@ def _inputs(case, kind, dtype, gen, batch=3):
     return case.boxes(kind, batch, dtype, gen)
 
 
-def _points(boxes, gen):
-    """Samples of every input, drawn jointly: [n, batch, *shape_i] per input."""
-    flat_lo = torch.cat([lo.flatten(1) for lo, _ in boxes], 1)
-    flat_hi = torch.cat([hi.flatten(1) for _, hi in boxes], 1)
-    pts = samples(flat_lo, flat_hi, 200, gen)
-    out, start = [], 0
-    for lo, _ in boxes:
-        size = lo[0].numel()
-        out.append(pts[:, :, start : start + size].reshape(pts.shape[0], *lo.shape))
-        start += size
-    return out
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", BOX_KINDS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -52,13 +39,18 @@ def test_ibp_and_relaxation_contain_samples(case, kind, dtype):
     gen = torch.Generator().manual_seed(case_seed(case.name, kind))
     op = case.op.to(dtype=dtype)
     boxes = _inputs(case, kind, dtype, gen)
-    points = _points(boxes, gen)
+    points = joint_samples(boxes, 200, gen)
     n = points[0].shape[0]
     y = op.forward(*[p.flatten(0, 1) for p in points])
     y = y.reshape(n, -1, *y.shape[1:])
     lo, hi = op.ibp(*boxes)
     assert_inside(y, lo, hi, f"{case.name} IBP")
-    if isinstance(op, Nonlinear):
+    if isinstance(op, Nonlinear) and len(boxes) > 1:
+        rel = op.relax(*[t for box in boxes for t in box], RelaxConfig(case.relu_lower))
+        xs = [op.broadcast(i, p.flatten(0, 1)).reshape(y.shape) for i, p in enumerate(points)]
+        plane = lambda slopes, const: sum(a * x for a, x in zip(slopes, xs)) + const
+        assert_inside(y, plane(rel.a_lo, rel.b_lo), plane(rel.a_up, rel.b_up), f"{case.name} relaxation")
+    elif isinstance(op, Nonlinear):
         rel = op.relax(*boxes[0], RelaxConfig(case.relu_lower))
         v = points[0]
         if rel.index is not None:

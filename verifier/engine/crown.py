@@ -11,9 +11,9 @@ import torch
 from torch import Tensor
 
 from verifier.engine.params import Params
-from verifier.engine.state import BoundState, apply_relaxation
+from verifier.engine.state import BoundState, apply_joint_relaxation, apply_relaxation
 from verifier.errors import BoundComputationError, VerifierError
-from verifier.ops.base import Affine
+from verifier.ops.base import Affine, JointRelaxation
 
 # rows of one refining pass at least: below that the fixed cost of a pass's many kernel calls dominates
 # (oval21 CNN, batch 64: 256 rows per pass 1.3x faster than 128; batch 1: 256 no slower than 84)
@@ -86,14 +86,20 @@ def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | 
             shape = nodes[src].shape
             _accumulate(pending, src, node.op.transpose(i, flat, shape).reshape(s, b, *shape))
         return const
-    src = node.inputs[0]
-    shape = nodes[src].shape
     param = None
     if params is not None:
-        lo, hi = state.bounds[src]
-        init = lambda: _per_row(node.op.initial_param(lo, hi, state.cfg.relax), s)
+        bounds = state.input_bounds(j)
+        init = lambda: _per_row(node.op.initial_param(*bounds, state.cfg.relax), s)
         param = params.get(("slope", *tag, j), init, node.op.project)
-    new, const = apply_relaxation(a, state.relaxation(j, param), int(torch.Size(shape).numel()))
+    rel = state.relaxation(j, param)
+    if isinstance(rel, JointRelaxation):
+        coeffs, const = apply_joint_relaxation(a, rel, node.op)
+        for src, new in zip(node.inputs, coeffs):
+            _accumulate(pending, src, new.reshape(s, b, *nodes[src].shape))
+        return const
+    src = node.inputs[0]
+    shape = nodes[src].shape
+    new, const = apply_relaxation(a, rel, int(torch.Size(shape).numel()))
     _accumulate(pending, src, new.reshape(s, b, *shape))
     return const
 

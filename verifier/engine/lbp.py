@@ -12,7 +12,7 @@ from torch import Tensor
 
 from verifier.engine.state import BoundState
 from verifier.graph.graph import identity_coefficients
-from verifier.ops.base import Affine, Interval, Relaxation
+from verifier.ops.base import Affine, Interval, JointRelaxation, Nonlinear, Relaxation
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,10 @@ def step(state: BoundState, k: int, inputs: list[LinearBounds]) -> LinearBounds:
     node = state.graph.nodes[k]
     if isinstance(node.op, Affine):
         return _affine(node.op, node.shape, inputs)
-    return _relaxed(state.relaxation(k), inputs[0])
+    rel = state.relaxation(k)
+    if isinstance(rel, JointRelaxation):
+        return _jointly_relaxed(rel, [_broadcast(node.op, i, b) for i, b in enumerate(inputs)])
+    return _relaxed(rel, inputs[0])
 
 
 def _affine(op: Affine, shape: tuple[int, ...], inputs: list[LinearBounds]) -> LinearBounds:
@@ -87,6 +90,32 @@ def _relaxed(rel: Relaxation, b: LinearBounds) -> LinearBounds:
     lo, lo_c = line(rel.a_lo, rel.b_lo, (lower, lower_c), (upper, upper_c))
     up, up_c = line(rel.a_up, rel.b_up, (upper, upper_c), (lower, lower_c))
     return LinearBounds(lo, lo_c, up, up_c)
+
+
+def _broadcast(op: Nonlinear, i: int, b: LinearBounds) -> LinearBounds:
+    """Input i's linear bounds as the operator's output shape sees them (``op.broadcast``)."""
+
+    def spread(t: Tensor, lead: int) -> Tensor:
+        y = op.broadcast(i, t.flatten(0, lead - 1) if lead > 1 else t)
+        return y.reshape(*t.shape[:lead], *y.shape[1:])
+
+    return LinearBounds(
+        spread(b.lower, 2), spread(b.lower_const, 1), spread(b.upper, 2), spread(b.upper_const, 1)
+    )
+
+
+def _jointly_relaxed(rel: JointRelaxation, inputs: list[LinearBounds]) -> LinearBounds:
+    """Compose planes in several inputs with each input's linear bounds (all of the output's shape): per
+    input, a positive slope keeps the side and a negative one swaps it."""
+    lower, lower_c, upper, upper_c = 0, rel.b_lo, 0, rel.b_up
+    for a_lo, a_up, b in zip(rel.a_lo, rel.a_up, inputs):
+        lo_pos, lo_neg = a_lo.clamp(min=0), a_lo.clamp(max=0)
+        up_pos, up_neg = a_up.clamp(min=0), a_up.clamp(max=0)
+        lower = lower + lo_pos * b.lower + lo_neg * b.upper
+        lower_c = lower_c + lo_pos * b.lower_const + lo_neg * b.upper_const
+        upper = upper + up_pos * b.upper + up_neg * b.lower
+        upper_c = upper_c + up_pos * b.upper_const + up_neg * b.lower_const
+    return LinearBounds(lower, lower_c, upper, upper_c)
 
 
 def _gather(t: Tensor, index: Tensor, out_shape) -> Tensor:

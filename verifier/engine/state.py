@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from verifier.graph.graph import Graph
-from verifier.ops.base import Interval, Nonlinear, Relaxation, RelaxConfig
+from verifier.ops.base import Interval, JointRelaxation, Nonlinear, Op, Relaxation, RelaxConfig
 from verifier.spec.regions import Region
 
 # method -> (intermediate bounds, output bound); "alpha" optimises slopes (both at once when both say so)
@@ -75,7 +75,7 @@ class BoundState:
     splits: dict[int, Tensor] = field(default_factory=dict)
     best: dict[int, Interval] = field(default_factory=dict)
     selections: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
-    _relaxations: dict[int, Relaxation] = field(default_factory=dict, repr=False)
+    _relaxations: dict[int, Relaxation | JointRelaxation] = field(default_factory=dict, repr=False)
 
     @property
     def batch(self) -> int:
@@ -93,14 +93,19 @@ class BoundState:
         for j in self.graph.nonlinear_consumers(k):
             self._relaxations.pop(j, None)
 
-    def relaxation(self, j: int, param: Tensor | None = None) -> Relaxation:
-        """The relaxation of nonlinear node j from the current bounds of its input (cached unless
+    def input_bounds(self, j: int) -> list[Tensor]:
+        """The bounds of node j's inputs, flattened in order (``lo_0, hi_0, lo_1, hi_1, ...``): what
+        ``Nonlinear.relax`` and ``initial_param`` take."""
+        return [t for i in self.graph.nodes[j].inputs for t in self.bounds[i]]
+
+    def relaxation(self, j: int, param: Tensor | None = None) -> Relaxation | JointRelaxation:
+        """The relaxation of nonlinear node j from the current bounds of its inputs (cached unless
         parameterised)."""
-        node = self.graph.nodes[j]
+        op = self.graph.nodes[j].op
         if param is not None:
-            return node.op.relax(*self.bounds[node.inputs[0]], self.cfg.relax, param)
+            return op.relax(*self.input_bounds(j), self.cfg.relax, param)
         if j not in self._relaxations:
-            self._relaxations[j] = node.op.relax(*self.bounds[node.inputs[0]], self.cfg.relax)
+            self._relaxations[j] = op.relax(*self.input_bounds(j), self.cfg.relax)
         return self._relaxations[j]
 
     def exact_relaxations(self) -> Tensor:
@@ -110,7 +115,9 @@ class BoundState:
         for j, node in enumerate(self.graph.nodes):
             if isinstance(node.op, Nonlinear):
                 rel = self.relaxation(j)
-                same = (rel.a_lo == rel.a_up) & (rel.b_lo == rel.b_up)  # both read the same input
+                same = rel.b_lo == rel.b_up  # both read the same inputs
+                for a_lo, a_up in _slopes(rel):
+                    same = same & (a_lo == a_up)
                 exact &= same.flatten(1).all(1)
         return exact
 
@@ -137,6 +144,27 @@ class BoundState:
 def tighten(a: Interval, b: Interval) -> Interval:
     """Intersection of two sound intervals for the same values."""
     return torch.maximum(a[0], b[0]), torch.minimum(a[1], b[1])
+
+
+def _slopes(rel: Relaxation | JointRelaxation) -> list[tuple[Tensor, Tensor]]:
+    """The (lower, upper) slope pairs of a relaxation, one per input."""
+    if isinstance(rel, JointRelaxation):
+        return list(zip(rel.a_lo, rel.a_up))
+    return [(rel.a_lo, rel.a_up)]
+
+
+def apply_joint_relaxation(a: Tensor, rel: JointRelaxation, op: Op) -> tuple[list[Tensor], Tensor]:
+    """``apply_relaxation`` for an operator of several inputs: the positive part of ``a`` ([S, B, *out])
+    takes the lower planes, the negative part the upper ones. Returns the coefficients on each input,
+    [S * B, *input_shape_i] (summed over the positions broadcasting copied), and the constant term [S, B]."""
+    neg = a.clamp(max=0)
+    pos = a - neg
+    const = torch.addcmul(pos * rel.b_lo, neg, rel.b_up).flatten(2).sum(-1)
+    coeffs = [
+        op.unbroadcast(i, torch.addcmul(pos * a_lo, neg, a_up).flatten(0, 1))
+        for i, (a_lo, a_up) in enumerate(zip(rel.a_lo, rel.a_up))
+    ]
+    return coeffs, const
 
 
 def apply_relaxation(a: Tensor, rel: Relaxation, in_numel: int) -> tuple[Tensor, Tensor]:

@@ -19,7 +19,7 @@ import verifier.ops  # noqa: F401  (registers every converter)
 from verifier.errors import ModelLoadError, UnsupportedOperatorError
 from verifier.graph.graph import Graph, Node, prune
 from verifier.graph.simplify import fuse_bias
-from verifier.ops.base import CONVERTERS, Onnx2TorchClass, converter_for
+from verifier.ops.base import CONVERTERS, Composite, Onnx2TorchClass, converter_for
 from verifier.ops.linear import ConversionError
 
 _FAILED = -1  # data index of a node that failed: its consumers still count as data-dependent
@@ -228,8 +228,14 @@ def _step(gm, fx_node, values, data_of, nodes, failures, batched, names, live) -
     if op is None:
         data_of[fx_node] = call.data[0].node
         return
-    shape = call.out_shape
-    nodes.append(Node(fx_node.name, op, tuple(d.node for d in call.data), shape))
+    steps = op.steps if isinstance(op, Composite) else ((op, tuple(range(len(call.data))), call.out_shape),)
+    refs = [d.node for d in call.data]
+    for m, (step, operands, shape) in enumerate(steps):
+        name = fx_node.name if m == len(steps) - 1 else f"{fx_node.name}.{m}"
+        nodes.append(Node(name, step, tuple(refs[k] for k in operands), shape))
+        refs.append(len(nodes) - 1)
+    if steps[-1][2] != call.out_shape:
+        raise ModelLoadError(f"node {name}: translated to shape {steps[-1][2]}, expected {call.out_shape}")
     data_of[fx_node] = len(nodes) - 1
 
 

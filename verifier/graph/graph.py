@@ -51,7 +51,7 @@ class Graph:
 
     def needs_bounds(self) -> set[int]:
         """Nodes whose concrete bounds the relaxations read: the inputs of nonlinear operators."""
-        return {n.inputs[0] for n in self.nodes if isinstance(n.op, Nonlinear)}
+        return {i for n in self.nodes if isinstance(n.op, Nonlinear) for i in n.inputs}
 
     def nonlinear_consumers(self, k: int) -> tuple[int, ...]:
         """The nonlinear nodes reading node k (whose relaxations depend on k's bounds)."""

@@ -20,9 +20,9 @@ if TYPE_CHECKING:  # onnx itself is imported where a file is read: a cached mode
 SUPPORTED_ONNX_OPERATORS = frozenset({
     "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant",
     "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand",
-    "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "Log", "MatMul", "MaxPool",
-    "Mul", "Neg", "Pad", "Pow", "Reciprocal", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape",
-    "Sigmoid", "Sin", "Slice", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
+    "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LayerNormalization", "LeakyRelu", "Log",
+    "LogSoftmax", "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow", "Reciprocal", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape",
+    "Sigmoid", "Sin", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
     "Unsqueeze", "Upsample", "Where",
 })  # fmt: skip
 _TARGET_OPSET = 17
@@ -84,6 +84,7 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
             model = version_converter.convert_version(model, _TARGET_OPSET)
     _drop_identities(model)
     _fill_clip_minimum(model)
+    _softmax_rows_keep_batch(model)
     initializers = {t.name for t in model.graph.initializer}
     if any(i.name in initializers for i in model.graph.input):  # old exporters list weights as inputs
         keep = [i for i in model.graph.input if i.name not in initializers]
@@ -107,6 +108,49 @@ def _fill_clip_minimum(model: onnx.ModelProto) -> None:
             name = f"{node.output[0]}_no_minimum_{k}"
             model.graph.initializer.append(helper.make_tensor(name, TensorProto.FLOAT, [], [-math.inf]))
             node.input[1] = name
+
+
+def _softmax_rows_keep_batch(model: onnx.ModelProto) -> None:
+    """Rewrite ``Flatten(axis >= 2) -> (Log)Softmax(last axis) -> Reshape`` (how onnx's version converter
+    lifts a Softmax of opset < 13 over trailing dimensions) so that the Flatten keeps the leading
+    dimensions: a Reshape to ``[d_0, ..., d_{axis-1}, -1]`` (ONNX Reshape copies a dimension given as 0).
+    The softmax is row-wise either way, and the final Reshape restores the same shape from the same
+    element order; the plain Flatten would merge the batch dimension into the rows."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    attr = lambda node, name, default: next(
+        (helper.get_attribute_value(a) for a in node.attribute if a.name == name), default
+    )
+    users: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    for k, node in enumerate(model.graph.node):
+        axis = attr(node, "axis", 1)
+        if node.op_type != "Flatten" or node.domain not in ("", "ai.onnx") or axis < 2:
+            continue
+        softmaxes = users.get(node.output[0], [])
+        rowwise = all(
+            u.op_type in ("Softmax", "LogSoftmax") and attr(u, "axis", -1) in (-1, 1) for u in softmaxes
+        )
+        reshaped = all(
+            [c.op_type for c in users.get(u.output[0], [])]
+            and all(c.op_type == "Reshape" for c in users[u.output[0]])
+            for u in softmaxes
+        )
+        if not (softmaxes and rowwise and reshaped):
+            continue
+        shape = f"{node.output[0]}_rows_shape_{k}"
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([0] * axis + [-1], dtype=np.int64), shape)
+        )
+        node.op_type = "Reshape"
+        del node.attribute[:]
+        node.input.append(shape)
+        for u in softmaxes:  # the last axis of the rows, whatever their rank now
+            del u.attribute[:]
+            u.attribute.append(helper.make_attribute("axis", -1))
 
 
 def _drop_identities(model: onnx.ModelProto) -> None:

@@ -11,8 +11,10 @@ Two kinds cover every operator:
 * :class:`Affine`: ``y = sum_i J_i x_i + c`` exactly. It gives the linear maps ``J_i`` and ``|J_i|``
   (elementwise absolute value of the coefficients) and the offset ``c``; IBP, the CROWN backward step
   (``J_i^T``, by default the vector-Jacobian product of ``J_i``) and the LBP forward step follow from these.
-* :class:`Nonlinear`: one input. It gives IBP and a :class:`Relaxation`: two lines per output that bracket
-  the function for every input in the box, optionally after a gather of its input (max pooling).
+* :class:`Nonlinear`: IBP and a relaxation: two linear functions per output that bracket the operator for
+  every input in the box. With one input a :class:`Relaxation` (lines in that input, optionally after a
+  gather of it: max pooling); with several (products of two graph tensors) a :class:`JointRelaxation`
+  (planes in all inputs, broadcast to the output's shape).
 """
 
 from __future__ import annotations
@@ -86,7 +88,15 @@ class Affine(Op):
         """Centre and radius: ``y = J c + c0 +- |J| r`` contains ``J x + c0`` for every x in the box."""
         centre = self.forward(*[(lo + hi) * 0.5 for lo, hi in bounds])  # exact halving, as / 2
         radius = sum(self.abs_linear(i, (hi - lo) * 0.5) for i, (lo, hi) in enumerate(bounds))
-        return centre - radius, centre + radius
+        return unbounded_where_nan(centre - radius, centre + radius)
+
+
+def unbounded_where_nan(lo: Tensor, hi: Tensor) -> Interval:
+    """Interval arithmetic on an infinite input bound can meet ``inf - inf`` or ``0 * inf``: nothing finite
+    is known there, and the infinite interval is the sound answer."""
+    if torch.isnan(lo.sum() + hi.sum()):  # cheap test first (also true for sums of opposite infinities)
+        lo, hi = torch.where(lo.isnan(), -torch.inf, lo), torch.where(hi.isnan(), torch.inf, hi)
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,20 @@ class Relaxation:
 
 
 @dataclass(frozen=True)
+class JointRelaxation:
+    """Planes around an operator of several inputs, valid for every input in their boxes.
+
+    With ``x_i`` broadcast to the output's shape: ``sum_i a_lo[i] * x_i + b_lo <= op(x) <= sum_i a_up[i] *
+    x_i + b_up``, every tensor of shape [B, *output_shape] (or [R, B, *output_shape] when parameterised per
+    row). The operator's ``unbroadcast`` maps output-shaped coefficients back onto each input."""
+
+    a_lo: tuple[Tensor, ...]
+    b_lo: Tensor
+    a_up: tuple[Tensor, ...]
+    b_up: Tensor
+
+
+@dataclass(frozen=True)
 class RelaxConfig:
     """Choices a relaxation may depend on. ``relu_lower``: "adaptive" (CROWN) or "zero"."""
 
@@ -112,7 +136,12 @@ class RelaxConfig:
 
 
 class Nonlinear(Op):
-    """A one-input nonlinear operator: IBP plus a sound linear relaxation.
+    """A nonlinear operator: IBP plus a sound linear relaxation.
+
+    ``relax`` and ``initial_param`` take the bounds of every input in order, flattened (``lo_0, hi_0, lo_1,
+    hi_1, ...``); below they are written for the common one-input case. An operator of several inputs
+    returns a :class:`JointRelaxation` and gives ``unbroadcast`` and ``broadcast``; its ``needs_bounds``
+    is asked about each input on its own.
 
     A relaxation may have free parameters (e.g. the slope of ReLU's lower line): ``initial_param`` gives
     their default value (shape [B, *input_shape], or with leading rows [R, B, *input_shape] for one set
@@ -136,9 +165,17 @@ class Nonlinear(Op):
         raise NotImplementedError
 
     def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
-        """Mask over the input (shape of ``lo``) of neurons whose relaxation is inexact with these bounds:
+        """Mask over an input (shape of ``lo``) of neurons whose relaxation is inexact with these bounds:
         where tighter pre-activation bounds can help. Default: every non-degenerate neuron."""
         return lo < hi
+
+    def broadcast(self, i: int, x: Tensor) -> Tensor:
+        """Input i ([N, *input_shape_i]) as the output's shape sees it ([N, *output_shape])."""
+        return x
+
+    def unbroadcast(self, i: int, a: Tensor) -> Tensor:
+        """The adjoint of ``broadcast``: coefficients [N, *output_shape] summed onto input i's positions."""
+        return a
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -152,6 +189,38 @@ def register(cls: type[Op]) -> type[Op]:
         raise ValueError(f"operator {cls.__name__} registered twice")
     OPS.append(cls)
     return cls
+
+
+@dataclass(frozen=True)
+class Composite:
+    """One source operator translated into several graph nodes (Softmax, LayerNorm, MatMul of two graph
+    tensors), each an operator with its own bound rules. Operands are numbered: the call's graph tensors
+    first (0 .. d-1), then the steps in order (d, d+1, ...); the last step is the operator's output."""
+
+    steps: tuple[tuple[Op, tuple[int, ...], tuple[int, ...]], ...]  # (op, operands, per-sample shape)
+
+
+class Steps:
+    """Builds a :class:`Composite`: ``add`` appends a step and returns its operand number; shapes are found by
+    running each step once on a probe."""
+
+    def __init__(self, in_shapes: list[tuple[int, ...]], dtype: torch.dtype):
+        self.shapes = [tuple(s) for s in in_shapes]
+        self.dtype = dtype
+        self.steps: list[tuple[Op, tuple[int, ...], tuple[int, ...]]] = []
+
+    def add(self, op: Op, *operands: int) -> int:
+        probes = [torch.ones((1, *self.shapes[k]), dtype=self.dtype) for k in operands]
+        shape = tuple(op.forward(*probes).shape[1:])
+        self.steps.append((op, tuple(operands), shape))
+        self.shapes.append(shape)
+        return len(self.shapes) - 1
+
+    def shape(self, k: int) -> tuple[int, ...]:
+        return self.shapes[k]
+
+    def done(self) -> Composite:
+        return Composite(tuple(self.steps))
 
 
 Converter = Callable[..., object]
@@ -186,7 +255,8 @@ def converts(*targets: object) -> Callable[[Converter], Converter]:
     """Register a translator from torch.fx targets (module classes, functions, method names) to an Op.
 
     A converter is called as ``conv(call)`` with a :class:`verifier.graph.fx_import.Call` and returns an Op
-    (whose inputs are the call's data arguments, in order) or ``None`` to alias its single data input.
+    (whose inputs are the call's data arguments, in order), a :class:`Composite`, or ``None`` to alias its
+    single data input.
     """
 
     def deco(fn: Converter) -> Converter:

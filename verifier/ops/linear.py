@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from verifier.ops.base import Affine, Onnx2TorchClass, converts, register
+from verifier.ops.base import Affine, Onnx2TorchClass, converts, register, unbounded_where_nan
 
 # onnx2torch's modules, named without importing it (see ``Onnx2TorchClass``)
 OnnxBatchNorm = Onnx2TorchClass("batch_norm", "OnnxBatchNorm")
@@ -69,6 +69,12 @@ class ScaleShift(Affine):
 
     def maps_boxes_to_boxes(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
         return in_shape == out_shape  # a broadcasting shift copies coordinates
+
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        """Coordinatewise: the images of the ends, ordered (exact; an infinite end stays infinite on its
+        side instead of meeting inf - inf)."""
+        a, b = (self.forward(t) for t in bounds)
+        return unbounded_where_nan(torch.minimum(a, b), torch.maximum(a, b))
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         if tuple(a.shape[1:]) != tuple(in_shape):  # a shift broadcast the input: sum over the copies
@@ -140,10 +146,15 @@ def _linear_function(call) -> Linear:
 
 
 @converts(OnnxMatMul, torch.matmul, operator.matmul, "matmul")
-def _matmul(call) -> Linear:
-    """``data @ W`` with a constant matrix W; ``W @ data`` only for an unbatched 1-d input (then W x)."""
+def _matmul(call):
+    """``data @ W`` with a constant matrix W; ``W @ data`` only for an unbatched 1-d input (then W x); the
+    product of two graph tensors is a composite of products (``verifier.ops.product``)."""
+    if len(call.args) == 2 and len(call.data) == 2:
+        from verifier.ops.product import matmul  # product.py builds on this module
+
+        return matmul(call.in_shapes, call.out_dtype)
     if len(call.args) != 2 or len(call.data) != 1:
-        raise ConversionError("MatMul of two graph tensors is not affine")
+        raise ConversionError("MatMul needs two operands")
     w = call.args[1 - call.data_positions[0]].detach()
     if w.dim() != 2:
         raise ConversionError(f"MatMul by a constant of rank {w.dim()} (only matrices are supported)")
@@ -190,12 +201,15 @@ def _torch_binary(call):
     return _binary(call, name)
 
 
-def _binary(call, name: str) -> Affine:
-    """Add/Sub/Mul/Div with one constant operand become ScaleShift; Add/Sub of two graph tensors a Sum."""
+def _binary(call, name: str):
+    """Add/Sub/Mul/Div with one constant operand become ScaleShift; Add/Sub of two graph tensors a Sum,
+    Mul and Div of two graph tensors products (``verifier.ops.product``)."""
     data = call.data_positions
+    if len(data) == 2 and name in ("mul", "div"):
+        from verifier.ops.product import product, quotient  # product.py builds on this module
+
+        return product(call.in_shapes) if name == "mul" else quotient(call.in_shapes, call.out_dtype)
     if len(data) == 2:
-        if name not in ("add", "sub"):
-            raise ConversionError(f"{name} of two graph tensors is not affine")
         signs = (1.0, 1.0 if name == "add" else -1.0)
         if call.in_shapes[0] == call.in_shapes[1]:
             return Sum(signs)

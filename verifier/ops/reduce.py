@@ -41,6 +41,12 @@ class Reduce(Affine):
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
         return self._sum(x) * abs(self.scale)
 
+    def ibp(self, bounds) -> tuple[Tensor, Tensor]:
+        """A sum of one sign: the sums of the ends (exact, and infinite ends stay meaningful: a sum of
+        exponentials is at least the sum of their lower bounds even when some upper bound overflows)."""
+        lo, hi = (self.linear(0, t) for t in bounds)
+        return (lo, hi) if self.scale >= 0 else (hi, lo)
+
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         """Each input coordinate enters one sum with weight ``scale``: broadcast the sums back."""
         if not self.keepdim:

@@ -1,0 +1,148 @@
+"""Products of two graph tensors: Mul (with broadcasting), and what is built from it: Div by a graph tensor
+(``x * y ** -1``) and MatMul of two graph tensors (a broadcast product summed over the shared dimension).
+
+The one rule is McCormick's. On the box ``x in [xl, xu]``, ``y in [yl, yu]``:
+
+* ``(x - xl)(y - yl) >= 0`` and ``(xu - x)(yu - y) >= 0`` give the lower planes
+  ``P1 = yl x + xl y - xl yl`` and ``P2 = yu x + xu y - xu yu``;
+* ``(x - xl)(yu - y) >= 0`` and ``(xu - x)(y - yl) >= 0`` give the upper planes
+  ``Q1 = yu x + xl y - xl yu`` and ``Q2 = yl x + xu y - xu yl``.
+
+Any convex combination ``t P1 + (1 - t) P2`` (``t`` in [0, 1]) is again below ``x y`` on the box, and the
+same holds above for the Q's: the two weights per output are the relaxation's free parameters
+(alpha-CROWN). Every plane leaves the same area (volume) to ``x y`` over the box, so the default is the
+middle, ``t = 1/2``, whose largest gap is the smallest. Planes are computed in float64 and their
+intercepts moved outward by a few roundings, so they stay sound after the cast and the caller's arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from verifier.ops.base import Composite, JointRelaxation, Nonlinear, RelaxConfig, Steps, register
+from verifier.ops.elementwise import Power
+from verifier.ops.linear import ConversionError
+from verifier.ops.reduce import Reduce
+from verifier.ops.shape import Rearrange
+
+
+@register
+@dataclass(frozen=True)
+class Product(Nonlinear):
+    """``z = x * y`` elementwise for two graph tensors. With ``out_shape``, inputs of the per-sample shapes
+    ``in_shapes`` are broadcast to it (padded with unit dimensions on the left, as numpy does)."""
+
+    in_shapes: tuple[tuple[int, ...], ...] = ()
+    out_shape: tuple[int, ...] | None = None  # None: both inputs have the output's shape
+
+    arity = 2
+
+    def _padded(self, i: int) -> tuple[int, ...]:
+        shape = self.in_shapes[i]
+        return (1,) * (len(self.out_shape) - len(shape)) + tuple(shape)
+
+    def broadcast(self, i: int, x: Tensor) -> Tensor:
+        if self.out_shape is None:
+            return x
+        return x.reshape(x.shape[0], *self._padded(i)).expand(x.shape[0], *self.out_shape)
+
+    def unbroadcast(self, i: int, a: Tensor) -> Tensor:
+        if self.out_shape is None:
+            return a
+        padded = self._padded(i)
+        dims = [1 + d for d, (p, o) in enumerate(zip(padded, self.out_shape)) if p == 1 and o != 1]
+        return (a.sum(dims, keepdim=True) if dims else a).reshape(a.shape[0], *self.in_shapes[i])
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.broadcast(0, x) * self.broadcast(1, y)
+
+    def ibp(self, x_bounds, y_bounds) -> tuple[Tensor, Tensor]:
+        """The extremes of a bilinear function over a box are at its corners. Rounding to nearest is
+        monotone, so the rounded corner products also bound the rounded product of any point."""
+        (xl, xu), (yl, yu) = [
+            tuple(self.broadcast(i, t) for t in b) for i, b in enumerate((x_bounds, y_bounds))
+        ]
+        corners = torch.stack([xl * yl, xl * yu, xu * yl, xu * yu])
+        return corners.min(0).values, corners.max(0).values
+
+    def initial_param(self, xl, xu, yl, yu, cfg: RelaxConfig) -> Tensor | None:
+        """The weights (t of the lower planes, s of the upper ones), [B, 2, *out]: 1/2 each."""
+        if not ((xl < xu).any() and (yl < yu).any()):
+            return None  # one factor is constant everywhere: the planes are exact
+        shape = self.broadcast(0, xl).shape
+        return torch.full((shape[0], 2, *shape[1:]), 0.5, dtype=xl.dtype, device=xl.device)
+
+    def project(self, param: Tensor) -> Tensor:
+        return param.clamp(0.0, 1.0)
+
+    def relax(self, xl, xu, yl, yu, cfg: RelaxConfig, param: Tensor | None = None) -> JointRelaxation:
+        dtype = xl.dtype
+        xl, xu, yl, yu = (self.broadcast(i // 2, t).double() for i, t in enumerate((xl, xu, yl, yu)))
+        if param is None:
+            t = s = 0.5
+        else:
+            weights = param.double().movedim(-1 - len(xl.shape[1:]), 0)  # [2, (R,) B, *out]
+            t, s = weights[0], weights[1]
+        ax_lo, ay_lo = t * yl + (1 - t) * yu, t * xl + (1 - t) * xu
+        b_lo = -(t * xl * yl + (1 - t) * xu * yu)
+        ax_up, ay_up = s * yu + (1 - s) * yl, s * xl + (1 - s) * xu
+        b_up = -(s * xl * yu + (1 - s) * xu * yl)
+        # what the casts to ``dtype`` and the caller's products and sums can round, scaled to the terms
+        eps = torch.finfo(dtype).eps
+        rx, ry = torch.maximum(xl.abs(), xu.abs()), torch.maximum(yl.abs(), yu.abs())
+        slack_lo = 8 * eps * (1 + ax_lo.abs() * rx + ay_lo.abs() * ry + b_lo.abs())
+        slack_up = 8 * eps * (1 + ax_up.abs() * rx + ay_up.abs() * ry + b_up.abs())
+        cast = lambda v: v.to(dtype)
+        return JointRelaxation(
+            (cast(ax_lo), cast(ay_lo)),
+            cast(b_lo - slack_lo),
+            (cast(ax_up), cast(ay_up)),
+            cast(b_up + slack_up),
+        )
+
+
+# ------------------------------------------------------------------------------------------ converters
+
+
+def broadcast_shape(shapes: list[tuple[int, ...]], what: str) -> tuple[int, ...]:
+    """numpy's broadcast of per-sample shapes (the batch dimension is never broadcast)."""
+    try:
+        return tuple(torch.broadcast_shapes(*[torch.Size(s) for s in shapes]))
+    except RuntimeError as exc:
+        raise ConversionError(f"{what} of graph tensors with shapes {shapes} do not broadcast") from exc
+
+
+def product(shapes: list[tuple[int, ...]]) -> Product:
+    """The Product of two graph tensors of these per-sample shapes."""
+    out = broadcast_shape(shapes, "product")
+    if all(tuple(s) == out for s in shapes):
+        return Product()
+    return Product(tuple(tuple(s) for s in shapes), out)
+
+
+def quotient(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> Composite:
+    """``x / y`` as ``x * y ** -1`` (bounded where y keeps one sign: the reciprocal refuses the rest)."""
+    steps = Steps(shapes, dtype)
+    inverse = steps.add(Power(-1.0), 1)
+    steps.add(product([shapes[0], steps.shape(inverse)]), 0, inverse)
+    return steps.done()
+
+
+def matmul(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> Composite:
+    """``x @ y`` of two graph tensors [..., i, k] and [..., k, j]: ``x[..., i, k, 1] * y[..., 1, k, j]``
+    summed over k, each product relaxed on its own (leading dimensions broadcast)."""
+    (x, y) = shapes
+    if len(x) < 2 or len(y) < 2 or x[-1] != y[-2]:
+        raise ConversionError(
+            f"MatMul of graph tensors with per-sample shapes {x} and {y} (rank >= 2 needed)"
+        )
+    steps = Steps(shapes, dtype)
+    size = lambda s: int(torch.Size(s).numel())
+    left = steps.add(Rearrange((size(x),), (*x, 1)), 0)
+    right = steps.add(Rearrange((size(y),), (*y[:-2], 1, *y[-2:])), 1)
+    terms = steps.add(product([steps.shape(left), steps.shape(right)]), left, right)
+    rank = len(steps.shape(terms))
+    steps.add(Reduce((rank - 2,)), terms)
+    return steps.done()
