@@ -39,8 +39,11 @@ class BoundedModel:
         self.source = source
         self.module = module  # the live module (``load(..., live=True)``), else None
 
-    input_shape = property(lambda self: self.graph.input_shape, doc="per-sample input shape (flat (n,) with "
-                           "several inputs: their row-major concatenation, what regions are over)")
+    input_shape = property(
+        lambda self: self.graph.input_shape,
+        doc="per-sample input shape (flat (n,) with "
+        "several inputs: their row-major concatenation, what regions are over)",
+    )
     input_shapes = property(lambda self: self.graph.input_shapes, doc="per-sample shape of each model input")
     output_shape = property(lambda self: self.graph.output_shape, doc="per-sample output shape")
     has_batch_dim = property(lambda self: self.graph.batched, doc="whether the source model's input has one")

@@ -68,7 +68,9 @@ class Graph:
             raise InputError(f"{len(x)} input tensors given, the model has {len(shapes)}")
         for i, (t, shape) in enumerate(zip(x, shapes)):
             if t.dim() == 0 or tuple(t.shape[1:]) != shape or t.shape[0] != x[0].shape[0]:
-                raise InputError(f"input {i} has shape {tuple(t.shape)}; expected ({x[0].shape[0]}, *{shape})")
+                raise InputError(
+                    f"input {i} has shape {tuple(t.shape)}; expected ({x[0].shape[0]}, *{shape})"
+                )
         joined = torch.cat([t.reshape(t.shape[0], -1) for t in x], dim=1)
         return joined if self.inputs else joined.reshape(joined.shape[0], *self.input_shape)
 

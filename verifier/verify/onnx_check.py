@@ -117,7 +117,9 @@ class OnnxChecker:
         inputs, output = self.session.get_inputs(), self.session.get_outputs()[0]
         for value in inputs:
             if value.type not in _ORT_TYPES:
-                raise ModelLoadError(f"{self.path}: input {value.name!r} has unsupported element type {value.type}")
+                raise ModelLoadError(
+                    f"{self.path}: input {value.name!r} has unsupported element type {value.type}"
+                )
         shapes = tuple(tuple(d if isinstance(d, int) and d > 0 else 1 for d in i.shape) for i in inputs)
         types = tuple(_ORT_TYPES[i.type] for i in inputs)
         names = tuple(i.name for i in inputs)
