@@ -163,3 +163,15 @@ def test_inputs_with_and_without_a_batch_dimension(tmp_path):
 def test_a_model_with_both_inputs_batched_has_a_batch_dimension(tmp_path):
     model = verifier.load(two_input_file(tmp_path))
     assert model.has_batch_dim and model.input_shapes == ((4,), (3,)) and model.output_shape == (5,)
+
+
+def test_a_live_model_with_two_inputs_follows_its_parameters():
+    """``live=True``: the bounds of a two-input module follow an in-place change of its weights."""
+    module = MODULES["two_vectors"][0]().eval()
+    xs = (torch.randn(1, 4), torch.randn(1, 3))
+    model = verifier.load(module, xs, live=True)
+    flat = model.join_inputs(xs)
+    with torch.no_grad():
+        module.out.bias.add_(1.0)
+        lower, _ = model.bounds(verifier.Box(flat, flat), method="crown")
+        torch.testing.assert_close(lower, module(*xs), rtol=1e-5, atol=1e-5)
