@@ -39,7 +39,12 @@ class BoundedModel:
         self.source = source
         self.module = module  # the live module (``load(..., live=True)``), else None
 
-    input_shape = property(lambda self: self.graph.input_shape, doc="per-sample input shape")
+    input_shape = property(
+        lambda self: self.graph.input_shape,
+        doc="per-sample input shape (flat (n,) with "
+        "several inputs: their row-major concatenation, what regions are over)",
+    )
+    input_shapes = property(lambda self: self.graph.input_shapes, doc="per-sample shape of each model input")
     output_shape = property(lambda self: self.graph.output_shape, doc="per-sample output shape")
     has_batch_dim = property(lambda self: self.graph.batched, doc="whether the source model's input has one")
 
@@ -74,12 +79,22 @@ class BoundedModel:
         if tuple(x.shape[1:]) != self.input_shape:
             raise InputError(f"{what} has shape {tuple(x.shape)}; expected (batch, *{self.input_shape})")
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """Forward pass on x of shape [B, *input_shape] (cast to the model's device and precision)."""
+    def __call__(self, x: Tensor | tuple[Tensor, ...]) -> Tensor:
+        """Forward pass on x of shape [B, *input_shape], or on a tuple of the model's inputs, each
+        [B, *input_shapes[i]] (cast to the model's device and precision)."""
         return self.graph.forward(self._as_input(x))
 
-    def _as_input(self, x: Tensor) -> Tensor:
-        x = torch.as_tensor(x)
+    def join_inputs(self, xs: tuple[Tensor, ...]) -> Tensor:
+        """The flat concatenation [B, *input_shape] of the model's inputs ``xs``, each [B, *input_shapes[i]]:
+        what a region over several inputs is made of, e.g. ``Box(model.join_inputs((lx, ly)), ...)``."""
+        return self.graph.join_inputs(tuple(torch.as_tensor(x) for x in xs))
+
+    def split_input(self, x: Tensor) -> tuple[Tensor, ...]:
+        """The model's inputs, each [B, *input_shapes[i]], of the engine input ``x`` [B, *input_shape]."""
+        return self.graph.split_input(x)
+
+    def _as_input(self, x: Tensor | tuple[Tensor, ...]) -> Tensor:
+        x = self.join_inputs(x) if _is_several(x) else torch.as_tensor(x)
         self._check_input(x, "input")
         like = self._like()
         if like is not None:
@@ -142,6 +157,11 @@ class BoundedModel:
         return C.expand(batch, -1, -1).transpose(0, 1).reshape(C.shape[1], batch, *self.output_shape)
 
 
+def _is_several(x) -> bool:
+    """Whether ``x`` is a tuple or list of tensors (a model's several inputs), not one array-like."""
+    return isinstance(x, (tuple, list)) and len(x) > 0 and all(isinstance(t, Tensor) for t in x)
+
+
 def margin_rows(labels: Tensor, n: int, like: Tensor) -> Tensor:
     """``C`` [B, n - 1, n] of the margins ``f_y - f_j``, j != y in increasing order, for labels y [B]."""
     eye = torch.eye(n, dtype=like.dtype, device=like.device)
@@ -153,8 +173,14 @@ def margin_rows(labels: Tensor, n: int, like: Tensor) -> Tensor:
 def load(
     model: str | Path | nn.Module, example_input: Tensor | None = None, *, live: bool = False
 ) -> BoundedModel:
-    """Load an ONNX file, or a torch module traceable by torch.fx (with an example input [B, *shape]).
-    Models are translated with inference semantics (BatchNorm running statistics, no Dropout).
+    """Load an ONNX file, or a torch module traceable by torch.fx (with an example input [B, *shape], or a
+    tuple of them when ``forward`` takes several tensors). Models are translated with inference semantics
+    (BatchNorm running statistics, no Dropout).
+
+    Several inputs (ONNX graph inputs that are not initializers, in order; ``forward``'s positional
+    arguments): the engine's input is their concatenation, each flattened row-major, of shape (n,) per
+    sample, as in VNN-LIB; regions are over it (``BoundedModel.join_inputs``), and the model's forward pass
+    takes it or the tuple of inputs.
 
     A torch module is copied, unless ``live``: the graph's operators then hold the module's own
     parameters (and read its BatchNorm statistics) at every bound computation, so that bounds are
@@ -163,11 +189,8 @@ def load(
     once. Loading checks this: an operator holding a tensor computed from a parameter (e.g. ``x @ W.T``
     with a parameter W) is refused, naming the node. Training-mode BatchNorm: ``with_batch_statistics``."""
     if isinstance(model, nn.Module):
-        if not isinstance(example_input, Tensor) or example_input.dim() < 1:
-            raise InputError("loading a torch module needs example_input, a tensor [batch, *input_shape]")
         tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-        dtype = tensors[0].dtype if tensors else torch.get_default_dtype()
-        example = example_input[:1].detach().to(dtype)  # traced sizes are per sample
+        example = _module_example(example_input, tensors[0].dtype if tensors else torch.get_default_dtype())
         if not live:
             return _checked(_trace(copy.deepcopy(model).eval()), example, True, type(model).__name__)
         modes = {m: m.training for m in model.modules()}
@@ -183,12 +206,14 @@ def load(
     if not isinstance(model, (str, Path)):
         raise InputError(f"load() takes an ONNX path or a torch.nn.Module, not {type(model).__name__}")
     proto = onnx_import.read_onnx(model)
-    _, dims = onnx_import.data_input(proto)
-    example, batched = onnx_import.example_input(dims)
+    inputs = onnx_import.data_inputs(proto)
+    examples, batched = onnx_import.example_inputs(inputs)
     unsupported = onnx_import.unsupported_nodes(proto)
     try:
         gm = onnx_import.to_fx(proto, model)
-        return _checked(gm, example, batched, str(model), onnx_import.node_names(proto), unsupported)
+        example = examples[0] if len(examples) == 1 else examples
+        bounded = _checked(gm, example, batched, str(model), onnx_import.node_names(proto), unsupported)
+        return _named_inputs(bounded, [name for name, _ in inputs])
     except UnsupportedOperatorError as exc:  # report what translation refused too, all at once
         named = {name for _, name in unsupported}
         unsupported += [(op, name) for op, name in exc.unsupported if name not in named]
@@ -196,6 +221,28 @@ def load(
         if not unsupported:
             raise
     raise UnsupportedOperatorError(unsupported)
+
+
+def _named_inputs(bounded: BoundedModel, names: list[str]) -> BoundedModel:
+    """The model with its several inputs named as the ONNX file names them (onnx2torch renames them)."""
+    graph = bounded.graph
+    if not graph.inputs:
+        return bounded
+    inputs = tuple((name, shape) for name, (_, shape) in zip(names, graph.inputs))
+    return BoundedModel(dataclasses.replace(graph, inputs=inputs), bounded.source)
+
+
+def _module_example(example_input, dtype: torch.dtype) -> Tensor | tuple[Tensor, ...]:
+    """The first sample ([1, *shape]) of the example input, or of each of several, in ``dtype``."""
+    several = _is_several(example_input)
+    examples = tuple(example_input) if several else (example_input,)
+    if not all(isinstance(e, Tensor) and e.dim() >= 1 for e in examples):
+        raise InputError(
+            "loading a torch module needs example_input, a tensor [batch, *input_shape] (a tuple of them "
+            "for several inputs)"
+        )
+    firsts = tuple(e[:1].detach().to(dtype) for e in examples)  # traced sizes are per sample
+    return firsts if several else firsts[0]
 
 
 def _trace(module: nn.Module) -> fx.GraphModule:
@@ -242,16 +289,17 @@ def _check_live(gm: fx.GraphModule, graph: Graph, example: Tensor, module: nn.Mo
             )
 
 
-def _checked(gm, example: Tensor, batched: bool, source: str, names=None, unsupported=(),
-             live: bool = False) -> BoundedModel:  # fmt: skip
-    """Translate, then check the graph reproduces the original module on the example input."""
+def _checked(gm, example: Tensor | tuple[Tensor, ...], batched: bool, source: str, names=None,
+             unsupported=(), live: bool = False) -> BoundedModel:  # fmt: skip
+    """Translate, then check the graph reproduces the original module on the example input (or inputs)."""
+    examples = (example,) if isinstance(example, Tensor) else tuple(example)
     with torch.no_grad():
         graph = translate(gm, example, batched, names, live)
         if unsupported:
             raise UnsupportedOperatorError(list(unsupported))
-        expected = gm(example)
+        expected = gm(*examples)
         try:
-            got = graph.forward(example if batched else example.unsqueeze(0))
+            got = graph.forward(tuple(e if batched else e.unsqueeze(0) for e in examples))
         except Exception as exc:
             raise ModelLoadError(f"{source}: the translated graph fails on the example input: {exc}") from exc
         got = got if batched else got[0]

@@ -68,12 +68,15 @@ def test_a_missing_file_names_the_path(tmp_path, as_str):
     assert str(path) in str(raised(ModelLoadError, verifier.load, str(path) if as_str else path))
 
 
-def test_a_model_with_two_data_inputs(tmp_path):
-    x, z = (helper.make_tensor_value_info(k, TensorProto.FLOAT, [1, 4]) for k in "xz")
+def test_a_model_with_a_boolean_data_input_names_it(tmp_path):
+    """Several inputs load (tests/graph/test_multi_input.py); one that is not a float tensor is refused."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    z = helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    graph = helper.make_graph([helper.make_node("Add", ["x", "z"], ["y"], name="add")], "g", [x, z], [y])
+    node = helper.make_node("Where", ["mask", "x", "x"], ["y"], name="where")
+    graph = helper.make_graph([node], "g", [x, z], [y])
     path = save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
-    assert "2 data inputs" in str(raised(ModelLoadError, verifier.load, path))
+    assert "input 'mask' has element type BOOL" in str(raised(ModelLoadError, verifier.load, path))
 
 
 def test_an_output_that_does_not_depend_on_the_input(tmp_path):

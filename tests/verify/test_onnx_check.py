@@ -81,3 +81,33 @@ def test_checker_rejects_a_wrong_claim():
     assert checker.check((tight,), 0, SAT_POINT) is not None
     shifted = Case(tight.lower, tight.upper, (Disjunct(C, np.nextafter(C @ y, -np.inf)),))
     assert checker.check((shifted,), 0, SAT_POINT) is None
+
+
+def test_several_inputs_are_fed_their_slices_in_their_own_types(tmp_path):
+    """x float32 [1, 2] and y float64 [3]: the point is taken in float32 (exact in both types), x gets
+    values 0..1 and y values 2..4 of the flat point, each in its declared type (the model returns its
+    inputs concatenated)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["y"], ["y32"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["x", "flat"], ["x1"]),
+             helper.make_node("Concat", ["x1", "y32"], ["out"], axis=0)]  # fmt: skip
+    flat = helper.make_tensor("flat", TensorProto.INT64, [1], [-1])
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+              helper.make_tensor_value_info("y", TensorProto.DOUBLE, [3])]  # fmt: skip
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, [out], [flat]), opset_imports=[helper.make_opsetid("", 11)]
+    )
+    model.ir_version = 8
+    path = tmp_path / "two_types.onnx"
+    onnx.save(model, path)
+    checker = OnnxChecker(str(path))
+    assert checker.signature.input_names == ("x", "y") and checker.input_types == ("float32", "float64")
+    assert checker.dtype is np.float32 and checker.sizes == [2, 3] and checker.n_inputs == 5
+    point = np.array([1.0, 2.0, 10.0, 20.0, 30.0])
+    feed = checker.feed(point)
+    assert feed["x"].dtype == np.float32 and feed["x"].shape == (1, 2)
+    assert feed["y"].dtype == np.float64 and feed["y"].shape == (3,)
+    np.testing.assert_array_equal(checker.run(point), point)

@@ -21,6 +21,7 @@ from verifier.graph.graph import Graph, Node, prune
 from verifier.graph.simplify import fuse_bias
 from verifier.ops.base import CONVERTERS, Composite, Onnx2TorchClass, converter_for
 from verifier.ops.linear import ConversionError
+from verifier.ops.shape import Rearrange
 
 _FAILED = -1  # data index of a node that failed: its consumers still count as data-dependent
 _STATIC = ("size", "dim", getattr)  # with ONNX Shape: read only the (static) shape of their input
@@ -137,23 +138,25 @@ def _describe(target: Any) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
 
 
-def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | None = None,
-              live: bool = False) -> Graph:  # fmt: skip
-    """Translate ``gm`` run on ``example`` ([1, *shape] when batched, else the per-sample tensor).
+def translate(gm: fx.GraphModule, example: Tensor | tuple[Tensor, ...], batched: bool,
+              names: dict | None = None, live: bool = False) -> Graph:  # fmt: skip
+    """Translate ``gm`` run on ``example`` ([1, *shape] when batched, else the per-sample tensor; a tuple
+    of such tensors, one per placeholder in order, for a model with several inputs).
 
     ``names`` maps submodule paths to the source's (node name, op type), for error messages. ``live``:
     operators hold the module's parameters themselves (see ``Call.param``); no rewrite folds them."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise ModelLoadError(f"models with {len(placeholders)} inputs are not supported (exactly one needed)")
-    values: dict[fx.Node, Any] = {}
-    data_of: dict[fx.Node, int | Call] = {}  # graph node index, or the call producing several pieces
-    nodes = [Node("input", None, (), tuple(example.shape[1:]) if batched else tuple(example.shape))]
+    examples = (example,) if isinstance(example, Tensor) else tuple(example)
+    if len(placeholders) != len(examples):
+        raise ModelLoadError(f"the model takes {len(placeholders)} inputs, {len(examples)} example(s) given")
+    shapes = [tuple(e.shape[1:]) if batched else tuple(e.shape) for e in examples]
+    values: dict[fx.Node, Any] = dict(zip(placeholders, examples))
+    nodes, data_of = _input_nodes(placeholders, shapes)
     failures: list[tuple[str, str]] = []
     output = None
     for fx_node in gm.graph.nodes:
         if fx_node.op == "placeholder":
-            values[fx_node], data_of[fx_node] = example, 0
+            pass
         elif fx_node.op == "get_attr":
             values[fx_node] = _fetch_attr(gm, fx_node.target, live)
         elif fx_node.op == "output":
@@ -164,7 +167,30 @@ def translate(gm: fx.GraphModule, example: Tensor, batched: bool, names: dict | 
         raise UnsupportedOperatorError(failures)
     if not isinstance(output, fx.Node) or not isinstance(data_of.get(output), int):
         raise ModelLoadError("the model must return a single tensor that depends on its input")
-    return prune(nodes if live else fuse_bias(nodes), data_of[output], batched)
+    inputs = tuple((n.name, shape) for n, shape in zip(placeholders, shapes)) if len(shapes) > 1 else ()
+    return prune(nodes if live else fuse_bias(nodes), data_of[output], batched, inputs)
+
+
+def _input_nodes(placeholders: list[fx.Node], shapes: list[tuple[int, ...]]) -> tuple[list[Node], dict]:
+    """The graph's input nodes and the node index of each placeholder. One input is node 0 itself; several
+    are ranges of one flat node 0 of shape ``(n,)`` (their concatenation, flattened row-major in order),
+    each read by an exact ``Rearrange`` into the input's per-sample shape (``graph`` module docstring)."""
+    if len(shapes) == 1:
+        return [Node("input", None, (), shapes[0])], {placeholders[0]: 0}
+    sizes = [int(torch.Size(shape).numel()) for shape in shapes]
+    total = sum(sizes)
+    nodes = [Node("inputs", None, (), (total,))]
+    data_of: dict = {}
+    for placeholder, shape, start, size in zip(placeholders, shapes, _starts(sizes), sizes):
+        index = torch.arange(start, start + size)
+        nodes.append(Node(placeholder.name, Rearrange((total,), shape, index), (0,), shape))
+        data_of[placeholder] = len(nodes) - 1
+    return nodes, data_of
+
+
+def _starts(sizes: list[int]) -> list[int]:
+    """Offset of each piece in the concatenation of pieces of these sizes."""
+    return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 def _step(gm, fx_node, values, data_of, nodes, failures, batched, names, live) -> None:

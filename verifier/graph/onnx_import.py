@@ -55,15 +55,33 @@ def node_names(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
     return {n.name.lstrip("/"): (n.name, n.op_type) for n in model.graph.node if n.name}
 
 
-def data_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
-    """Name and dims (None where symbolic) of the single graph input that is not an initializer."""
+# ONNX element types a data input may have: the bound engine and the counterexample check work on floats
+_FLOAT_ELEMENT_TYPES = {1: "float32", 10: "float16", 11: "float64"}  # TensorProto.FLOAT, FLOAT16, DOUBLE
+
+
+def data_inputs(model: onnx.ModelProto) -> list[tuple[str, list[int | None]]]:
+    """Name and dims (None where symbolic) of every graph input that is not an initializer, in order.
+    ``ModelLoadError`` naming the input for one that is not a floating-point tensor."""
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise ModelLoadError(f"models with {len(inputs)} data inputs are not supported (exactly one needed)")
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in inputs[0].type.tensor_type.shape.dim]  # fmt: skip
-    return inputs[0].name, dims
+    if not inputs:
+        raise ModelLoadError("the ONNX graph has no data input")
+    found = []
+    for value in inputs:
+        kind = value.type.WhichOneof("value")
+        element = value.type.tensor_type.elem_type if kind == "tensor_type" else None
+        if element not in _FLOAT_ELEMENT_TYPES:
+            from onnx import TensorProto
+
+            what = TensorProto.DataType.Name(element) if element else (kind or "untyped")
+            raise ModelLoadError(
+                f"input {value.name!r} has element type {what}: only float inputs are supported "
+                "(an integer or boolean input has no box to bound over)"
+            )
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in value.type.tensor_type.shape.dim]  # fmt: skip
+        found.append((value.name, dims))
+    return found
 
 
 def to_fx(model: onnx.ModelProto, path: str | Path):
@@ -181,14 +199,18 @@ def _drop_identities(model: onnx.ModelProto) -> None:
         graph.node.extend(kept)
 
 
-def example_input(dims: list[int | None]) -> tuple[torch.Tensor, bool]:
-    """A random input of the declared shape (symbolic dims as 1) and whether dim 0 is a batch dimension:
-    it is when the input has rank >= 2 and dim 0 is 1 or symbolic."""
-    shape = [d or 1 for d in dims]
-    batched = len(dims) >= 2 and dims[0] in (None, 1)
-    if len(dims) >= 3 and not batched:
-        raise ModelLoadError(
-            f"input with a fixed batch of {dims[0]} (shape {dims}): export the model with batch 1"
-        )
+def example_inputs(inputs: list[tuple[str, list[int | None]]]) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """A random tensor of each input's declared shape (symbolic dims as 1) and whether the model has a batch
+    dimension: dim 0 of an input is one when the input has rank >= 2 and dim 0 is 1 or symbolic. When the
+    inputs disagree, the model is taken to have none: each input's whole tensor (its leading 1 included)
+    is part of the one sample."""
+    conventions = [len(dims) >= 2 and dims[0] in (None, 1) for _, dims in inputs]
+    for (name, dims), batched in zip(inputs, conventions):
+        if len(dims) >= 3 and not batched:
+            where = f"input {name!r} " if len(inputs) > 1 else "input "
+            raise ModelLoadError(
+                f"{where}with a fixed batch of {dims[0]} (shape {dims}): export the model with batch 1"
+            )
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(shape, generator=gen), batched
+    examples = tuple(torch.randn([d or 1 for d in dims], generator=gen) for _, dims in inputs)
+    return examples, all(conventions)

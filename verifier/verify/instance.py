@@ -122,8 +122,9 @@ def load_model(onnx_path: str | Path, device: str = "cpu") -> tuple[OnnxChecker,
     ``ModelLoadError`` (or a subclass) if not."""
     checker, model = cached_model(onnx_path)
     model = model.to(device=device)
-    if int(np.prod(model.input_shape)) != checker.n_inputs:
-        raise InputError(f"{onnx_path}: engine input shape {model.input_shape} does not match the ONNX input")
+    sizes = [int(np.prod(shape)) for shape in model.input_shapes]
+    if sizes != checker.sizes:
+        raise InputError(f"{onnx_path}: engine input shapes {model.input_shapes} do not match the ONNX inputs")
     return checker, model
 
 

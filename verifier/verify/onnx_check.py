@@ -64,13 +64,14 @@ def violated_disjunct(case: Case, y: np.ndarray) -> int | None:
 
 @dataclass(frozen=True)
 class OnnxSignature:
-    """The model's single input and first output as onnxruntime sees them (what the checks need to know
-    before any evaluation); ``input_shape`` has symbolic dimensions as 1 (a counterexample is one sample)."""
+    """The model's inputs and first output as onnxruntime sees them (what the checks need to know before
+    any evaluation): per input, in order, its name, element type and shape, symbolic dimensions as 1 (a
+    counterexample is one sample). A flat point is the concatenation of the inputs flattened row-major."""
 
-    input_name: str
-    input_type: str
+    input_names: tuple[str, ...]
+    input_types: tuple[str, ...]
     output_type: str
-    input_shape: tuple[int, ...]
+    input_shapes: tuple[tuple[int, ...], ...]
     n_outputs: int
 
 
@@ -81,16 +82,20 @@ class OnnxChecker:
     probe at zero counts the outputs). With a signature read before from the same file (the disk
     cache, ``model_cache``), the session, and onnxruntime's import, wait for the first evaluation: most
     runs (``unsat``, ``unknown``, ``timeout``) never evaluate a candidate counterexample.
+
+    With several inputs, ``dtype`` is the narrowest of their element types: a point in that type is
+    exactly representable in every input's type, so each input's slice is cast to its own type exactly.
     """
 
     def __init__(self, path: str, signature: OnnxSignature | None = None):
         self.path = str(path)
         self._session = None
         self.signature = signature or self._read_signature()
-        self.input_name, self.input_shape = self.signature.input_name, self.signature.input_shape
-        self.input_type, self.output_type = self.signature.input_type, self.signature.output_type
+        self.input_types, self.output_type = self.signature.input_types, self.signature.output_type
+        self.input_type = min(self.input_types, key=lambda t: np.dtype(_NUMPY_TYPES[t]).itemsize)
         self.dtype = _NUMPY_TYPES[self.input_type]
-        self.n_inputs = int(np.prod(self.input_shape))
+        self.sizes = [int(np.prod(shape)) for shape in self.signature.input_shapes]
+        self.n_inputs = sum(self.sizes)
         self.n_outputs = self.signature.n_outputs
 
     @property
@@ -109,25 +114,32 @@ class OnnxChecker:
         return self._session
 
     def _read_signature(self) -> OnnxSignature:
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            names = ", ".join(i.name for i in inputs)
-            raise ModelLoadError(f"{self.path}: expected one model input, found {len(inputs)} ({names})")
-        first, output = inputs[0], self.session.get_outputs()[0]
-        if first.type not in _ORT_TYPES:
-            raise ModelLoadError(f"{self.path}: unsupported input element type {first.type}")
-        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in first.shape)
-        input_type = _ORT_TYPES[first.type]
-        zeros = np.zeros(shape, dtype=_NUMPY_TYPES[input_type])
-        n_outputs = np.asarray(self.session.run(None, {first.name: zeros})[0]).size
-        return OnnxSignature(
-            first.name, input_type, _ORT_TYPES.get(output.type, output.type), shape, n_outputs
-        )
+        inputs, output = self.session.get_inputs(), self.session.get_outputs()[0]
+        for value in inputs:
+            if value.type not in _ORT_TYPES:
+                raise ModelLoadError(
+                    f"{self.path}: input {value.name!r} has unsupported element type {value.type}"
+                )
+        shapes = tuple(tuple(d if isinstance(d, int) and d > 0 else 1 for d in i.shape) for i in inputs)
+        types = tuple(_ORT_TYPES[i.type] for i in inputs)
+        names = tuple(i.name for i in inputs)
+        zeros = {n: np.zeros(s, dtype=_NUMPY_TYPES[t]) for n, s, t in zip(names, shapes, types)}
+        n_outputs = np.asarray(self.session.run(None, zeros)[0]).size
+        return OnnxSignature(names, types, _ORT_TYPES.get(output.type, output.type), shapes, n_outputs)
+
+    def feed(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """onnxruntime's inputs at the flat point ``x``: each input's slice, cast to its element type and
+        shaped as it is declared."""
+        flat = np.asarray(x).reshape(-1)
+        starts = np.cumsum([0, *self.sizes[:-1]])
+        signature = self.signature
+        return {name: flat[start : start + size].astype(_NUMPY_TYPES[kind]).reshape(shape)
+                for name, kind, shape, start, size in zip(signature.input_names, signature.input_types,
+                                                          signature.input_shapes, starts, self.sizes)}  # fmt: skip
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """The model's first output, flattened, at the flat input ``x`` (cast to the input type)."""
-        feed = np.asarray(x).astype(self.dtype).reshape(self.input_shape)
-        return np.asarray(self.session.run(None, {self.input_name: feed})[0]).reshape(-1)
+        """The model's first output, flattened, at the flat input ``x`` (each slice cast to its input's type)."""
+        return np.asarray(self.session.run(None, self.feed(x))[0]).reshape(-1)
 
     def check(self, cases: tuple[Case, ...], case_index: int, x: np.ndarray) -> Counterexample | None:
         """Return a ``Counterexample`` if ``x`` (cast to the input type) is in the box of ``cases[case_index]``

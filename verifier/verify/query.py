@@ -32,6 +32,7 @@ def _load(query: str, networks: list[str]) -> LoadedInstance:
     prop = load_property(query)
     path = network_path(prop.networks, networks, query)
     checker, model = load_model(path)
+    check_model_inputs(prop, checker, query, path)
     check_model_types(prop, checker, query, path)
     check_declared_types(prop, query)
     check_against_model(prop, checker.n_inputs, checker.n_outputs, query)
@@ -64,12 +65,34 @@ def network_path(declared: Sequence[str], mappings: list[str], query: str) -> st
     return pairs[0][1]
 
 
+def check_model_inputs(prop, checker, query: str, path: str) -> None:
+    """The query's declared inputs, concatenated in declaration order, must be the model's inputs in the
+    model's order (the flat input of the engine and of the counterexample check): as many, of the same
+    sizes, and, when the query uses the model's input names, declared in the model's order."""
+    declared = [v for v in prop.variables if not v.is_output]
+    names = list(checker.signature.input_names)
+    if not prop.networks or len(names) == 1:  # VNN-LIB 1.0 (flat X_i), or one input whatever its name
+        return
+    spelled = [v.name for v in declared]
+    if len(declared) != len(names):
+        raise InputError(f"{query}: declares {len(declared)} inputs ({', '.join(spelled)}); "
+                         f"{path} has {len(names)} ({', '.join(names)})")  # fmt: skip
+    if sorted(spelled) == sorted(names) and spelled != names:
+        raise InputError(f"{query}: declares the inputs in the order {', '.join(spelled)}; {path} takes them "
+                         f"in the order {', '.join(names)}: declare them in the model's order")  # fmt: skip
+    for variable, name, size in zip(declared, names, checker.sizes):
+        if math.prod(variable.shape) != size:
+            raise InputError(f"{query}: input {variable.name} {list(variable.shape)} has "
+                             f"{math.prod(variable.shape)} elements; {path}'s input {name} has {size}")  # fmt: skip
+
+
 def check_model_types(prop, checker, query: str, path: str) -> None:
     """Section 5.3.2: every declared type must be the model's, unless the query is written all in ``real``."""
     if all(t == "real" for t in prop.element_types):
         return
+    input_types = iter(checker.input_types if len(checker.input_types) > 1 else ())
     for variable in prop.variables:
-        exposed = checker.output_type if variable.is_output else checker.input_type
+        exposed = checker.output_type if variable.is_output else next(input_types, checker.input_type)
         if variable.element_type != exposed:
             raise InputError(
                 f"{query}: declares {variable.name} as {variable.element_type}, but {path} uses {exposed}"

@@ -14,7 +14,8 @@ Capabilities are answered from what the code does, not from configuration:
   margin (``bounding``), which is not a proof of soundness under float32 semantics; so a query must
   declare ``real`` (the standard's consent to real-valued analysis). A query declaring an ONNX type
   is refused with an error, as section 5.3.2 requires.
-- one network, one input and one output tensor, no hidden nodes (``SNET``, ``SIO``, ``NH``); input
+- one network, one output tensor, no hidden nodes (``SNET``, ``SIO``, ``NH``); several input tensors are
+  accepted when declared in the model's input order (their concatenation is the model's flat input); input
   constraints are bounds on single inputs and output constraints may compare outputs of the one
   output node (``SNC``; ``BND`` and ``OUTC``).
 """
