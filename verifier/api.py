@@ -184,7 +184,7 @@ def load(
         raise InputError(f"load() takes an ONNX path or a torch.nn.Module, not {type(model).__name__}")
     proto = onnx_import.read_onnx(model)
     _, dims = onnx_import.data_input(proto)
-    example, batched = onnx_import.example_input(dims)
+    example, batched = onnx_import.example_input(dims, onnx_import.data_is_double(proto))
     unsupported = onnx_import.unsupported_nodes(proto)
     try:
         gm = onnx_import.to_fx(proto, model)

@@ -66,6 +66,13 @@ def data_input(model: onnx.ModelProto) -> tuple[str, list[int | None]]:
     return inputs[0].name, dims
 
 
+def data_is_double(model: onnx.ModelProto) -> bool:
+    """Whether the data input (``data_input``) is a float64 tensor."""
+    name, _ = data_input(model)
+    (value,) = [i for i in model.graph.input if i.name == name]
+    return value.type.tensor_type.elem_type == 11  # TensorProto.DOUBLE (onnx is imported lazily)
+
+
 def to_fx(model: onnx.ModelProto, path: str | Path):
     """onnx2torch conversion, after lifting old opsets (onnx2torch refuses e.g. opset-8 Flatten)."""
     import onnx2torch  # imported here: it imports torchvision, which is slow
@@ -137,9 +144,10 @@ def _drop_identities(model: onnx.ModelProto) -> None:
         graph.node.extend(kept)
 
 
-def example_input(dims: list[int | None]) -> tuple[torch.Tensor, bool]:
-    """A random input of the declared shape (symbolic dims as 1) and whether dim 0 is a batch dimension:
-    it is when the input has rank >= 2 and dim 0 is 1 or symbolic."""
+def example_input(dims: list[int | None], double: bool = False) -> tuple[torch.Tensor, bool]:
+    """A random input of the declared shape (symbolic dims as 1; float64 when ``double``, for a model
+    whose input is) and whether dim 0 is a batch dimension: it is when the input has rank >= 2 and dim 0
+    is 1 or symbolic."""
     shape = [d or 1 for d in dims]
     batched = len(dims) >= 2 and dims[0] in (None, 1)
     if len(dims) >= 3 and not batched:
@@ -147,4 +155,4 @@ def example_input(dims: list[int | None]) -> tuple[torch.Tensor, bool]:
             f"input with a fixed batch of {dims[0]} (shape {dims}): export the model with batch 1"
         )
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(shape, generator=gen), batched
+    return torch.randn(shape, generator=gen, dtype=torch.float64 if double else torch.float32), batched

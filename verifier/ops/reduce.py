@@ -41,6 +41,10 @@ class Reduce(Affine):
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
         return self._sum(x) * abs(self.scale)
 
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        terms = math.prod(in_shape[d] for d in self.dims)
+        return terms if self.scale == 1.0 else terms + 2  # a mean: the division and the rounded scale 1 / n
+
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         """Each input coordinate enters one sum with weight ``scale``: broadcast the sums back."""
         if not self.keepdim:

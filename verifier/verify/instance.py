@@ -33,6 +33,7 @@ from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit, InputSplitConfig
 from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
+from verifier.verify import float_semantics
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.disk_cache import cached_model
@@ -184,6 +185,7 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
     """The attack / bound / branch-and-bound schedule of the module docstring on a loaded instance."""
     spec = spec_batch(loaded.prop, loaded.checker.dtype)
     model = loaded.model
+    widening = rounding_widening(loaded, spec)
     attack = Attack(model, model.input_shape, spec, loaded.checker, loaded.prop, config.attack,
                     seed=config.seed, device=config.device)  # fmt: skip
     clock = StageClock()
@@ -196,7 +198,7 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
         found = attack.run_round(deadline)
     if found is not None:
         return done("sat", "attack", found)
-    bounder = Bounder(model, spec, attack.best_x, device=config.device)
+    bounder = Bounder(model, spec, attack.best_x, device=config.device, widening=widening)
     brancher = _brancher(model, bounder, config)
     if isinstance(brancher, ReluSplit):  # its roots run alpha-CROWN and keep what it learns
         methods = tuple(m for m in methods if m != "alpha-crown")
@@ -219,6 +221,17 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
         return done("sat", "attack", found)
     deadline.check()
     return done("unknown", "")
+
+
+def rounding_widening(loaded: LoadedInstance, spec) -> np.ndarray | None:
+    """For a query declaring float32 / float64 variables, the ``(B, S)`` widening of every row's exclusion
+    margin by the rounding of the network's evaluation in that format (``float_semantics``); None for a
+    query in real arithmetic (nothing changes). Raises ``InputError`` for what cannot be analysed soundly."""
+    fmt = float_semantics.declared_format(loaded.prop, loaded.checker.output_type)
+    if fmt is None:
+        return None
+    float_semantics.check_foldings(loaded.checker.path)
+    return float_semantics.row_widening(loaded.model, spec, fmt)
 
 
 def _brancher(model, bounder: Bounder, config: VerifyConfig):
