@@ -47,12 +47,13 @@ class ReLU(Nonlinear):
         return (lo < 0) & (hi > 0)
 
     def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
-        """ReLU is exact and 1-Lipschitz: ``e_out = e``. LeakyReLU rounds ``a x^`` once:
-        ``|fl(a x^) - a x| <= |a| e + u |a x^|``, and the identity piece passes ``e``."""
+        """ReLU is exact and 1-Lipschitz: ``e_out = e``, and 0 where ``hi + e <= 0`` (exact and computed
+        inputs both <= 0: both outputs are 0). LeakyReLU rounds ``a x^`` once: ``|fl(a x^) - a x| <= |a| e
+        + u |a x^|``, and the identity piece passes ``e``."""
         (e,) = errors
         a = abs(self.negative_slope)
         if a == 0.0:
-            return e
+            return torch.where(bounds[0][1] + e <= 0, 0.0, e)
         return lipschitz_error(max(1.0, a), e, a * magnitude(bounds[0], e), 1.0, fmt)
 
     def _slope_range(self) -> tuple[float, float]:
