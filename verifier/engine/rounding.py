@@ -22,10 +22,11 @@ from verifier.engine.bounds import intermediate_bounds
 from verifier.engine.state import BoundConfig, BoundState, tighten
 from verifier.errors import InputError
 from verifier.graph.graph import Graph
-from verifier.spec.regions import Box
 from verifier.ops.rounding import FloatFormat, NoRoundingRule, magnitude
+from verifier.spec.regions import Box
 
-SAFETY = 1.0 + 1e-6  # covers the float64 arithmetic of this pass itself (relative 1e-13 at the depths we handle)
+# covers the float64 arithmetic of this pass itself (relative 1e-13 at the depths we handle)
+SAFETY = 1.0 + 1e-6
 
 
 def forward_error(graph: Graph, lo: Tensor, hi: Tensor, fmt: FloatFormat,

@@ -29,11 +29,11 @@ import verifier
 from verifier.errors import InputError
 from verifier.spec.property import Property, check_against_model
 from verifier.spec.vnnlib import load_property
+from verifier.verify import float_semantics
 from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit, InputSplitConfig
 from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
-from verifier.verify import float_semantics
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.disk_cache import cached_model
