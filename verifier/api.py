@@ -207,7 +207,7 @@ def load(
         raise InputError(f"load() takes an ONNX path or a torch.nn.Module, not {type(model).__name__}")
     proto = onnx_import.read_onnx(model)
     inputs = onnx_import.data_inputs(proto)
-    examples, batched = onnx_import.example_inputs(inputs)
+    examples, batched = onnx_import.example_inputs(inputs, onnx_import.data_is_double(proto))
     unsupported = onnx_import.unsupported_nodes(proto)
     try:
         gm = onnx_import.to_fx(proto, model)

@@ -87,12 +87,13 @@ def test_network_mapping_errors_go_to_stderr_only(query, capsys, networks):
     assert status == 1 and out == "" and len(err.strip().splitlines()) == 1
 
 
-def test_floating_point_declarations_are_refused(tmp_path, capsys):
+def test_unanalysed_floating_point_declarations_are_refused(tmp_path, capsys):
     path = tmp_path / "typed.vnnlib"
-    path.write_text(QUERY.format(type="float32"))
+    path.write_text(QUERY.format(type="float16"))
     status, out, err = run(capsys, "verify", path, "--network", f"acas={TEST_SAT[0]}")
     assert status == 1 and out == ""
-    assert "float32" in err and "real" in err
+    assert "float16" in err
+    assert run(capsys, "supports", "--onnx-element-types")[1].split() == ["real", "float32", "float64"]
 
 
 def test_supports_answers_every_standard_capability(capsys):

@@ -84,6 +84,15 @@ def data_inputs(model: onnx.ModelProto) -> list[tuple[str, list[int | None]]]:
     return found
 
 
+def data_is_double(model: onnx.ModelProto) -> bool:
+    """Whether every data input (``data_inputs``) is a float64 tensor."""
+    names = {name for name, _ in data_inputs(model)}
+    values = [i for i in model.graph.input if i.name in names]
+    return all(
+        v.type.tensor_type.elem_type == 11 for v in values
+    )  # TensorProto.DOUBLE (onnx imported lazily)
+
+
 def to_fx(model: onnx.ModelProto, path: str | Path):
     """onnx2torch conversion, after lifting old opsets (onnx2torch refuses e.g. opset-8 Flatten)."""
     import onnx2torch  # imported here: it imports torchvision, which is slow
@@ -199,8 +208,11 @@ def _drop_identities(model: onnx.ModelProto) -> None:
         graph.node.extend(kept)
 
 
-def example_inputs(inputs: list[tuple[str, list[int | None]]]) -> tuple[tuple[torch.Tensor, ...], bool]:
-    """A random tensor of each input's declared shape (symbolic dims as 1) and whether the model has a batch
+def example_inputs(
+    inputs: list[tuple[str, list[int | None]]], double: bool = False
+) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """A random tensor of each input's declared shape (symbolic dims as 1; float64 when ``double``, for a
+    model whose inputs are) and whether the model has a batch
     dimension: dim 0 of an input is one when the input has rank >= 2 and dim 0 is 1 or symbolic. When the
     inputs disagree, the model is taken to have none: each input's whole tensor (its leading 1 included)
     is part of the one sample."""
@@ -212,5 +224,6 @@ def example_inputs(inputs: list[tuple[str, list[int | None]]]) -> tuple[tuple[to
                 f"{where}with a fixed batch of {dims[0]} (shape {dims}): export the model with batch 1"
             )
     gen = torch.Generator().manual_seed(0)
-    examples = tuple(torch.randn([d or 1 for d in dims], generator=gen) for _, dims in inputs)
+    dtype = torch.float64 if double else torch.float32
+    examples = tuple(torch.randn([d or 1 for d in dims], generator=gen, dtype=dtype) for _, dims in inputs)
     return examples, all(conventions)

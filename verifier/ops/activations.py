@@ -21,6 +21,7 @@ from verifier.ops.base import (
     register,
 )
 from verifier.ops.linear import ConversionError
+from verifier.ops.rounding import FloatFormat, lipschitz_error, magnitude
 
 
 @register
@@ -44,6 +45,16 @@ class ReLU(Nonlinear):
 
     def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
         return (lo < 0) & (hi > 0)
+
+    def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
+        """ReLU is exact and 1-Lipschitz: ``e_out = e``, and 0 where ``hi + e <= 0`` (exact and computed
+        inputs both <= 0: both outputs are 0). LeakyReLU rounds ``a x^`` once: ``|fl(a x^) - a x| <= |a| e
+        + u |a x^|``, and the identity piece passes ``e``."""
+        (e,) = errors
+        a = abs(self.negative_slope)
+        if a == 0.0:
+            return torch.where(bounds[0][1] + e <= 0, 0.0, e)
+        return lipschitz_error(max(1.0, a), e, a * magnitude(bounds[0], e), 1.0, fmt)
 
     def _slope_range(self) -> tuple[float, float]:
         """Slopes of lines through the origin that stay on one side of f: between the two pieces' slopes."""
@@ -209,6 +220,9 @@ _FUNCTIONS = {
 # ``_cross_line``); tanh and erf are flat in float64 well inside it (erf from about 6 on)
 _SEARCH_SPAN = 20.0
 _SEARCH_STEPS = 40
+# Assumed accuracy of the runtime's sigmoid / tanh / erf, in units u of 1 (an absolute error, since the
+# fast implementations approximate with absolute rather than relative accuracy; stated in the README)
+IMPLEMENTATION_ULPS = 16.0
 
 
 @register
@@ -230,6 +244,14 @@ class SShaped(Nonlinear):
     def ibp(self, bounds) -> tuple[Tensor, Tensor]:
         lo, hi = bounds
         return self.forward(lo), self.forward(hi)
+
+    def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
+        """``e_out = L e + IMPLEMENTATION_ULPS u`` (``lipschitz_error``; ``|f| <= 1`` for all three): ``L``
+        is ``|f'|`` at the point of the widened box nearest to 0 (``f'`` is even and decreasing in |h|)."""
+        ((lo, hi),), (e,) = bounds, errors
+        nearest = torch.clamp(torch.zeros_like(lo), lo - e, hi + e)
+        slope = _FUNCTIONS[self.function][1](nearest) * (1 + 1e-6)  # covers the float64 evaluation of f'
+        return lipschitz_error(slope, e, 1.0, IMPLEMENTATION_ULPS, fmt)
 
     def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
         """Where the tangent lines touch, as fractions: [B, *shape, 2] (lower line, upper line) in [0, 1].

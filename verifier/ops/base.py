@@ -27,6 +27,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from verifier.ops.rounding import FloatFormat, NoRoundingRule, magnitude
+
 Interval = tuple[Tensor, Tensor]
 
 
@@ -40,6 +42,12 @@ class Op:
 
     def ibp(self, *bounds: Interval) -> Interval:
         raise NotImplementedError
+
+    def rounding_error(self, bounds: list[Interval], errors: list[Tensor], fmt: FloatFormat) -> Tensor:
+        """``e_out`` with ``|computed output - exact output| <= e_out`` elementwise, for every input in
+        ``bounds`` (real intervals) computed with errors at most ``errors`` (the model of ``ops.rounding``).
+        Raises ``NoRoundingRule`` for an operator without a rule (never a silent guess)."""
+        raise NoRoundingRule(type(self).__name__)
 
     def to(self, device=None, dtype=None) -> Op:
         """A copy with every floating tensor constant moved to ``device`` / cast to ``dtype``. A module's
@@ -78,6 +86,27 @@ class Affine(Op):
         without laying ``J^T a`` out on the input; None when the operator has no such shortcut (the engine
         then concretises ``J^T a``). a: [S, B, *output_shape]; centre, radius: [B, *input_shape]; -> [S, B]."""
         return None
+
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int | None:
+        """``m``: an upper bound on the terms of the float sum computing any one output (a dot product of
+        length n plus an offset: ``n + 1``), including the roundings of constants folded at load time;
+        0 for exact data movement; None when the operator has no rounding model. ``in_shape``: the
+        per-sample shape of input 0."""
+        return None
+
+    def rounding_error(self, bounds: list[Interval], errors: list[Tensor], fmt: FloatFormat) -> Tensor:
+        """``|fl(J x^ + c) - (J x + c)| <= |J| e + gamma_m (|J| |x^| + |c|) + m tiny`` with ``|x^ - x| <= e``:
+        the propagated input error plus the rounding of a sum of ``m`` terms (``ops.rounding``)."""
+        m = self.rounding_terms(tuple(bounds[0][0].shape[1:]))
+        if m is None:
+            raise NoRoundingRule(type(self).__name__)
+        propagated = sum(self.abs_linear(i, e) for i, e in enumerate(errors))
+        if m == 0:
+            return propagated
+        size = sum(self.abs_linear(i, magnitude(b, e)) for i, (b, e) in enumerate(zip(bounds, errors)))
+        c = self.offset()
+        size = size if c is None else size + c.abs()
+        return propagated + fmt.gamma(m) * size + m * fmt.tiny
 
     def maps_boxes_to_boxes(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> bool:
         """True when every output reads one input coordinate and no coordinate is read twice: the image

@@ -114,6 +114,9 @@ class Conv(Affine):
     def linear(self, i: int, x: Tensor) -> Tensor:
         return self._conv(x, self.weight)
 
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        return self.weight[0].numel() + 1  # (in_channels / groups) x kernel products, plus the bias
+
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
         return self._conv(x, self.weight.abs())
 
@@ -178,6 +181,10 @@ class ConvTranspose(Affine):
 
     def linear(self, i: int, x: Tensor) -> Tensor:
         return self._convt(x, self.weight)
+
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        # an output receives at most in_channels x kernel products (fewer with groups or strides), plus the bias
+        return self.weight.shape[0] * self.weight[0, 0].numel() + 1
 
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
         return self._convt(x, self.weight.abs())

@@ -48,6 +48,9 @@ class Linear(Affine):
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         return a @ self.weight
 
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        return self.weight.shape[1] + 1  # a dot product of in_features terms, plus the bias
+
 
 @register
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class ScaleShift(Affine):
         side instead of meeting inf - inf)."""
         a, b = (self.forward(t) for t in bounds)
         return unbounded_where_nan(torch.minimum(a, b), torch.maximum(a, b))
+
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        # x * s + t is two roundings; a division x / c stored as s = fl(1 / c) adds one: |fl(x / c) - x s|
+        # <= |x / c| u + |x| |1 / c - s| <= 2u |x s| (1 + u), so gamma_3 (|s x| + |t|) covers all three
+        return 3
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         if tuple(a.shape[1:]) != tuple(in_shape):  # a shift broadcast the input: sum over the copies
@@ -123,6 +131,9 @@ class Sum(Affine):
 
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
         return abs(self.signs[i]) * self._expand(i, x)
+
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        return len(self.signs)  # k - 1 additions of exactly negated (or not) inputs
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         if self.out_shape is not None:  # the adjoint of a broadcast: sum over the copies

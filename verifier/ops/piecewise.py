@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from verifier.ops.activations import Ramp, ReLU
 from verifier.ops.base import Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
+from verifier.ops.rounding import FloatFormat
 
 
 @register
@@ -37,6 +38,9 @@ class Abs(Nonlinear):
         # the minimum 0 is inside a box crossing zero; the maximum is always at an end
         low = torch.where(self.needs_bounds(lo, hi), 0.0, torch.minimum(lo.abs(), hi.abs()))
         return low, torch.maximum(-lo, hi)
+
+    def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
+        return errors[0]  # exact in floating point and 1-Lipschitz: |f(x^) - f(x)| <= |x^ - x|
 
     def needs_bounds(self, lo: Tensor, hi: Tensor) -> Tensor:
         return (lo < 0) & (hi > 0)
@@ -94,6 +98,9 @@ class Clip(Nonlinear):
     def ibp(self, bounds) -> tuple[Tensor, Tensor]:
         lo, hi = bounds
         return self.forward(lo), self.forward(hi)  # nondecreasing
+
+    def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
+        return errors[0]  # exact in floating point and 1-Lipschitz: |f(x^) - f(x)| <= |x^ - x|
 
     def _placement(self, like: Tensor) -> tuple[Nonlinear, float, float, float]:
         """(g, c, s, w) with ``f(h) = c + s w g(s (h - c) / w)`` (g's constants on the device of ``like``)."""

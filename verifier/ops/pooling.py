@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 
 from verifier.ops.base import Affine, Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
+from verifier.ops.rounding import FloatFormat
 
 # onnx2torch's modules, named without importing it (see ``Onnx2TorchClass``)
 OnnxGlobalAveragePool = Onnx2TorchClass("global_average_pool", "OnnxGlobalAveragePool")
@@ -37,6 +39,10 @@ class AvgPool(Affine):
 
     def linear(self, i: int, x: Tensor) -> Tensor:
         return self.forward(x)
+
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        # the window's sum, the division by its count, and the rounding of 1 / count if applied as a product
+        return math.prod(self.kernel) + 2
 
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
         return self.forward(x)
@@ -96,6 +102,11 @@ class MaxPool(Nonlinear):
     def ibp(self, bounds) -> tuple[Tensor, Tensor]:
         lo, hi = bounds
         return self.forward(lo), self.forward(hi)  # max is monotone in each argument
+
+    def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
+        """The max is exact and 1-Lipschitz in the max norm: ``|max_k x^_k - max_k x_k| <= max_k e_k``,
+        the same pooling applied to the errors."""
+        return self.forward(errors[0])
 
     def _windows(self, x: Tensor, fill: float) -> Tensor:
         """[B, C, H, W] -> [B, C, K, L]: the K entries of each of the L windows (padding = ``fill``)."""

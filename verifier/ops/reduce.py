@@ -47,6 +47,10 @@ class Reduce(Affine):
         lo, hi = (self.linear(0, t) for t in bounds)
         return (lo, hi) if self.scale >= 0 else (hi, lo)
 
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        terms = math.prod(in_shape[d] for d in self.dims)
+        return terms if self.scale == 1.0 else terms + 2  # a mean: the division and the rounded scale 1 / n
+
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         """Each input coordinate enters one sum with weight ``scale``: broadcast the sums back."""
         if not self.keepdim:

@@ -82,6 +82,9 @@ class Rearrange(Affine):
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
         return self.linear(i, x)
 
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        return 0  # copies values and writes the fill constant: no arithmetic
+
     def offset(self) -> Tensor | None:
         return (
             None if self.fill is None else torch.where(self.index < 0, self.fill, 0.0).reshape(self.out_shape)

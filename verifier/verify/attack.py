@@ -251,7 +251,9 @@ class Attack:
         return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device)
 
     def _model(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x.reshape((x.shape[0],) + self.input_shape))
+        # the search runs in float32 whatever the model's precision (a float64 model's outputs only
+        # guide it; onnxruntime checks every candidate exactly)
+        return self.forward(x.reshape((x.shape[0],) + self.input_shape)).to(torch.float32)
 
     def _attack(self, lo, hi, cases, config: AttackConfig, deadline: Deadline) -> Counterexample | None:
         """Probes and PGD on the boxes ``[lo[u], hi[u]]`` (``(U, n_in)``) of cases ``cases`` (``(U,)``),

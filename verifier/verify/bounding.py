@@ -45,10 +45,12 @@ class Bounder:
 
     Keeps ``lower`` (``(B, S)``, the largest lower bound of ``(C f(x))_s`` any method gave) and ``excluded``
     (``(B, D)`` bool) across calls: every method's bound is sound, so the best of them is sound too. ``witnesses`` (``(B, n_in)``, e.g. the attack's best points) are
-    evaluated besides the box centres to check every bound against concrete values.
+    evaluated besides the box centres to check every bound against concrete values. ``widening``
+    (``(B, S)``, float queries only) is added to the margin a row needs to be excluded (``decide_tol``).
     """
 
-    def __init__(self, model, spec: SpecBatch, witnesses: np.ndarray | None = None, device=None):
+    def __init__(self, model, spec: SpecBatch, witnesses: np.ndarray | None = None, device=None,
+                 widening: np.ndarray | None = None):  # fmt: skip
         self.model, self.spec, self.device = model, spec, device
         self.input_shape = tuple(model.input_shape)
         self.excluded = np.zeros_like(spec.valid)
@@ -61,6 +63,9 @@ class Bounder:
             rows = np.minimum(rows, self.rows_at(witnesses, every)[0])
         self.sample_rows = rows
         self.tol = row_tolerance(spec, np.abs(y).max(axis=1) if y.size else np.zeros(len(y)))
+        # what a row's lower bound must exceed ``d`` by to exclude it: the margin, plus for a float query
+        # the rounding of the network's own evaluation (``float_semantics.row_widening``)
+        self.decide_tol = self.tol if widening is None else self.tol + widening
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), dtype=torch.float32, device=self.device)
@@ -103,7 +108,7 @@ class Bounder:
         )
         self.lower[cases] = np.maximum(self.lower[cases], lower)
         gap = self.lower[cases] - spec.d[cases]
-        row_fails = (gap > self.tol[cases]) & spec.member[cases].any(axis=-1)
+        row_fails = (gap > self.decide_tol[cases]) & spec.member[cases].any(axis=-1)
         self.excluded[cases] |= (spec.member[cases] & row_fails[..., None]).any(axis=1)
 
 

@@ -29,6 +29,7 @@ import verifier
 from verifier.errors import InputError
 from verifier.spec.property import Property, check_against_model
 from verifier.spec.vnnlib import load_property
+from verifier.verify import float_semantics
 from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit, InputSplitConfig
@@ -124,7 +125,9 @@ def load_model(onnx_path: str | Path, device: str = "cpu") -> tuple[OnnxChecker,
     model = model.to(device=device)
     sizes = [int(np.prod(shape)) for shape in model.input_shapes]
     if sizes != checker.sizes:
-        raise InputError(f"{onnx_path}: engine input shapes {model.input_shapes} do not match the ONNX inputs")
+        raise InputError(
+            f"{onnx_path}: engine input shapes {model.input_shapes} do not match the ONNX inputs"
+        )
     return checker, model
 
 
@@ -185,6 +188,7 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
     """The attack / bound / branch-and-bound schedule of the module docstring on a loaded instance."""
     spec = spec_batch(loaded.prop, loaded.checker.dtype)
     model = loaded.model
+    widening = rounding_widening(loaded, spec)
     attack = Attack(model, model.input_shape, spec, loaded.checker, loaded.prop, config.attack,
                     seed=config.seed, device=config.device)  # fmt: skip
     clock = StageClock()
@@ -197,7 +201,7 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
         found = attack.run_round(deadline)
     if found is not None:
         return done("sat", "attack", found)
-    bounder = Bounder(model, spec, attack.best_x, device=config.device)
+    bounder = Bounder(model, spec, attack.best_x, device=config.device, widening=widening)
     brancher = _brancher(model, bounder, config)
     if isinstance(brancher, ReluSplit):  # its roots run alpha-CROWN and keep what it learns
         methods = tuple(m for m in methods if m != "alpha-crown")
@@ -220,6 +224,17 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
         return done("sat", "attack", found)
     deadline.check()
     return done("unknown", "")
+
+
+def rounding_widening(loaded: LoadedInstance, spec) -> np.ndarray | None:
+    """For a query declaring float32 / float64 variables, the ``(B, S)`` widening of every row's exclusion
+    margin by the rounding of the network's evaluation in that format (``float_semantics``); None for a
+    query in real arithmetic (nothing changes). Raises ``InputError`` for what cannot be analysed soundly."""
+    fmt = float_semantics.declared_format(loaded.prop, loaded.checker.output_type)
+    if fmt is None:
+        return None
+    float_semantics.check_foldings(loaded.checker.path)
+    return float_semantics.row_widening(loaded.model, spec, fmt)
 
 
 def _brancher(model, bounder: Bounder, config: VerifyConfig):

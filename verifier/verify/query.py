@@ -106,6 +106,8 @@ def check_declared_types(prop, query: str) -> None:
     if all(t == "real" for t in types):
         return
     unsound = [t for t in types if t not in SOUND_ELEMENT_TYPES]
+    if not unsound:
+        return
     raise InputError(
         f"{query}: declares {', '.join(unsound)}, which this tool does not analyse soundly (it claims "
         f"{', '.join(SOUND_ELEMENT_TYPES)}); declare every variable real to accept real-valued analysis"

@@ -10,10 +10,10 @@ Everything else goes to stderr. Errors (section 5.3.2 conditions and usage mista
 with status 1 and print nothing on stdout.
 
 Capabilities are answered from what the code does, not from configuration:
-- element types: ``real`` only. Bounds are computed in real arithmetic with a floating-point safety
-  margin (``bounding``), which is not a proof of soundness under float32 semantics; so a query must
-  declare ``real`` (the standard's consent to real-valued analysis). A query declaring an ONNX type
-  is refused with an error, as section 5.3.2 requires.
+- element types: ``real``, ``float32`` and ``float64``. ``real`` is analysed in real arithmetic (with the
+  floating-point safety margin of ``bounding``); a float type asks about the network evaluated in that
+  format, and ``unsat`` then also covers the rounding of that evaluation (``float_semantics``). Other
+  types (float16, bfloat16) are refused with an error, as section 5.3.2 requires.
 - one network, one output tensor, no hidden nodes (``SNET``, ``SIO``, ``NH``); several input tensors are
   accepted when declared in the model's input order (their concatenation is the model's flat input); input
   constraints are bounds on single inputs and output constraints may compare outputs of the one
@@ -35,7 +35,7 @@ from verifier.verify.worker import WorkerCrash, run_once
 COMMANDS = ("verify", "supports", "capabilities")
 TOOL_NAME = "verifier (linear-relaxation bound propagation with checked PGD counterexamples)"
 STANDARD_RESULTS = {"sat": "sat", "unsat": "unsat", "unknown": "unknown", "timeout": "timed-out"}
-SOUND_ELEMENT_TYPES = ("real",)
+SOUND_ELEMENT_TYPES = ("real", "float32", "float64")
 OPSET_RANGE = ("8", "17")  # oldest opset seen loading (ACAS Xu, lifted by onnx's version converter), target
 CAPABILITIES = {
     "--onnx-opset-versions": lambda: list(OPSET_RANGE),

@@ -9,7 +9,8 @@ not positive:
     score_n = min_j max_{s in j} (lower_ns - d_s - tol_s)       (j over the case's valid disjuncts)
 
 ``score_n > 0`` says every disjunct has a row whose bound exceeds ``d_s`` by the safety margin ``tol_s`` of
-``bounding``: the child is verified. A child keeps ``max(parent, child)`` bound per row -- the parent's bound
+``bounding`` (its ``decide_tol``: for a float query, widened by the rounding of the network's
+evaluation): the child is verified. A child keeps ``max(parent, child)`` bound per row -- the parent's bound
 holds on every subset of the parent -- so scores never decrease along a branch. The children of a domain
 cover it, so when no open domain is left every case is verified (``unsat``).
 
@@ -119,7 +120,7 @@ def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
 def scores(problem: Problem, cases: Tensor, lower: Tensor) -> Tensor:
     """``score_n`` of the module docstring, ``(N,)``, for domains of ``cases`` with row bounds ``lower``."""
     spec, c = problem.bounder.spec, cases.numpy()
-    gap = lower - torch.as_tensor(spec.d[c] + problem.bounder.tol[c])
+    gap = lower - torch.as_tensor(spec.d[c] + problem.bounder.decide_tol[c])
     return disjunct_min(gap, torch.as_tensor(spec.member[c]), torch.as_tensor(spec.valid[c]))
 
 

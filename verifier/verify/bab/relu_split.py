@@ -147,7 +147,7 @@ class ReluSplit:
     def _weights(self, domains: Domains) -> Tensor:
         """[S, N]: 1 on the rows not yet above ``d`` plus the margin (the ones splitting must help)."""
         b, c = self.bounder, domains["case"].numpy()
-        gap = domains["lower"].numpy() - b.spec.d[c] - b.tol[c]
+        gap = domains["lower"].numpy() - b.spec.d[c] - b.decide_tol[c]
         return torch.as_tensor((gap <= 0) & b.spec.member[c].any(-1), dtype=torch.float32).T
 
     def _choose(self, domains: Domains, state: BoundState, params: Params) -> None:
