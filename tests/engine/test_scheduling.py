@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from verifier.engine import crown
+from tests.helpers import assert_inside, samples
+from verifier.api import BoundedModel
+from verifier.engine import bounds, crown
 from verifier.engine.bounds import _exact_by_ibp
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.graph.graph import Graph, Node
@@ -56,3 +58,50 @@ def test_ibp_equals_crown_where_declared_exact():
     crown.refine(state, 2, crown.select_rows(state, 2, torch.ones_like(ibp[0], dtype=torch.bool)))
     torch.testing.assert_close(state.bounds[2][0], ibp[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state.bounds[2][1], ibp[1], rtol=1e-5, atol=1e-5)
+
+
+def _expanding(seed: int = 0) -> Graph:
+    """input 4 -> 8 -> relu -> 8 -> 64 (four times wider, then relu) -> 2."""
+    gen = torch.Generator().manual_seed(seed)
+    w = lambda *s: torch.randn(s, generator=gen) / s[-1] ** 0.5
+    return _chain(
+        (Linear(w(8, 4), w(8)), (8,)),
+        (ReLU(), (8,)),
+        (Linear(w(8, 8), w(8)), (8,)),
+        (Linear(w(64, 8), w(64)), (64,)),
+        (ReLU(), (64,)),
+        (Linear(w(2, 64)), (2,)),
+    )
+
+
+def test_a_wide_node_is_bounded_through_its_narrow_source_and_stays_sound(monkeypatch):
+    """With the wide node at 64 neurons, its 8-neuron source's CROWN bounds are carried through the
+    expanding map (16 rows instead of 128): the bounds contain sampled outputs, for CROWN and full alpha."""
+    graph = _expanding()
+    monkeypatch.setattr(bounds, "WIDE", 128)
+    assert bounds._narrow_chain(graph, 4) is None  # below WIDE: refined row by row
+    monkeypatch.setattr(bounds, "WIDE", 64)
+    assert bounds._narrow_chain(graph, 4) == [3, 4] and bounds._narrow_chain(graph, 3) is None
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    box = Box(x - 0.3, x + 0.3)
+    model = BoundedModel(graph)
+    pts = samples(box.lower, box.upper, 400, torch.Generator().manual_seed(2))
+    y = model(pts.flatten(0, 1)).reshape(pts.shape[0], 3, 2)
+    ibp = model.bounds(box, method="ibp")
+    for method in ("crown", "alpha-crown", "crown-lbp"):
+        lo, hi = model.bounds(box, method=method)
+        assert_inside(y, lo, hi, method)
+        assert (lo >= ibp.lower - 1e-5).all() and (hi <= ibp.upper + 1e-5).all(), method
+
+
+def test_bounds_through_a_narrow_source_contain_the_wide_node(monkeypatch):
+    """The carried bounds of the wide node itself (before its ReLU) contain its sampled values."""
+    graph = _expanding(3)
+    monkeypatch.setattr(bounds, "WIDE", 64)
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(4))
+    state = BoundState(graph, Box(x - 0.5, x + 0.5), BoundConfig(method="crown"))
+    bounds.intermediate_bounds(state)
+    pts = samples(x - 0.5, x + 0.5, 400, torch.Generator().manual_seed(5))
+    wide = Graph(graph.nodes[:5], 4)
+    z = wide.forward(pts.flatten(0, 1)).reshape(pts.shape[0], 2, 64)
+    assert_inside(z, *state.bounds[4], "wide node")

@@ -16,7 +16,9 @@ bound of the specification at the output (plans: ``state.PLANS``).
 | alpha  | CROWN with optimised slopes (and split multipliers), best iterate kept             |
 
 IBP of every node is always computed from the best bounds of its inputs: it is cheap and it decides which
-neurons need a CROWN pass at all."""
+neurons need a CROWN pass at all. A wide node reached through affine maps from a much narrower one (the
+n (n - 1) differences of a softmax's n scores) takes CROWN's linear bounds of the narrow node instead,
+carried through the maps (``_through_chain``): a pass per neuron of the wide node would cost far more."""
 
 from __future__ import annotations
 
@@ -90,9 +92,13 @@ def intermediate_bounds(state: BoundState, params: Params | None = None) -> lbp.
             bounds = tighten(bounds, state.best[k])
         state.set_bounds(k, bounds)
         if how in ("crown", "alpha") and k in needed_crown:
-            if k not in state.selections:  # fixed once: later iterates keep the same rows (and slopes)
-                state.selections[k] = crown.select_rows(state, k, _unstable(state, k))
-            crown.refine(state, k, state.selections[k], params)
+            chain = _narrow_chain(graph, k) if state.region.is_box else None
+            if chain is not None:
+                state.set_bounds(k, tighten(state.bounds[k], _through_chain(state, chain, params)))
+            else:
+                if k not in state.selections:  # fixed once: later iterates keep the same rows (and slopes)
+                    state.selections[k] = crown.select_rows(state, k, _unstable(state, k))
+                crown.refine(state, k, state.selections[k], params)
         _check_node(state, k)
     return linear.get(graph.output)
 
@@ -105,6 +111,82 @@ def refresh_after(state: BoundState, first: int) -> None:
         if k > first:
             crown.refine(state, k, crown.select_rows(state, k, _unstable(state, k)))
             _check_node(state, k)
+
+
+# a node of at least WIDE neurons is bounded through the narrowest node of its affine chain when that has
+# NARROWING times fewer: a CROWN pass per neuron of the wide node costs more than the tightness it buys
+NARROWING, WIDE = 4, 4096
+
+
+def _narrow_chain(graph: Graph, k: int) -> list[int] | None:
+    """``[m, ..., k]``: node k reached from node m through affine operators of one input each, m the one of
+    fewest neurons on that path; None unless k is WIDE and m has NARROWING times fewer neurons (the
+    differences of a softmax: n (n - 1) values of n scores)."""
+    size = lambda j: int(torch.Size(graph.nodes[j].shape).numel())
+    path, j = [k], k
+    while j != 0 and isinstance(graph.nodes[j].op, Affine) and len(graph.nodes[j].inputs) == 1:
+        j = graph.nodes[j].inputs[0]
+        path.append(j)
+    narrowest = min(range(len(path)), key=lambda i: (size(path[i]), i))
+    if size(k) < WIDE or size(path[narrowest]) * NARROWING > size(k):
+        return None
+    return path[narrowest::-1]
+
+
+def _through_chain(state: BoundState, chain: list[int], params: Params | None) -> tuple[Tensor, Tensor]:
+    """Bounds [B, *shape] of the last node of ``chain`` from CROWN's linear bounds on the first (rows for
+    both sides of each of its neurons: far fewer than the last node's), carried through the affine steps
+    between by LBP's rule, then minimised over the box. Sound: every step keeps ``L x + l <= z <= U x + u``
+    on the box. The box minimum of a linear function is a sum over input coordinates, so the coefficients
+    are carried in chunks of coordinates and never laid out in full."""
+    graph, first, last = state.graph, chain[0], chain[-1]
+    shape, batch = graph.nodes[first].shape, state.batch
+    numel = int(torch.Size(shape).numel())
+    a, c = _linear_forms(state, first, params, ("chain", last))
+    lay = lambda t: t.reshape(numel, batch, -1).permute(2, 1, 0).reshape(-1, batch, *shape)  # rows per x_r
+    lower, upper = lay(a[:numel]), lay(-a[numel:])  # [n_in, B, *shape]
+    consts = (c[:numel].T.reshape(batch, *shape), -c[numel:].T.reshape(batch, *shape))
+    lo_x, hi_x = state.region.box()
+    centre, radius = ((hi_x + lo_x) / 2).flatten(1).T, ((hi_x - lo_x) / 2).flatten(1).T  # [n_in, B]
+    out_numel = int(torch.Size(graph.nodes[last].shape).numel())
+    step = max(1, state.cfg.max_elements // (batch * out_numel))
+    for begin in range(0, lower.shape[0], step):
+        part = slice(begin, begin + step)
+        b = _carry(graph, chain, lbp.LinearBounds(lower[part], consts[0], upper[part], consts[1]))
+        view = (-1, batch) + (1,) * len(graph.nodes[last].shape)
+        c_r, r_r = centre[part].reshape(view), radius[part].reshape(view)
+        low, high = (b.lower * c_r - b.lower.abs() * r_r).sum(0), (b.upper * c_r + b.upper.abs() * r_r).sum(0)
+        if begin == 0:  # the constants are carried once, with the first chunk
+            lo, hi = b.lower_const + low, b.upper_const + high
+            consts = (torch.zeros_like(consts[0]), torch.zeros_like(consts[1]))
+        else:
+            lo, hi = lo + low, hi + high
+    return lo, hi
+
+
+def _linear_forms(state: BoundState, k: int, params: Params | None, tag) -> tuple[Tensor, Tensor]:
+    """CROWN's linear lower bounds ``(A, c)`` of ``z_k`` (rows 0..n-1) and of ``-z_k`` (rows n..2n-1) for every
+    neuron of node k: A [2n, B, *input_shape], c [2n, B]; in chunks of rows as ``crown.refine``."""
+    shape, batch = state.graph.nodes[k].shape, state.batch
+    numel = int(torch.Size(shape).numel())
+    like = state.bounds[k][0]
+    eye = torch.eye(numel, dtype=like.dtype, device=like.device).reshape(numel, 1, *shape)
+    rows = torch.cat([eye, -eye]).expand(2 * numel, batch, *shape)
+    widest = max(int(torch.Size(n.shape).numel()) for n in state.graph.nodes[: k + 1])
+    chunk = max(crown.MIN_ROWS // batch, state.cfg.max_elements // (batch * widest), 1)
+    forms = [
+        crown.linear_form(state, k, rows[i : i + chunk], params, (*tag, i))
+        for i in range(0, 2 * numel, chunk)
+    ]
+    return torch.cat([f[0] for f in forms]), torch.cat([f[1] for f in forms])
+
+
+def _carry(graph: Graph, chain: list[int], b: lbp.LinearBounds) -> lbp.LinearBounds:
+    """Linear bounds of ``chain[0]`` carried to ``chain[-1]`` through the affine steps between."""
+    for j in chain[1:]:
+        node = graph.nodes[j]
+        b = lbp.affine(node.op, node.shape, [b])
+    return b
 
 
 def _exact_by_ibp(graph: Graph) -> set[int]:

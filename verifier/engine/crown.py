@@ -34,10 +34,11 @@ def backward(state: BoundState, start: int, a: Tensor, params: Params | None = N
     return _backward(state, start, a, params, tag, beta, record, linear=False)
 
 
-def linear_form(state: BoundState, start: int, a: Tensor) -> tuple[Tensor, Tensor]:
+def linear_form(state: BoundState, start: int, a: Tensor, params: Params | None = None,
+                tag=()) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``(A, c)`` with ``<a_s, z_start> >= <A_s, x> + c_s`` for every input x of the region:
     A [S, B, *input_shape], c [S, B] (equality where every relaxation on the way is exact)."""
-    return _backward(state, start, a, None, (), False, None, linear=True)
+    return _backward(state, start, a, params, tag, False, None, linear=True)
 
 
 def _backward(state, start, a, params, tag, beta, record, linear):

@@ -38,14 +38,14 @@ def step(state: BoundState, k: int, inputs: list[LinearBounds]) -> LinearBounds:
     """Linear bounds of node k from those of its inputs."""
     node = state.graph.nodes[k]
     if isinstance(node.op, Affine):
-        return _affine(node.op, node.shape, inputs)
+        return affine(node.op, node.shape, inputs)
     rel = state.relaxation(k)
     if isinstance(rel, JointRelaxation):
         return _jointly_relaxed(rel, [_broadcast(node.op, i, b) for i, b in enumerate(inputs)])
     return _relaxed(rel, inputs[0])
 
 
-def _affine(op: Affine, shape: tuple[int, ...], inputs: list[LinearBounds]) -> LinearBounds:
+def affine(op: Affine, shape: tuple[int, ...], inputs: list[LinearBounds]) -> LinearBounds:
     """``J+ L + J- U = (J (L + U) + |J| (L - U)) / 2`` for the lower bound, mirrored for the upper."""
 
     def apply(i: int, lower: Tensor, upper: Tensor, exact: bool) -> tuple[Tensor, Tensor]:
