@@ -29,20 +29,34 @@ from verifier.engine.bounds import intermediate_bounds, refresh_after
 from verifier.engine.params import Params
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.base import Nonlinear
+from verifier.verify.bab import driver
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
+
+
+BRANCHING = ("fsb", "babsr")
+TIE_BREAK = 0.1  # FSB ranks candidates by their worse child's score plus this share of the better one's
 
 
 @dataclass(frozen=True)
 class ReluSplitConfig:
     """``steps``: optimisation steps of slopes and multipliers per child; ``root_steps``: of the full
     alpha-CROWN at the root; ``max_batch``: parents per iteration; ``refresh``: recompute the CROWN bounds
-    of the nodes after a split one (tighter children, each several backward passes dearer)."""
+    of the nodes after a split one (tighter children, each several backward passes dearer);
+    ``branching``: ``"fsb"`` (filtered smart branching: the ``candidates`` best neurons by the BaBSR-style
+    score, of which the one whose worse child bounds best in a cheap CROWN pass) or ``"babsr"`` (the best
+    by that score alone)."""
 
     steps: int = 8
     root_steps: int = 20
     max_batch: int = 256
     refresh: bool = False
+    branching: str = "fsb"
+    candidates: int = 4
+
+    def __post_init__(self):
+        if self.branching not in BRANCHING:
+            raise ValueError(f"unknown branching {self.branching!r}; choose one of {', '.join(BRANCHING)}")
 
 
 class ReluSplit:
@@ -84,7 +98,7 @@ class ReluSplit:
         domains = {"case": case, "lower": torch.maximum(torch.as_tensor(self.bounder.lower[cases]),
                                                          lower.T.double())}  # fmt: skip
         domains.update(self._pack(state, keep))
-        self._choose(domains, state, keep)
+        self._choose(domains, state, keep, domains["lower"])
         return domains
 
     def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]:
@@ -122,7 +136,7 @@ class ReluSplit:
         rows = self._rows(domains["case"])
         with torch.no_grad():
             lower = alpha.optimise(state, rows, params=params)
-        self._choose(domains, state, params)
+        self._choose(domains, state, params, torch.maximum(domains["lower"], lower.T.double()))
         exact = (domains["branch_node"] < 0).nonzero().flatten()
         if len(exact):  # nothing left to split: the exact minimum is a linear program
             with torch.no_grad():
@@ -150,15 +164,44 @@ class ReluSplit:
         gap = domains["lower"].numpy() - b.spec.d[c] - b.tol[c]
         return torch.as_tensor((gap <= 0) & b.spec.member[c].any(-1), dtype=torch.float32).T
 
-    def _choose(self, domains: Domains, state: BoundState, params: Params) -> None:
+    def _choose(self, domains: Domains, state: BoundState, params: Params, lower: Tensor) -> None:
+        """Store each domain's next neuron to split (``branch_node`` / ``branch_pos``, -1 if none is
+        left); ``lower`` [N, S] is the domains' current bound (FSB compares children against it)."""
         record: dict[int, Tensor] = {}
+        rows = self._rows(domains["case"])
         with torch.no_grad():
-            crown.backward(state, self.graph.output, self._rows(domains["case"]), params, ("out",), True,
-                           record)  # fmt: skip
+            crown.backward(state, self.graph.output, rows, params, ("out",), True, record)
         scores = branching.split_scores(state, record, self._weights(domains))
-        nodes, pos, ok = branching.choose(scores)
+        count = self.config.candidates if self.config.branching == "fsb" else 1
+        nodes, pos, ok = branching.top_candidates(scores, count)
+        pick = self._smart_pick(domains["case"], state, params, lower, nodes, pos, ok)
+        nodes, pos, ok = (t.gather(1, pick[:, None])[:, 0] for t in (nodes, pos, ok))
         domains["branch_node"] = torch.where(ok, nodes, -1)
         domains["branch_pos"] = torch.where(ok, pos, -1)
+
+    def _smart_pick(self, case: Tensor, state: BoundState, params: Params, lower: Tensor, nodes: Tensor,
+                    pos: Tensor, ok: Tensor) -> Tensor:  # fmt: skip
+        """Per domain the column [N] of the candidate (``nodes``/``pos``/``ok`` [N, K], best-scored first)
+        whose worse child has the highest score (``driver.scores``) by ``branching.children_lower``;
+        column 0 unless another candidate is strictly better. Verified children count as score 0: once
+        a child is verified, how far beyond does not matter."""
+        if nodes.shape[1] <= 1:
+            return torch.zeros(nodes.shape[0], dtype=torch.long)
+        rows = self._rows(case)
+        value = torch.full(ok.shape, -torch.inf, dtype=torch.float64)
+        for c in range(nodes.shape[1]):
+            live = ok[:, c].nonzero().flatten()
+            if not len(live):
+                continue
+            with torch.no_grad():
+                child = branching.children_lower(state.select(live), params.select(live), rows[:, live],
+                                                 nodes[live, c], pos[live, c])  # fmt: skip
+            index = live.repeat_interleave(2)
+            child = torch.maximum(lower[index], child.T.double())  # the parent's bound holds on a child
+            score = driver.scores(self.bounder, case[index], child).clamp(max=0).reshape(-1, 2)
+            value[live, c] = score.amin(1) + TIE_BREAK * score.amax(1)
+        best, pick = value.max(1)
+        return torch.where(best > value[:, 0], pick, 0)
 
     def _pack(self, state: BoundState, params: Params) -> Domains:
         out = {}
