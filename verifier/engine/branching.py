@@ -15,7 +15,7 @@ eventually split: branch and bound on ReLU networks is complete.
 
 Filtered smart branching (De Palma et al. 2021) refines that choice: the few best-scored neurons are
 candidates, ``children_lower`` bounds both children of each candidate cheaply, and the caller keeps the
-candidate whose worse child gains most. The rule only picks which neuron to split; any choice gives
+candidate whose two children gain most together. The rule only picks which neuron to split; any choice gives
 children that cover the parent."""
 
 from __future__ import annotations
