@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from verifier.verify.bab.relu_split import BRANCHING, ReluSplitConfig
 from verifier.verify.batch import (
     RESULT_FIELDS,
     BatchRow,
@@ -38,7 +39,6 @@ from verifier.verify.batch import (
     result_fields,
     run_batch,
 )
-from verifier.verify.bab.relu_split import BRANCHING, ReluSplitConfig
 from verifier.verify.instance import VerifyConfig
 from verifier.verify.report import BenchmarkSummary, format_table, read_consensus, summarise
 

@@ -87,7 +87,9 @@ def children_lower(state: BoundState, params: Params, rows: Tensor, nodes: Tenso
     split gains, for choosing among candidates."""
     child, child_params = split(state, params, nodes, pos)
     child_params.freeze()
-    return crown.backward(child, state.graph.output, rows.repeat_interleave(2, 1), child_params, ("out",), True)
+    return crown.backward(
+        child, state.graph.output, rows.repeat_interleave(2, 1), child_params, ("out",), True
+    )
 
 
 def split(state: BoundState, params: Params, nodes: Tensor, pos: Tensor) -> tuple[BoundState, Params]:

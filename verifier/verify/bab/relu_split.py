@@ -33,7 +33,6 @@ from verifier.verify.bab import driver
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
 
-
 BRANCHING = ("fsb", "babsr")
 
 
