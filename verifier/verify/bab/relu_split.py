@@ -49,7 +49,7 @@ class ReluSplitConfig:
     root_steps: int = 20
     max_batch: int = 256
     refresh: bool = False
-    branching: str = "fsb"
+    branching: str = "babsr"  # fsb: fewer domains on small nets, but no more mnist_fc solved in A/B (issue 6)
     candidates: int = 4
 
     def __post_init__(self):
