@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from verifier.verify.bab.relu_split import BRANCHING, ReluSplitConfig
 from verifier.verify.batch import (
     RESULT_FIELDS,
     BatchRow,
@@ -64,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, help="write <benchmark>.csv per-instance results here")
     parser.add_argument("--mode", choices=("batch", "process"), default="batch",
                         help="batch mode, or one verify-model process per instance (wall time)")  # fmt: skip
+    parser.add_argument("--branching", choices=BRANCHING, default=ReluSplitConfig().branching,
+                        help="ReLU-splitting branching rule (batch mode)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -114,7 +117,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     if args.results_dir:
         args.results_dir.mkdir(parents=True, exist_ok=True)
-    config = VerifyConfig(method=args.method, extra_attack_seconds=args.attack_seconds)
+    config = VerifyConfig(method=args.method, extra_attack_seconds=args.attack_seconds,
+                          relu_split=ReluSplitConfig(branching=args.branching))  # fmt: skip
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "benchmarks"},

@@ -10,14 +10,20 @@ Choice (BaBSR-style intercept score): in the output's backward pass a neuron who
 ReLU output is negative uses the upper line, which costs ``-a * b_up`` of the lower bound (``b_up`` its
 intercept, ``-l u / (u - l)`` for ReLU; likewise ``a * b_lo`` for a positive one); splitting removes that
 cost, so the neuron with the largest cost (summed over the rows that still matter) is split first. Neurons
-whose lines cost nothing are ranked below every costly one by their width, so every unstable neuron is eventually split: branch and bound on
-ReLU networks is complete."""
+whose lines cost nothing are ranked below every costly one by their width, so every unstable neuron is
+eventually split: branch and bound on ReLU networks is complete.
+
+Filtered smart branching (De Palma et al. 2021) refines that choice: the few best-scored neurons are
+candidates, ``children_lower`` bounds both children of each candidate cheaply, and the caller keeps the
+candidate whose two children gain most together. The rule only picks which neuron to split; any choice gives
+children that cover the parent."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from verifier.engine import crown
 from verifier.engine.params import Params
 from verifier.engine.state import BoundState
 
@@ -51,15 +57,39 @@ def split_scores(state: BoundState, coeffs: dict[int, Tensor], weights: Tensor) 
 def choose(scores: dict[int, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Per domain the best neuron: node index [B] (long), flat position [B], and whether any neuron was
     splittable [B] bool."""
+    nodes, pos, ok = top_candidates(scores, 1)
+    return nodes[:, 0], pos[:, 0], ok[:, 0]
+
+
+def top_candidates(scores: dict[int, Tensor], count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per domain the ``count`` neurons of highest score, best first: node index [B, K] (long), flat
+    position [B, K], and whether the candidate is splittable [B, K] bool (False past a domain's number of
+    splittable neurons; K = min(count, neurons))."""
     keys = sorted(scores)
     flat = torch.cat([scores[k].flatten(1) for k in keys], 1)  # [B, total]
-    best, where = flat.max(1)
+    best, where = flat.topk(min(count, flat.shape[1]), dim=1)
     sizes = torch.tensor([scores[k][0].numel() for k in keys], device=flat.device)
     ends = sizes.cumsum(0)
     which = torch.searchsorted(ends, where, right=True)
     pos = where - (ends - sizes)[which]
     nodes = torch.tensor(keys, device=flat.device)[which]
     return nodes, pos, torch.isfinite(best)
+
+
+def children_lower(state: BoundState, params: Params, rows: Tensor, nodes: Tensor, pos: Tensor) -> Tensor:
+    """Lower bounds [S, 2B] of ``<rows_s, f(x)>`` on the two children of every domain that ``split`` would
+    make for neuron ``pos[b]`` of node ``nodes[b]`` (columns 2b inactive, 2b+1 active), by one CROWN pass
+    with the parent's slopes and multipliers held fixed and its intermediate bounds reused (only the split
+    neuron's bounds change, to its side). ``rows``: [S, B, *out].
+
+    Sound on each child (fixed parameters within their projections and bounds clamped to the child's side
+    are a valid beta-CROWN bound there), though looser than optimising them: a cheap estimate of what the
+    split gains, for choosing among candidates."""
+    child, child_params = split(state, params, nodes, pos)
+    child_params.freeze()
+    return crown.backward(
+        child, state.graph.output, rows.repeat_interleave(2, 1), child_params, ("out",), True
+    )
 
 
 def split(state: BoundState, params: Params, nodes: Tensor, pos: Tensor) -> tuple[BoundState, Params]:

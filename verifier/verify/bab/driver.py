@@ -117,10 +117,11 @@ def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
     return int(min(config.max_batch, max(1, config.max_elements // per_parent)))
 
 
-def scores(problem: Problem, cases: Tensor, lower: Tensor) -> Tensor:
-    """``score_n`` of the module docstring, ``(N,)``, for domains of ``cases`` with row bounds ``lower``."""
-    spec, c = problem.bounder.spec, cases.numpy()
-    gap = lower - torch.as_tensor(spec.d[c] + problem.bounder.decide_tol[c])
+def scores(bounder: Bounder, cases: Tensor, lower: Tensor) -> Tensor:
+    """``score_n`` of the module docstring, ``(N,)``, for domains of ``cases`` with row bounds ``lower``
+    (``bounder``: the cases' spec and tolerances)."""
+    spec, c = bounder.spec, cases.numpy()
+    gap = lower - torch.as_tensor(spec.d[c] + bounder.decide_tol[c])
     return disjunct_min(gap, torch.as_tensor(spec.member[c]), torch.as_tensor(spec.valid[c]))
 
 
@@ -182,7 +183,7 @@ def settle(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
     """Bound ``domains`` in one call; ``lower`` becomes the larger of the new bound and the one they
     carry (both sound on the domain), and ``BOUND`` their score."""
     domains["lower"] = torch.maximum(domains["lower"], brancher.bound(domains))
-    domains[BOUND] = scores(problem, domains["case"], domains["lower"])
+    domains[BOUND] = scores(problem.bounder, domains["case"], domains["lower"])
     return domains
 
 
