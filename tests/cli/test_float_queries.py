@@ -29,6 +29,46 @@ def one_node(path, op_type, in_shape, out_shape, consts=(), dtype="float32", **a
     return str(path)
 
 
+def small_graph(path, nodes, consts, in_shape, out_shape) -> str:
+    """A float32 model from ``nodes`` (op type, inputs, output, attributes) reading X and writing Y, with
+    constants ``consts`` (name: array; int64 arrays stay int64) saved at ``path``."""
+    inits = [numpy_helper.from_array(np.asarray(v, np.int64 if np.asarray(v).dtype.kind == "i" else np.float32),
+                                     n) for n, v in consts.items()]  # fmt: skip
+    made = [helper.make_node(op, list(ins), [out], name=f"/{out}", **attrs) for op, ins, out, attrs in nodes]
+    graph = helper.make_graph(made, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_shape)], inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+# softmax over 4 inputs spelled as a PyTorch export of ``exp(x) / exp(x).sum(-1, keepdim=True)``
+SOFTMAX = ([("Exp", ["X"], "e", {}), ("ReduceSum", ["e", "axes"], "s", {"keepdims": 1}),
+            ("Div", ["e", "s"], "Y", {})], {"axes": [1]})  # fmt: skip
+# ``x0 x1``: a product of two graph tensors, in [1, 4] on the box [1, 2]^2 (McCormick's planes reach 4 at
+# the corner (2, 2), so the root bound decides)
+PRODUCT = ([("MatMul", ["X", "wa"], "a", {}), ("MatMul", ["X", "wb"], "b", {}), ("Mul", ["a", "b"], "Y", {})],
+           {"wa": [[1.0], [0.0]], "wb": [[0.0], [1.0]]})  # fmt: skip
+# (model, input shape, output shape, box, unsafe set proved empty, unsafe set hit): softmax_0 is at most
+# e / (e + 3 / e) = 0.711 on [-1, 1]^4, reached at a corner
+GRAPHS = {
+    "softmax": (SOFTMAX, [1, 4], [1, 4], (-1.0, 1.0), "(>= Y[0,0] 0.75)", "(>= Y[0,0] 0.7)"),
+    "product": (PRODUCT, [1, 2], [1, 1], (1.0, 2.0), "(>= Y[0,0] 4.05)", "(>= Y[0,0] 3.9)"),
+}
+
+
+@pytest.mark.parametrize("name", list(GRAPHS))
+def test_softmax_and_products_are_decided(name, tmp_path, capsys):
+    (nodes, consts), in_shape, out_shape, box, empty, hit = GRAPHS[name]
+    network = f"net={small_graph(tmp_path / 'm.onnx', nodes, consts, in_shape, out_shape)}"
+    unsat = query(tmp_path / "unsat.vnnlib", in_shape, out_shape, box, empty)
+    sat = query(tmp_path / "sat.vnnlib", in_shape, out_shape, box, hit)
+    assert run(capsys, "verify", unsat, "--network", network, "--timeout", "60")[1] == "unsat\n"
+    status, out, _ = run(capsys, "verify", sat, "--network", network, "--timeout", "60")
+    assert status == 0 and out.splitlines()[0] == "sat"
+
+
 def query(path, in_shape, out_shape, box, unsafe, dtype="float32") -> str:
     """A query over input box ``box`` (lower, upper for every element) with unsafe set ``unsafe``."""
     lines = ["(vnnlib-version <2.0>)", "(declare-network net",
@@ -135,11 +175,12 @@ def test_acas_property_3_in_float32(tmp_path, capsys):
     )
 
 
-def test_operator_without_rounding_rule_is_refused_by_name(tmp_path, capsys):
-    model = one_node(tmp_path / "exp.onnx", "Exp", [1, 4], [1, 4])
-    path = query(tmp_path / "q.vnnlib", [1, 4], [1, 4], (-1.0, 1.0), "(<= Y[0,0] 0.0)")
+def test_fused_softmax_is_refused_by_name(tmp_path, capsys):
+    """The runtime's fused kernel computes otherwise than the operators the loader translates it into."""
+    model = one_node(tmp_path / "softmax.onnx", "Softmax", [1, 4], [1, 4], axis=1)
+    path = query(tmp_path / "q.vnnlib", [1, 4], [1, 4], (-1.0, 1.0), "(>= Y[0,0] 0.75)")
     status, out, err = run(capsys, "verify", path, "--network", f"net={model}")
-    assert status == 1 and out == "" and "Exp (node" in err and "rounding" in err
+    assert status == 1 and out == "" and "Softmax (node" in err and "fused" in err
 
 
 def test_folded_batch_norm_is_refused(tmp_path, capsys):

@@ -13,6 +13,8 @@ import verifier
 from tests.graph.graph_testing import Net, OnnxRunner
 from verifier.engine.rounding import forward_error
 from verifier.errors import InputError
+from verifier.nn import ParamRamp
+from verifier.ops.elementwise import Log, Power
 from verifier.ops.rounding import FLOAT32, FLOAT64
 
 
@@ -44,6 +46,64 @@ def convolutional(seed: int) -> Net:
     return net, net.gemm(h, 4, 3)
 
 
+def curved(seed: int) -> Net:
+    """Exp, Log of a positive tensor, Sqrt, Pow 2 and 3, Reciprocal, Softplus."""
+    net = Net([1, 12], seed)
+    h = net.gemm("x", 12, 16)
+    positive = net.op("Add", net.op("Exp", net.op("Mul", h, net.const(0.5))), net.const(0.1))
+    parts = [
+        net.op("Log", positive),
+        net.op("Sqrt", positive),
+        net.op("Pow", h, net.const(2.0)),
+        net.op("Pow", positive, net.const(3.0)),
+        net.op("Reciprocal", positive),
+        net.op("Softplus", h),
+    ]
+    return net, net.gemm(net.op("Concat", *parts, axis=1), 96, 4)
+
+
+def periodic(seed: int) -> Net:
+    """Sin and Cos, and a product of the two (a Lyapunov-style term)."""
+    net = Net([1, 8], seed)
+    h = net.gemm("x", 8, 16)
+    s, c = net.op("Sin", net.op("Mul", h, net.const(3.0))), net.op("Cos", h)
+    return net, net.gemm(net.op("Concat", s, c, net.op("Mul", s, c), axis=1), 48, 3)
+
+
+def products(seed: int) -> Net:
+    """Products of two graph tensors: elementwise, broadcast, a quotient and a MatMul."""
+    net = Net([1, 6], seed)
+    a, b = net.gemm("x", 6, 12), net.gemm("x", 6, 12)
+    p = net.op("Mul", a, b)
+    scale = net.op("Add", net.op("Pow", net.gemm("x", 6, 1), net.const(2.0)), net.const(1.0))
+    q = net.op("Div", p, scale)  # scale >= 1: a product with a reciprocal on a positive box
+    m = net.op("Reshape", net.gemm(q, 12, 12), net.ints(1, 3, 4))
+    n = net.op("Reshape", net.gemm(a, 12, 8), net.ints(1, 4, 2))
+    return net, net.op("Flatten", net.op("MatMul", m, n))
+
+
+def attention(seed: int) -> Net:
+    """Softmax and LayerNorm as a PyTorch export before opset 17 spells them (one primitive per node):
+    ``exp(x) / sum exp(x)`` and ``(x - mean) / sqrt(mean((x - mean)^2) + eps) * w + b``."""
+    net = Net([1, 4, 8], seed)
+    x = net.op("Add", net.op("Mul", "x", net.const(0.2)), net.const(np.linspace(-2.0, 2.0, 8)))  # var > 0
+    centred = net.op("Sub", x, net.op("ReduceMean", x, axes=[-1], keepdims=1))
+    var = net.op("ReduceMean", net.op("Pow", centred, net.const(2.0)), axes=[-1], keepdims=1)
+    norm = net.op("Div", centred, net.op("Sqrt", net.op("Add", var, net.const(1e-5))))
+    ln = net.op("Add", net.op("Mul", norm, net.rand(8)), net.rand(8))
+    scores = net.op("MatMul", ln, net.rand(8, 4, scale=1.0))
+    e = net.op("Exp", scores)
+    attn = net.op("Div", e, net.op("ReduceSum", e, net.ints(-1), keepdims=1))
+    return net, net.op("Flatten", net.op("MatMul", attn, net.rand(4, 3)))
+
+
+def resized(seed: int) -> Net:
+    net = Net([1, 2, 5, 5], seed)
+    h = net.conv("x", 2, 3, pads=[1, 1, 1, 1])
+    h = net.op("Resize", h, "", net.const([1.0, 1.0, 2.0, 2.0]), mode="linear")
+    return net, net.op("Flatten", net.op("ReduceMean", net.op("Tanh", h), axes=[2], keepdims=1))
+
+
 def save(net_and_output, tmp_path) -> str:
     net, output = net_and_output
     path = str(tmp_path / "net.onnx")
@@ -63,7 +123,8 @@ def box_and_points(shape, seed: int, n: int = 200) -> tuple[torch.Tensor, torch.
     return lo, hi, points
 
 
-@pytest.mark.parametrize("build", [mlp, cancelling, convolutional])
+@pytest.mark.parametrize("build", [mlp, cancelling, convolutional, curved, periodic, products, attention,
+                                   resized])  # fmt: skip
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_float32_evaluation_stays_within_the_bound(build, seed, tmp_path):
     path = save(build(seed), tmp_path)
@@ -86,12 +147,27 @@ def test_float64_bound_is_far_smaller(tmp_path):
     assert (e64 < e32 * 1e-6).all()
 
 
-def test_operator_without_rule_is_named(tmp_path):
-    net = Net([1, 4], 0)
-    path = save((net, net.op("Exp", net.gemm("x", 4, 3))), tmp_path)
-    model = verifier.load(path)
-    with pytest.raises(InputError, match=r"Exp \(node"):
+def test_operator_without_rule_is_named():
+    model = verifier.load(torch.nn.Sequential(torch.nn.Linear(4, 3), ParamRamp(3)), torch.zeros(1, 4))
+    with pytest.raises(InputError, match=r"Ramp \(node"):
         forward_error(model.graph, -torch.ones(1, 4), torch.ones(1, 4), FLOAT32)
+
+
+@pytest.mark.parametrize(
+    ("op", "lo"),
+    [(Log(), 1e-30), (Power(0.5), 0.0), (Power(-1.0), -1.0), (Power(-0.5), 0.0), (Power(1.5), 0.0)],
+    ids=["log", "sqrt", "reciprocal", "rsqrt", "pow-1.5"],
+)
+def test_poles_and_domain_edges_give_no_bound(op, lo):
+    """Where the input box widened by its error reaches the pole or leaves the domain, no bound (never a
+    finite guess); the same box without error, or away from the edge, has a finite one."""
+    box = (torch.full((1, 3), lo, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64))
+    error = torch.full((1, 3), 1e-7, dtype=torch.float64)
+    assert torch.isinf(op.rounding_error([box], [error], FLOAT32)).all()
+    away = (box[0] + 2.0, box[1] + 2.0)
+    assert torch.isfinite(op.rounding_error([away], [error], FLOAT32)).all()
+    if lo == 0.0 and op.exponent > 0:  # an exact input on the domain's edge: the implementation's error
+        assert torch.isfinite(op.rounding_error([box], [0 * error], FLOAT32)).all()
 
 
 def test_overflow_gives_no_bound(tmp_path):

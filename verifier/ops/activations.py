@@ -21,7 +21,7 @@ from verifier.ops.base import (
     register,
 )
 from verifier.ops.linear import ConversionError
-from verifier.ops.rounding import FloatFormat, lipschitz_error, magnitude
+from verifier.ops.rounding import IMPLEMENTATION_ULPS, FloatFormat, lipschitz_error, magnitude
 
 
 @register
@@ -220,9 +220,6 @@ _FUNCTIONS = {
 # ``_cross_line``); tanh and erf are flat in float64 well inside it (erf from about 6 on)
 _SEARCH_SPAN = 20.0
 _SEARCH_STEPS = 40
-# Assumed accuracy of the runtime's sigmoid / tanh / erf, in units u of 1 (an absolute error, since the
-# fast implementations approximate with absolute rather than relative accuracy; stated in the README)
-IMPLEMENTATION_ULPS = 16.0
 
 
 @register
@@ -246,7 +243,8 @@ class SShaped(Nonlinear):
         return self.forward(lo), self.forward(hi)
 
     def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
-        """``e_out = L e + IMPLEMENTATION_ULPS u`` (``lipschitz_error``; ``|f| <= 1`` for all three): ``L``
+        """``e_out = L e + IMPLEMENTATION_ULPS u`` (``lipschitz_error``; ``|f| <= 1`` for all three, and the
+        fast implementations approximate with absolute rather than relative accuracy): ``L``
         is ``|f'|`` at the point of the widened box nearest to 0 (``f'`` is even and decreasing in |h|)."""
         ((lo, hi),), (e,) = bounds, errors
         nearest = torch.clamp(torch.zeros_like(lo), lo - e, hi + e)

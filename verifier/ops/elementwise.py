@@ -7,7 +7,11 @@ the tangent at any point of the box below it; on a concave box the roles swap. T
 ``l + p (u - l)`` with the fraction ``p`` in [0, 1] (alpha-CROWN's parameter); its default, the midpoint,
 is the point whose tangent leaves the least area between itself and f over the box (the derivative of that
 area in the tangent point t is ``f''(t) (u - l) (t - m)``, zero at the midpoint m). Lines are computed in
-float64 and widened like the S-shaped ones (``_widened``), so they are sound in float32 and float64."""
+float64 and widened like the S-shaped ones (``_widened``), so they are sound in float32 and float64.
+
+The rounding rule (``Curved.rounding_error``) is ``lipschitz_error`` with each function's bound on ``|f'|``
+over the input box widened by the input error, and its accuracy scale; where the widened box reaches a pole
+or leaves the domain (a computed input may be 0 or negative) the error is ``inf``: no bound."""
 
 from __future__ import annotations
 
@@ -22,6 +26,10 @@ from torch import Tensor, nn
 from verifier.ops.activations import _widened
 from verifier.ops.base import Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
 from verifier.ops.linear import ConversionError
+from verifier.ops.rounding import IMPLEMENTATION_ULPS, FloatFormat, NoRoundingRule, lipschitz_error
+
+# covers the float64 evaluation of the bounds on |f'| and |f| (a few roundings of relative 1e-16)
+_SLOPE_SLACK = 1.0 + 1e-6
 
 
 class DomainError(ValueError):
@@ -46,6 +54,22 @@ class Curved(Nonlinear):
 
     def _check(self, lo: Tensor, hi: Tensor) -> None:
         """Raise a :class:`DomainError` where the box leaves the domain (or the supported boxes)."""
+
+    def _error_scales(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """``(L, s)`` on the widened box ``[a, b]`` (float64): ``L >= |f'|`` on it and ``s`` the scale of
+        the implementation's accuracy (``|f_impl - f| <= IMPLEMENTATION_ULPS u s``; at least ``|f|`` there);
+        ``inf`` (or NaN) where the box reaches a pole or leaves the domain."""
+        raise NoRoundingRule(type(self).__name__)
+
+    def _ulps(self) -> float:
+        return IMPLEMENTATION_ULPS
+
+    def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
+        """``e_out = L e + k u s + tiny`` (``lipschitz_error``) with ``(L, s)`` from ``_error_scales`` on
+        ``[lo - e, hi + e]``, which holds both the exact and the computed input."""
+        ((lo, hi),), (e,) = bounds, errors
+        slope, size = self._error_scales(lo - e, hi + e)
+        return lipschitz_error(slope * _SLOPE_SLACK, e, size * _SLOPE_SLACK, self._ulps(), fmt)
 
     def _refuse(self, bad: Tensor, lo: Tensor, hi: Tensor, what: str) -> None:
         if bad.any():
@@ -110,6 +134,9 @@ class Exp(Curved):
     def _convex(self, lo: Tensor, hi: Tensor) -> Tensor:
         return torch.ones_like(lo, dtype=torch.bool)
 
+    def _error_scales(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.exp(b), torch.exp(b)  # f' = f, increasing; the accuracy is relative
+
 
 @register
 @dataclass(frozen=True)
@@ -127,6 +154,14 @@ class Log(Curved):
 
     def _check(self, lo: Tensor, hi: Tensor) -> None:
         self._refuse(~(lo > 0), lo, hi, "leave the domain x > 0")
+
+    def _error_scales(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """``|f'| = 1 / x`` is largest at ``a``: ``inf`` when ``a <= 0`` (pole, then outside the domain).
+        The accuracy is taken as absolute near ``log = 0`` (``s >= 1``)."""
+        inside = a > 0
+        slope = torch.where(inside, 1 / torch.where(inside, a, 1.0), torch.inf)
+        size = torch.maximum(torch.log(a.clamp(min=0)).abs(), torch.log(b).abs()).clamp(min=1.0)
+        return slope, torch.where(inside, size, torch.inf)
 
 
 @register
@@ -151,6 +186,12 @@ class Softplus(Curved):
 
     def _convex(self, lo: Tensor, hi: Tensor) -> Tensor:
         return torch.ones_like(lo, dtype=torch.bool)
+
+    def _error_scales(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """``f' = sigmoid(beta x)`` and ``f`` are increasing and positive; the accuracy is absolute where
+        ``f`` is small (``s >= 1``). The rule bounds the distance to ``f`` itself, which the relaxation
+        brackets along with the thresholded function."""
+        return self._df(b), self._f(b).clamp(min=1.0)
 
     def _gap(self) -> float:
         return math.log1p(math.exp(-self.threshold)) / self.beta
@@ -205,6 +246,25 @@ class Power(Curved):
             self._refuse(~((lo > 0) | (hi < 0)), lo, hi, "contain 0, where the function has no finite bound")
         elif e % 2 == 1 and e > 1:
             self._refuse((lo < 0) & (hi > 0), lo, hi, "cross 0, where an odd power is not supported")
+
+    def _ulps(self) -> float:
+        """An integer power may be computed by repeated multiplication: ``|e|`` roundings more."""
+        return IMPLEMENTATION_ULPS + (abs(self.exponent) if self._integer() else 0.0)
+
+    def _error_scales(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """``|f'| = |e| |x|^(e - 1)`` is monotone in ``|x|`` on each side of 0, so its maximum over
+        ``[a, b]`` is at an end or at 0 (inf there for ``e < 1``: the pole of a negative power, the vertical
+        tangent of a root); ``|f|`` likewise. A non-integer power of a possibly negative computed input
+        (``a < 0``) is NaN: no bound. The accuracy is relative."""
+        e = self.exponent
+        df = lambda x: abs(e) * x.abs().pow(e - 1) if e != 0 else torch.zeros_like(x)
+        crossing = (a <= 0) & (b >= 0)
+        at_zero = df(torch.zeros_like(a))
+        slope = torch.maximum(torch.maximum(df(a), df(b)), torch.where(crossing, at_zero, 0.0))
+        size = torch.maximum(a.abs().pow(e), b.abs().pow(e))
+        if not self._integer():
+            slope = torch.where(a < 0, torch.inf, slope)
+        return slope, torch.where(crossing & (e < 0), torch.inf, size)
 
     def ibp(self, bounds) -> tuple[Tensor, Tensor]:
         lo, hi = super().ibp(bounds)

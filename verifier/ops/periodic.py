@@ -16,7 +16,12 @@ gets the better (narrower gap) of two sound pairs:
   into the box, which can only add points of the box) and at the ends gives the exact extremes;
 * the constant lines at the IBP bounds (better on wide boxes, e.g. spanning a period).
 
-Everything is computed in float64 and widened like the other curved functions (``_widened``)."""
+Everything is computed in float64 and widened like the other curved functions (``_widened``).
+
+Rounding (``Curved.rounding_error``): ``|f'| = |cos(z)|`` on the widened box is 1 where it holds a
+multiple of pi, else its larger end value (``|cos|`` is monotone between a multiple of pi and the next
+zero, and a zero inside the box is a minimum); the accuracy is absolute (``s = 1``), assumed only for
+``|h| <= MEASURED_RANGE`` (the measured range: range reduction of larger arguments is not covered)."""
 
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ from verifier.ops.elementwise import Curved
 
 _PHASES = {"sin": 0.0, "cos": math.pi / 2}
 _TWO_PI = 2 * math.pi
+# inputs beyond this magnitude get no rounding bound (the runtime's accuracy was measured up to it)
+MEASURED_RANGE = 1e5
 
 
 def _holds(lo: Tensor, hi: Tensor, point: float) -> Tensor:
@@ -54,6 +61,13 @@ class Periodic(Curved):
 
     def _z(self, x: Tensor) -> Tensor:
         return x.double() + _PHASES[self.function]
+
+    def _error_scales(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        za, zb = self._z(a), self._z(b)
+        peak = _holds(za, zb, 0.0) | _holds(za, zb, math.pi)  # where |f'(h)| = |cos(z)| = 1
+        slope = torch.where(peak, 1.0, torch.maximum(torch.cos(za).abs(), torch.cos(zb).abs()))
+        measured = torch.maximum(a.abs(), b.abs()) <= MEASURED_RANGE
+        return slope, torch.where(measured, 1.0, torch.inf)
 
     def _convex(self, lo: Tensor, hi: Tensor) -> Tensor:
         """Convex on ``[(2k - 1) pi, 2k pi]`` in z: where the half period holding the box's start is odd."""

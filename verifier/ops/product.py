@@ -25,6 +25,7 @@ from verifier.ops.base import Composite, JointRelaxation, Nonlinear, RelaxConfig
 from verifier.ops.elementwise import Power
 from verifier.ops.linear import ConversionError
 from verifier.ops.reduce import Reduce
+from verifier.ops.rounding import FloatFormat
 from verifier.ops.shape import Rearrange
 
 
@@ -67,6 +68,16 @@ class Product(Nonlinear):
         corners = torch.stack([xl * yl, xl * yu, xu * yl, xu * yu])
         return corners.min(0).values, corners.max(0).values
 
+    def rounding_error(self, bounds, errors, fmt: FloatFormat) -> Tensor:
+        """``x^ y^ - x y = x (y^ - y) + y (x^ - x) + (x^ - x)(y^ - y)``, and the product rounds once:
+        ``|fl(x^ y^) - x y| <= |x| e_y + |y| e_x + e_x e_y + u |x^| |y^| + tiny`` with ``|x|, |y|`` the
+        largest magnitudes of the real boxes and ``|x^| <= |x| + e_x`` (all broadcast to the output)."""
+        (xl, xu), (yl, yu) = ([self.broadcast(i, t) for t in pair] for i, pair in enumerate(bounds))
+        e_x, e_y = (self.broadcast(i, e) for i, e in enumerate(errors))
+        size_x, size_y = torch.maximum(xl.abs(), xu.abs()), torch.maximum(yl.abs(), yu.abs())
+        propagated = _times(size_x, e_y) + _times(size_y, e_x) + e_x * e_y
+        return propagated + fmt.unit * (size_x + e_x) * (size_y + e_y) + fmt.tiny
+
     def initial_param(self, xl, xu, yl, yu, cfg: RelaxConfig) -> Tensor | None:
         """The weights (t of the lower planes, s of the upper ones), [B, 2, *out]: 1/2 each."""
         if not ((xl < xu).any() and (yl < yu).any()):
@@ -101,6 +112,11 @@ class Product(Nonlinear):
             (cast(ax_up), cast(ay_up)),
             cast(b_up + slack_up),
         )
+
+
+def _times(size: Tensor, error: Tensor) -> Tensor:
+    """``size * error``, 0 where the error is 0 (an exact factor times an unbounded one propagates nothing)."""
+    return torch.where(error > 0, size * error, 0.0)
 
 
 # ------------------------------------------------------------------------------------------ converters

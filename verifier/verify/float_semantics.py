@@ -14,7 +14,8 @@ the case's whole box: every sub-domain of a branch and bound lies in that box, s
 
 The rules model the file's operators through the loaded graph; operators whose constants the loader
 combines in ways that can cancel (BatchNormalization folded into one scale and shift, Gemm with alpha or
-beta other than 1, an Add folded into a Gemm's bias) are refused (``check_foldings``).
+beta other than 1, an Add folded into a Gemm's bias) and fused kernels translated into other operators
+(Softmax, LogSoftmax, LayerNormalization) are refused (``check_foldings``).
 """
 
 from __future__ import annotations
@@ -45,18 +46,30 @@ def declared_format(prop: Property, model_type: str) -> FloatFormat | None:
     return FORMATS[name]
 
 
+# Fused kernels the loader translates into several operators, which the runtime computes by another
+# algorithm (Softmax as exp(x - max) / sum, LayerNormalization's variance possibly as mean(x^2) - mean(x)^2,
+# which cancels where the mean is large): the translation's rounding bound does not describe the kernel's. The
+# same functions spelled as their primitive operators (Exp, ReduceSum, Div, ...) are modelled one by one.
+_FUSED = frozenset({"Softmax", "LogSoftmax", "LayerNormalization"})
+
+
 def check_foldings(onnx_path: str) -> None:
     """Refuse (``InputError``, naming the nodes) ONNX operators whose constants the loader folds into
-    others: the rounding model would describe the folded arithmetic, not the file's."""
+    others, and fused kernels it translates into other operators (``_FUSED``): the rounding model would
+    describe the translated arithmetic, not the file's."""
     import onnx  # here: only float queries need it
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     producers = {out: node for node in model.graph.node for out in node.output}
-    folded = [f"{node.op_type} (node {node.name or node.output[0]})" for node in model.graph.node
-              if _folds(node, producers)]  # fmt: skip
-    if folded:
-        raise InputError(f"{onnx_path}: the floating-point rounding of these operators is not modelled "
-                         f"(their constants are folded at load time): {', '.join(folded)}")  # fmt: skip
+    name = lambda node: f"{node.op_type} (node {node.name or node.output[0]})"
+    folded = [name(node) for node in model.graph.node if _folds(node, producers)]
+    fused = [name(node) for node in model.graph.node if node.op_type in _FUSED]
+    reasons = [(folded, "their constants are folded at load time"),
+               (fused, "fused kernels: spell them as their primitive operators")]  # fmt: skip
+    found = [f"{', '.join(nodes)} ({why})" for nodes, why in reasons if nodes]
+    if found:
+        raise InputError(f"{onnx_path}: the floating-point rounding of these operators is not modelled: "
+                         f"{'; '.join(found)}")  # fmt: skip
 
 
 def _folds(node, producers: dict) -> bool:
