@@ -1,15 +1,16 @@
 #!/usr/bin/env python
-"""Time IBP / CROWN / LBP (and the hybrids) on the mnist_fc 256x6 network and the oval21 cifar_base CNN.
+"""Time IBP / CROWN / LBP (and the hybrids) on the mnist_fc 256x6 network, the oval21 cifar_base CNN and a
+vision transformer of VNN-COMP 2023 (``vit``: attention with Softmax, products of tensors, BatchNorm).
 
-Inputs are real: MNIST test images (eps 0.03 in pixel space, clipped to [0, 1]) and the input boxes of the
-oval21 cifar_base properties (tiled to the batch size). Reports the median time of repeats, the mean width
+Inputs are real: MNIST test images (eps 0.03 in pixel space, clipped to [0, 1]), the input boxes of the
+oval21 cifar_base properties and of the vit pgd_2_3_16 properties (tiled to the batch size). Reports the median time of repeats, the mean width
 of the output bounds, and for CROWN the matrix-multiply FLOPs it ran against this machine's measured GEMM
 throughput (the "floor": the time the GEMMs alone would take). The GEMM rate is measured again before
 every timed repeat and the median taken, so that a machine shared with other work slows both alike; the
 load average is recorded. JSON out.
 
     .venv/bin/python scripts/bench_bounds.py --out scripts/results/bench_bounds.json [--threads 2] [--repeats 5]
-        [--methods crown alpha-crown] [--shared ../shared] [--training-only]
+        [--methods crown alpha-crown] [--shared ../shared] [--models vit_pgd_2_3_16] [--training-only]
 
 Training rows: one DM-small (BatchNorm) optimiser step on 128 MNIST images with the natural loss and with
 the IBP and CROWN-IBP certified losses at eps 0.1, and their ratios to the natural step (denormals flushed,
@@ -43,9 +44,17 @@ def mnist_regions(model, batch: int, shared: Path) -> verifier.Box:
 
 
 def oval_regions(model, batch: int, shared: Path) -> verifier.Box:
-    folder = shared / "benchmarks" / "oval21"
+    return instance_regions(model, batch, shared / "benchmarks" / "oval21", "onnx/cifar_base_kw")
+
+
+def vit_regions(model, batch: int, shared: Path) -> verifier.Box:
+    return instance_regions(model, batch, shared / "benchmarks-extra" / "vit", "onnx/pgd_2_3_16")
+
+
+def instance_regions(model, batch: int, folder: Path, onnx_prefix: str) -> verifier.Box:
+    """The input boxes of a suite's properties on one model (instances.csv rows starting with the prefix)."""
     names = sorted({line.split(",")[1] for line in (folder / "instances.csv").read_text().splitlines()
-                    if line.startswith("onnx/cifar_base_kw")})  # fmt: skip
+                    if line.startswith(onnx_prefix)})  # fmt: skip
     cases = [load_property(folder / n).cases[0] for n in names]
     lo = torch.stack([torch.from_numpy(c.lower).float() for c in cases])
     hi = torch.stack([torch.from_numpy(c.upper).float() for c in cases])
@@ -77,8 +86,15 @@ def median_time(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(times), statistics.median(rates)
 
 
+MODELS = {  # name: (path under the shared folder, regions)
+    "mnist_fc_256x6": ("benchmarks/mnist_fc/onnx/mnist-net_256x6.onnx", mnist_regions),
+    "oval21_cifar_base": ("benchmarks/oval21/onnx/cifar_base_kw.onnx", oval_regions),
+    "vit_pgd_2_3_16": ("benchmarks-extra/vit/onnx/pgd_2_3_16.onnx", vit_regions),
+}
+
+
 def run(name, path, make_region, args) -> list[dict]:
-    model = verifier.load(args.shared / "benchmarks" / path)
+    model = verifier.load(args.shared / path)
     rows = []
     for batch in args.batches:
         region = make_region(model, batch, args.shared)
@@ -143,6 +159,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--methods", nargs="+", default=list(verifier.METHODS), choices=verifier.METHODS)
     parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding benchmarks/, data/")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--training-only", action="store_true", help="only the training-step rows")
     args = parser.parse_args(argv)
     if not (args.shared / "benchmarks").is_dir():
@@ -151,9 +168,10 @@ def main(argv=None) -> None:
     load_before = os.getloadavg()
     rows = []
     if not args.training_only:
-        rows += run("mnist_fc_256x6", "mnist_fc/onnx/mnist-net_256x6.onnx", mnist_regions, args)
-        rows += run("oval21_cifar_base", "oval21/onnx/cifar_base_kw.onnx", oval_regions, args)
-    rows += training_rows(args)
+        for name in args.models:
+            rows += run(name, *MODELS[name], args)
+    if args.training_only or set(args.models) == set(MODELS):
+        rows += training_rows(args)
     result = {
         "threads": args.threads,
         "gemm_gflops": round(gemm_rate(), 1),

@@ -164,3 +164,40 @@ def test_the_split_halves_the_coordinate_the_bound_depends_on(tmp_path):
     )
     np.testing.assert_array_equal(children["lo"].numpy(), [[-5.0, 0.0], [-5.0, 0.5]])
     np.testing.assert_array_equal(children["hi"].numpy(), [[5.0, 0.5], [5.0, 1.0]])
+
+
+def _difference_of_squares(tmp_path):
+    """``y = (x0 + x1)(x0 - x1) = x0^2 - x1^2``: a product of two graph tensors, at most 1 on [-1, 1]^2."""
+    net = Net([1, 2])
+    s = net.op("MatMul", "x", net.const(np.array([[1.0], [1.0]])))
+    d = net.op("MatMul", "x", net.const(np.array([[1.0], [-1.0]])))
+    path = tmp_path / "squares.onnx"
+    onnx.save(net.model(net.op("Mul", s, d)), path)
+    return path
+
+
+def test_input_splitting_proves_a_product_whose_bound_ignores_one_coordinate(tmp_path):
+    """Near x0 = +-1 the product's linear bound and gradient hardly depend on x1, so both linear scores
+    pointed at x0 until its interval held no float32 midpoint (children equal to their parents, forever);
+    gains far below the gap no longer count fully, and a coordinate that cannot be halved is not split."""
+    path = _difference_of_squares(tmp_path)
+    case = Case(
+        np.array([-1.0, -1.0]), np.array([1.0, 1.0]), (Disjunct(np.array([[-1.0]]), np.array([-1.25])),)
+    )
+    result = run_bab(problem_for(path, Property(2, 1, (case,))))  # unsafe: y >= 1.25, never reached
+    assert result.verdict == "unsat" and result.domains < 5000
+
+
+def test_a_coordinate_without_a_float32_midpoint_is_not_split(tmp_path):
+    path = _difference_of_squares(tmp_path)
+    case = Case(
+        np.array([-1.0, -1.0]), np.array([1.0, 1.0]), (Disjunct(np.array([[-1.0]]), np.array([-1.25])),)
+    )
+    problem = problem_for(path, Property(2, 1, (case,)))
+    brancher = InputSplit(problem.bounder)
+    parent = driver.settle(brancher, brancher.roots(np.arange(1)), problem)
+    parent["lo"] = torch.tensor([[np.nextafter(np.float32(1), np.float32(0)), -1.0]])
+    parent["hi"] = torch.tensor([[1.0, 1.0]])
+    parent = driver.settle(brancher, parent, problem)
+    children = brancher.split(parent)
+    np.testing.assert_array_equal(children["hi"][0].numpy(), [1.0, 0.0])  # x1 halved, x0 kept

@@ -7,7 +7,8 @@ the case's box rounded outwards, so they cover every real point of it), ``case``
 their union is exactly the parent box.
 
 Which coordinate: the largest sum of three scores, each scaled to a maximum of 1 over the coordinates,
-for the row ``s`` deciding the domain's score (the best row of its least excluded disjunct):
+for the row ``s`` deciding the domain's score (the best row of its least excluded disjunct); a
+coordinate too narrow to hold a float32 midpoint is never split while another can be:
 
 * the *bound* score ``|A_si| (hi_i - lo_i)``. CROWN bounds row ``s`` by ``A_s x + c_s`` on the box, whose
   minimum there is ``sum_i min(A_si lo_i, A_si hi_i) + c_s``; halving coordinate ``i`` raises it for one
@@ -40,6 +41,8 @@ from torch import Tensor
 import verifier
 from verifier.verify.bab.queue import Domains, concat
 from verifier.verify.bounding import Bounder
+
+ASPECT = 2.0**8  # the most a coordinate may be halved more often than the widest, relative to the case box
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,19 @@ class InputSplit:
         score = (_unit_max(parents["split_score"][rows, deciding]) + _unit_max(self._smear(parents, deciding))
                  + _unit_max(relative))  # fmt: skip
         score = torch.where(score.amax(dim=1, keepdim=True) > 0, score, hi - lo)
+        # One float32 value shared by both halves, inside [lo, hi] (rounding of the mean is monotone); a
+        # coordinate whose interval holds no float32 value strictly inside would give a child equal to its
+        # parent: it is split only when every coordinate is that narrow
+        middle = ((lo.double() + hi.double()) / 2).float().clamp(min=lo, max=hi)
+        splittable = (middle > lo) & (middle < hi)
+        score = torch.where(splittable | ~splittable.any(dim=1, keepdim=True), score, -torch.inf)
+        # nor is a coordinate ASPECT times narrower (relative to the case's box) than the widest: the linear
+        # scores can keep pointing at one coordinate whose halving gains nothing, while the bound is loose
+        # along another that they do not see (a product x y near x = 1 hardly depends on y to first order)
+        thin = relative * ASPECT < relative.amax(dim=1, keepdim=True)
+        score = torch.where(thin, -torch.inf, score)
         dim = score.argmax(dim=1)
-        a, b = lo[rows, dim], hi[rows, dim]
-        # One float32 value shared by both halves, inside [a, b] (rounding of the mean is monotone).
-        mid = ((a.double() + b.double()) / 2).float().clamp(min=a, max=b)
+        mid = middle[rows, dim]
         lower_hi, upper_lo = hi.clone(), lo.clone()
         lower_hi[rows, dim], upper_lo[rows, dim] = mid, mid
         children = concat([parents | {"hi": lower_hi}, parents | {"lo": upper_lo}])
