@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from verifier.graph import fx_import
-from verifier.ops.base import CONVERTERS, Onnx2TorchClass
+from verifier.graph.converters import CONVERTERS, Onnx2TorchClass
 
 
 def test_every_onnx2torch_name_is_the_class_it_stands_for():

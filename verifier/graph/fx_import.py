@@ -2,7 +2,7 @@
 
 The module is run once on an example input while walking its nodes. Nodes that do not depend on the
 input's values (parameters, constants, shape computations) are folded into constants; every other node is
-translated by the converter registered for its target (see ``verifier.ops.base.converts``). All failures
+translated by the converter registered for its target (see ``verifier.graph.converters``). All failures
 are collected and reported together, naming each node."""
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import torch
 from torch import Tensor, fx
 from torch.utils import _pytree as pytree
 
-import verifier.ops  # noqa: F401  (registers every converter)
 from verifier.errors import ModelLoadError, UnsupportedOperatorError
+from verifier.graph.converters import CONVERTERS, Composite, ConversionError, Onnx2TorchClass, converter_for
 from verifier.graph.graph import Graph, Node, prune
 from verifier.graph.simplify import fuse_bias
-from verifier.ops.base import CONVERTERS, Composite, Onnx2TorchClass, converter_for
-from verifier.ops.linear import ConversionError
 from verifier.ops.shape import Rearrange
 
 _FAILED = -1  # data index of a node that failed: its consumers still count as data-dependent

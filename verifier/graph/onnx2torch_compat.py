@@ -12,8 +12,8 @@ imported, and only if torchvision is absent: onnx2torch's package is then execut
 :class:`ModelLoadError` naming the function, the ONNX operator and the fix. The stand-in is removed as soon
 as onnx2torch is imported: the two converter modules alone keep it, and the rest of the process still finds
 torchvision absent rather than a fake one. A finder, not an import done here, keeps onnx2torch's import
-wherever the code puts it (it is slow); the packages whose modules import onnx2torch (``verifier.graph``,
-``verifier.ops``) import this module in their ``__init__``, before any of those modules.
+wherever the code puts it (it is slow); the package whose modules import onnx2torch (``verifier.graph``)
+imports this module in its ``__init__``, before any of those modules.
 """
 
 from __future__ import annotations

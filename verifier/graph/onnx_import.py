@@ -11,20 +11,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from verifier.errors import ModelLoadError
+from verifier.graph.converters import supported_onnx_operators
 
 if TYPE_CHECKING:  # onnx itself is imported where a file is read: a cached model needs no onnx at all
     import onnx
 
 # ONNX operator types with bound rules, or folded at load time when they only touch constants and shapes
-# (Shape, ConstantOfShape, Equal, Where: on graph tensors they have no rules, and loading names the node).
-SUPPORTED_ONNX_OPERATORS = frozenset({
-    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant",
-    "ConstantOfShape", "Conv", "ConvTranspose", "Cos", "Div", "Dropout", "Equal", "Erf", "Exp", "Expand",
-    "Flatten", "Gather", "Gemm", "GlobalAveragePool", "Identity", "LayerNormalization", "LeakyRelu", "Log",
-    "LogSoftmax", "MatMul", "MaxPool", "Mul", "Neg", "Pad", "Pow", "Reciprocal", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Resize", "Shape",
-    "Sigmoid", "Sin", "Slice", "Softmax", "Softplus", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Tile", "Transpose",
-    "Unsqueeze", "Upsample", "Where",
-})  # fmt: skip
+# (the converters' table: ``verifier.graph.converters``)
+SUPPORTED_ONNX_OPERATORS = supported_onnx_operators()
 _TARGET_OPSET = 17
 
 

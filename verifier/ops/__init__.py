@@ -1,12 +1,11 @@
-"""Operators, one module per family; importing this package registers every operator and converter."""
+"""Operators, one module per family; importing this package registers every operator. No front end is
+known here: their spellings in torch.fx and ONNX, and the translation, are in ``verifier.graph.converters``."""
 
-from verifier.graph import onnx2torch_compat  # noqa: F401  (before the modules that import onnx2torch)
 from verifier.ops import (  # noqa: F401
     activations,
     conv,
     elementwise,
     linear,
-    normalisation,
     periodic,
     piecewise,
     pooling,

@@ -8,19 +8,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from verifier.nn import ParamRamp, param_ramp, ramp_breakpoint
-from verifier.ops.base import (
-    Nonlinear,
-    Onnx2TorchClass,
-    Relaxation,
-    RelaxConfig,
-    converter_for,
-    converts,
-    register,
-)
-from verifier.ops.linear import ConversionError
+from verifier.nn import param_ramp, ramp_breakpoint
+from verifier.ops.base import Nonlinear, Relaxation, RelaxConfig, register
 from verifier.ops.rounding import IMPLEMENTATION_ULPS, FloatFormat, lipschitz_error, magnitude
 
 
@@ -90,23 +81,6 @@ class ReLU(Nonlinear):
         if alpha <= 1.0:  # convex: the chord lies above
             return Relaxation(a_tangent, zero, a_chord, b_chord)
         return Relaxation(a_chord, b_chord, a_tangent, zero)
-
-
-@converts(nn.ReLU, F.relu, torch.relu, "relu")
-def _relu(call) -> ReLU:
-    return ReLU()
-
-
-@converts(nn.LeakyReLU, F.leaky_relu)
-def _leaky_relu(call) -> ReLU:
-    slope = (
-        call.target.negative_slope
-        if isinstance(call.target, nn.Module)
-        else call.const(1, "negative_slope", 0.01)
-    )
-    if slope < 0:
-        raise ConversionError("LeakyReLU with a negative slope is not monotone")
-    return ReLU(float(slope))
 
 
 # ------------------------------------------------------------------------------------------------- ramp
@@ -186,13 +160,6 @@ class Ramp(Nonlinear):
             for k, c, p in zip((b, r - b * r), chord, piece)
         ]
         return Relaxation(*lower, *upper)
-
-
-@converts(ParamRamp)
-def _param_ramp(call) -> Ramp:
-    """The module's own breakpoint parameter (``Call.param``): shaped and clamped by the op at bound time."""
-    m = call.target
-    return Ramp(call.param(m.r), m.eta, m.channel_dim)
 
 
 # --------------------------------------------------------------------------------------------- S-shaped
@@ -347,27 +314,3 @@ def _widened(a_lo, b_lo, a_up, b_up, l, u, dtype) -> Relaxation:
     return Relaxation(
         a_lo.to(dtype), (b_lo - slack_lo).to(dtype), a_up.to(dtype), (b_up + slack_up).to(dtype)
     )
-
-
-@converts(nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid")
-def _sigmoid(call) -> SShaped:
-    return SShaped("sigmoid")
-
-
-@converts(nn.Tanh, torch.tanh, F.tanh, "tanh")
-def _tanh(call) -> SShaped:
-    return SShaped("tanh")
-
-
-@converts(torch.erf, torch.special.erf, "erf", Onnx2TorchClass("activations", "OnnxErf"))
-def _erf(call) -> SShaped:
-    return SShaped("erf")
-
-
-@converts(Onnx2TorchClass("functions", "OnnxFunction"))
-def _onnx_function(call) -> Nonlinear:
-    """onnx2torch's generic elementwise module (ONNX Tanh, Exp, Log, ...): converted as its torch function."""
-    convert = converter_for(call.target.function)
-    if convert is None:
-        raise ConversionError(f"elementwise function {getattr(call.target.function, '__name__', '?')}")
-    return convert(call)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from verifier.ops.base import Affine, converts, register
-from verifier.ops.linear import ConversionError
+from verifier.ops.base import Affine, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
 
@@ -194,44 +193,3 @@ class ConvTranspose(Affine):
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         return F.conv2d(a, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-
-
-def _check_padding_mode(module) -> None:
-    if module.padding_mode != "zeros" or isinstance(module.padding, str):
-        raise ConversionError(f"convolution with padding {module.padding!r} / mode {module.padding_mode!r}")
-
-
-@converts(nn.Conv1d, nn.Conv2d)
-def _conv(call) -> Conv:
-    m = call.target
-    _check_padding_mode(m)
-    return Conv(call.param(m.weight), call.param(m.bias), tuple(m.stride), tuple(m.padding), tuple(m.dilation),
-                m.groups)  # fmt: skip
-
-
-@converts(nn.ConvTranspose2d)
-def _conv_transpose(call) -> ConvTranspose:
-    m = call.target
-    _check_padding_mode(m)
-    return ConvTranspose(
-        call.param(m.weight),
-        call.param(m.bias),
-        tuple(m.stride),
-        tuple(m.padding),
-        tuple(m.output_padding),
-        tuple(m.dilation),
-        m.groups,
-    )
-
-
-@converts(F.conv1d, F.conv2d)
-def _conv_function(call) -> Conv:
-    weight = call.const(1, "weight")
-    dims = weight.dim() - 2
-    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
-    padding = call.const(4, "padding", 0)
-    if isinstance(padding, str):
-        raise ConversionError(f"convolution with padding {padding!r}")
-    return Conv(call.param(weight), call.param(call.const(2, "bias", None)),
-                tup(call.const(3, "stride", 1)), tup(padding), tup(call.const(5, "dilation", 1)),
-                call.const(6, "groups", 1))  # fmt: skip

@@ -16,16 +16,14 @@ or leaves the domain (a computed input may be 0 or negative) the error is ``inf`
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from verifier.ops.activations import _widened
-from verifier.ops.base import Nonlinear, Onnx2TorchClass, Relaxation, RelaxConfig, converts, register
-from verifier.ops.linear import ConversionError
+from verifier.ops.base import Nonlinear, Relaxation, RelaxConfig, register
 from verifier.ops.rounding import IMPLEMENTATION_ULPS, FloatFormat, NoRoundingRule, lipschitz_error
 
 # covers the float64 evaluation of the bounds on |f'| and |f| (a few roundings of relative 1e-16)
@@ -272,53 +270,3 @@ class Power(Curved):
         if self._integer() and self.exponent > 0 and self.exponent % 2 == 0:  # the minimum 0 is inside
             lo = torch.where((a < 0) & (b > 0), 0.0, lo)
         return lo, hi
-
-
-# ------------------------------------------------------------------------------------------ converters
-
-OnnxPow = Onnx2TorchClass("pow", "OnnxPow")
-OnnxSqrt = Onnx2TorchClass("pow", "OnnxSqrt")
-OnnxReciprocal = Onnx2TorchClass("reciprocal", "OnnxReciprocal")
-
-
-@converts(torch.exp, "exp")
-def _exp(call) -> Exp:
-    return Exp()
-
-
-@converts(torch.log, "log")
-def _log(call) -> Log:
-    return Log()
-
-
-@converts(torch.sqrt, "sqrt", OnnxSqrt)
-def _sqrt(call) -> Power:
-    return Power(0.5)
-
-
-@converts(torch.reciprocal, "reciprocal", OnnxReciprocal)
-def _reciprocal(call) -> Power:
-    return Power(-1.0)
-
-
-@converts(nn.Softplus, F.softplus)
-def _softplus(call) -> Softplus:
-    if isinstance(call.target, nn.Module):
-        beta, threshold = call.target.beta, call.target.threshold
-    else:
-        beta, threshold = call.const(1, "beta", 1.0), call.const(2, "threshold", 20.0)
-    if not beta > 0:
-        raise ConversionError(f"Softplus with beta {beta} (only beta > 0 is supported)")
-    return Softplus(float(beta), float(threshold))
-
-
-@converts(torch.pow, operator.pow, "pow", OnnxPow)
-def _pow(call) -> Power:
-    """A graph tensor raised to one constant exponent (a number, or a tensor whose entries are all equal)."""
-    if call.data_positions != [0]:
-        raise ConversionError("Pow needs a graph tensor as base and a constant exponent")
-    e = call.args[1] if len(call.args) > 1 else call.kwargs.get("exponent")
-    e = torch.as_tensor(e).detach().flatten()
-    if e.numel() == 0 or not (e == e[0]).all():
-        raise ConversionError("Pow with an exponent that differs between entries")
-    return Power(float(e[0]))

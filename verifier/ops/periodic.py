@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from verifier.ops.activations import _widened
-from verifier.ops.base import Relaxation, RelaxConfig, converts, register
+from verifier.ops.base import Relaxation, RelaxConfig, register
 from verifier.ops.elementwise import Curved
 
 _PHASES = {"sin": 0.0, "cos": math.pi / 2}
@@ -123,13 +123,3 @@ class Periodic(Curved):
 
 def _fields(rel: Relaxation) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return rel.a_lo, rel.b_lo, rel.a_up, rel.b_up
-
-
-@converts(torch.sin, "sin")
-def _sin(call) -> Periodic:
-    return Periodic("sin")
-
-
-@converts(torch.cos, "cos")
-def _cos(call) -> Periodic:
-    return Periodic("cos")

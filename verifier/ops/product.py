@@ -1,5 +1,6 @@
-"""Products of two graph tensors: Mul (with broadcasting), and what is built from it: Div by a graph tensor
-(``x * y ** -1``) and MatMul of two graph tensors (a broadcast product summed over the shared dimension).
+"""Products of two graph tensors: Mul (with broadcasting), and what the loader builds from it: Div by a
+graph tensor (``x * y ** -1``) and MatMul of two graph tensors (a broadcast product summed over the shared
+dimension).
 
 The one rule is McCormick's. On the box ``x in [xl, xu]``, ``y in [yl, yu]``:
 
@@ -21,12 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from verifier.ops.base import Composite, JointRelaxation, Nonlinear, RelaxConfig, Steps, register
-from verifier.ops.elementwise import Power
-from verifier.ops.linear import ConversionError
-from verifier.ops.reduce import Reduce
+from verifier.ops.base import JointRelaxation, Nonlinear, RelaxConfig, register
 from verifier.ops.rounding import FloatFormat
-from verifier.ops.shape import Rearrange
 
 
 @register
@@ -117,48 +114,3 @@ class Product(Nonlinear):
 def _times(size: Tensor, error: Tensor) -> Tensor:
     """``size * error``, 0 where the error is 0 (an exact factor times an unbounded one propagates nothing)."""
     return torch.where(error > 0, size * error, 0.0)
-
-
-# ------------------------------------------------------------------------------------------ converters
-
-
-def broadcast_shape(shapes: list[tuple[int, ...]], what: str) -> tuple[int, ...]:
-    """numpy's broadcast of per-sample shapes (the batch dimension is never broadcast)."""
-    try:
-        return tuple(torch.broadcast_shapes(*[torch.Size(s) for s in shapes]))
-    except RuntimeError as exc:
-        raise ConversionError(f"{what} of graph tensors with shapes {shapes} do not broadcast") from exc
-
-
-def product(shapes: list[tuple[int, ...]]) -> Product:
-    """The Product of two graph tensors of these per-sample shapes."""
-    out = broadcast_shape(shapes, "product")
-    if all(tuple(s) == out for s in shapes):
-        return Product()
-    return Product(tuple(tuple(s) for s in shapes), out)
-
-
-def quotient(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> Composite:
-    """``x / y`` as ``x * y ** -1`` (bounded where y keeps one sign: the reciprocal refuses the rest)."""
-    steps = Steps(shapes, dtype)
-    inverse = steps.add(Power(-1.0), 1)
-    steps.add(product([shapes[0], steps.shape(inverse)]), 0, inverse)
-    return steps.done()
-
-
-def matmul(shapes: list[tuple[int, ...]], dtype: torch.dtype) -> Composite:
-    """``x @ y`` of two graph tensors [..., i, k] and [..., k, j]: ``x[..., i, k, 1] * y[..., 1, k, j]``
-    summed over k, each product relaxed on its own (leading dimensions broadcast)."""
-    (x, y) = shapes
-    if len(x) < 2 or len(y) < 2 or x[-1] != y[-2]:
-        raise ConversionError(
-            f"MatMul of graph tensors with per-sample shapes {x} and {y} (rank >= 2 needed)"
-        )
-    steps = Steps(shapes, dtype)
-    size = lambda s: int(torch.Size(s).numel())
-    left = steps.add(Rearrange((size(x),), (*x, 1)), 0)
-    right = steps.add(Rearrange((size(y),), (*y[:-2], 1, *y[-2:])), 1)
-    terms = steps.add(product([steps.shape(left), steps.shape(right)]), left, right)
-    rank = len(steps.shape(terms))
-    steps.add(Reduce((rank - 2,)), terms)
-    return steps.done()

@@ -1,5 +1,5 @@
 """Softmax, LogSoftmax and LayerNorm, translated into operators that already have bound rules (a
-:class:`verifier.ops.base.Composite`), each step bounded on its own by the engine.
+:class:`Composite`), each step bounded on its own by the engine.
 
 * ``softmax(x)_i = 1 / (1 + sum_{j != i} exp(x_j - x_i))``: the differences are one exact linear map, so
   the correlation between numerator and denominator is never lost; the sum is at least 1, so the
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from verifier.ops.base import Composite, Onnx2TorchClass, Steps, converts
+from verifier.graph.converters.base import Composite, ConversionError, Onnx2TorchClass, Steps, converts
+from verifier.graph.converters.product import product
 from verifier.ops.elementwise import Exp, Log, Power
-from verifier.ops.linear import ConversionError, Linear, ScaleShift
-from verifier.ops.product import product
+from verifier.ops.linear import Linear, ScaleShift
 from verifier.ops.reduce import Reduce
 from verifier.ops.shape import Rearrange
 
@@ -116,7 +116,7 @@ def _axis(call, dim) -> int:
 
 
 @converts(nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax",
-          "log_softmax")  # fmt: skip
+          "log_softmax", onnx=("LogSoftmax", "Softmax"))  # fmt: skip
 def _softmax(call) -> Composite:
     target = call.target
     if isinstance(target, nn.Module):
@@ -127,13 +127,13 @@ def _softmax(call) -> Composite:
     return softmax(call.in_shapes[0], _axis(call, dim), log, call.out_dtype)
 
 
-@converts(OnnxSoftmaxV1V11)
+@converts(OnnxSoftmaxV1V11, onnx=("LogSoftmax", "Softmax"))
 def _onnx_softmax(call) -> Composite:
     axis = _axis(call, call.target.axis)
     return softmax(call.in_shapes[0], axis, call.target.is_log, call.out_dtype, flatten=True)
 
 
-@converts(nn.LayerNorm)
+@converts(nn.LayerNorm, onnx=("LayerNormalization",))
 def _layer_norm_module(call) -> Composite:
     ln = call.target
     m = len(ln.normalized_shape)
@@ -150,7 +150,7 @@ def _layer_norm_function(call) -> Composite:
     return layer_norm(call.in_shapes[0], m, eps, call.param(weight), call.param(bias), call.out_dtype)
 
 
-@converts(OnnxLayerNorm)
+@converts(OnnxLayerNorm, onnx=("LayerNormalization",))
 def _onnx_layer_norm(call) -> Composite:
     shape = call.in_shapes[0]
     axis = _axis(call, call.target.axis)
