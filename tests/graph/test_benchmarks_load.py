@@ -1,5 +1,6 @@
-"""Every ONNX model of the shared VNN-COMP benchmarks loads and reproduces onnxruntime; a few small ones
-(at most 8 inputs) also get sound bounds from every method around random points."""
+"""Every ONNX model of the shared VNN-COMP benchmarks (and of benchmarks-extra: the vision transformers)
+loads and reproduces onnxruntime; a few small ones (at most 8 inputs) also get sound bounds from every
+method around random points, and the transformers IBP and CROWN bounds on their properties' input boxes."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from graph_testing import OnnxRunner, assert_sound
+from graph_testing import OnnxRunner, assert_sound, box_points
 
 import verifier
+from tests.helpers import DEEP_FLOAT32, worst_miss
 
-BENCHMARKS = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+BENCHMARKS, EXTRA = SHARED / "benchmarks", SHARED / "benchmarks-extra"
 if not BENCHMARKS.is_dir():
     pytest.skip(f"{BENCHMARKS} not present", allow_module_level=True)
 
-MODELS = sorted(BENCHMARKS.rglob("*.onnx"))
+MODELS = sorted(BENCHMARKS.rglob("*.onnx")) + sorted(EXTRA.rglob("*.onnx"))
 SMALL_INPUT = 8
 
 
@@ -35,7 +38,7 @@ def loaded():
 
 
 def _id(path: Path) -> str:
-    return str(path.relative_to(BENCHMARKS))
+    return str(path.relative_to(SHARED))
 
 
 def test_benchmarks_are_found():
@@ -85,3 +88,34 @@ def test_small_models_have_sound_bounds(path, loaded):
     centre = torch.rand(2, *model.input_shape, generator=gen)
     radius = 0.05 * torch.rand(centre.shape, generator=gen)
     assert_sound(model, verifier.Box(centre - radius, centre + radius), runner, n=100)
+
+
+VIT = EXTRA / "vit"
+VIT_CASES = [
+    ("pgd_2_3_16", "pgd_2_3_16_7732"),
+    pytest.param("ibp_3_3_8", "ibp_3_3_8_4879", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.skipif(not VIT.is_dir(), reason=f"{VIT} not present")
+@pytest.mark.parametrize(("net", "prop"), VIT_CASES)
+def test_vision_transformers_have_sound_bounds_on_their_property_boxes(net, prop, loaded):
+    """Attention (Softmax, products of two tensors), BatchNorm, residual sums: IBP and CROWN contain
+    onnxruntime's outputs at sampled points of a real VNN-COMP input box, CROWN far tighter than IBP."""
+    from verifier.spec.vnnlib import load_property
+
+    model, runner = loaded(VIT / "onnx" / f"{net}.onnx")
+    case = load_property(VIT / "vnnlib" / f"{prop}.vnnlib").cases[0]
+    shape = (1, *model.input_shape)
+    box = verifier.Box(
+        torch.from_numpy(case.lower).float().reshape(shape),
+        torch.from_numpy(case.upper).float().reshape(shape),
+    )
+    points = box_points(box.lower, box.upper, 40, torch.Generator().manual_seed(0))
+    ys = runner(points.flatten(0, 1)).reshape(points.shape[0], 1, *model.output_shape)
+    widths = {}
+    for method in ("ibp", "crown"):
+        lower, upper = model.bounds(box, method=method)
+        assert worst_miss(ys, lower, upper, DEEP_FLOAT32) <= 0, method
+        widths[method] = (upper - lower).mean().item()
+    assert widths["crown"] < widths["ibp"] / 5, widths
