@@ -59,6 +59,33 @@ class Op:
         return dataclasses.replace(self, **changes) if changes else self
 
 
+class Broadcasting:
+    """Numpy broadcasting of an operator's inputs, of per-sample shapes ``in_shapes``, to ``out_shape``
+    (padded with unit dimensions on the left); the batch dimension is never broadcast. The operator
+    declares the two fields; ``out_shape`` None means every input has the output's shape."""
+
+    in_shapes: tuple[tuple[int, ...], ...]
+    out_shape: tuple[int, ...] | None
+
+    def _padded(self, i: int) -> tuple[int, ...]:
+        shape = self.in_shapes[i]
+        return (1,) * (len(self.out_shape) - len(shape)) + tuple(shape)
+
+    def broadcast(self, i: int, x: Tensor) -> Tensor:
+        """Input i [N, *in_shapes[i]] as the output's shape sees it, [N, *out_shape]."""
+        if self.out_shape is None:
+            return x
+        return x.reshape(x.shape[0], *self._padded(i)).expand(x.shape[0], *self.out_shape)
+
+    def unbroadcast(self, i: int, a: Tensor) -> Tensor:
+        """The adjoint of ``broadcast``: [N, *out_shape] summed over the copies onto input i's shape."""
+        if self.out_shape is None:
+            return a
+        padded = self._padded(i)
+        dims = [1 + d for d, (p, o) in enumerate(zip(padded, self.out_shape)) if p == 1 and o != 1]
+        return (a.sum(dims, keepdim=True) if dims else a).reshape(a.shape[0], *self.in_shapes[i])
+
+
 class Affine(Op):
     """``y = sum_i J_i x_i + c``: the bound rules of every affine operator follow from four pieces."""
 

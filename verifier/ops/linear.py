@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from verifier.ops.base import Affine, register, unbounded_where_nan
+from verifier.ops.base import Affine, Broadcasting, register, unbounded_where_nan
 
 
 @register
@@ -89,7 +89,7 @@ class ScaleShift(Affine):
 
 @register
 @dataclass(frozen=True)
-class Sum(Affine):
+class Sum(Broadcasting, Affine):
     """``y = sum_i sign_i * x_i`` for graph tensors (residual Add, Sub). With ``out_shape``, inputs of other
     per-sample shapes ``in_shapes`` are broadcast to it (padded with unit dimensions on the left, as
     numpy broadcasting does), e.g. ``x - mean(x)`` of a normalisation."""
@@ -102,33 +102,20 @@ class Sum(Affine):
     def arity(self) -> int:  # type: ignore[override]
         return len(self.signs)
 
-    def _padded(self, i: int) -> tuple[int, ...]:
-        shape = self.in_shapes[i]
-        return (1,) * (len(self.out_shape) - len(shape)) + tuple(shape)
-
-    def _expand(self, i: int, x: Tensor) -> Tensor:
-        if self.out_shape is None:
-            return x
-        return x.reshape(x.shape[0], *self._padded(i)).expand(x.shape[0], *self.out_shape)
-
     def forward(self, *xs: Tensor) -> Tensor:
-        return sum(s * self._expand(i, x) for i, (s, x) in enumerate(zip(self.signs, xs)))
+        return sum(s * self.broadcast(i, x) for i, (s, x) in enumerate(zip(self.signs, xs)))
 
     def linear(self, i: int, x: Tensor) -> Tensor:
-        return self.signs[i] * self._expand(i, x)
+        return self.signs[i] * self.broadcast(i, x)
 
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
-        return abs(self.signs[i]) * self._expand(i, x)
+        return abs(self.signs[i]) * self.broadcast(i, x)
 
     def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
         return len(self.signs)  # k - 1 additions of exactly negated (or not) inputs
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-        if self.out_shape is not None:  # the adjoint of a broadcast: sum over the copies
-            padded = self._padded(i)
-            dims = [1 + d for d, (p, o) in enumerate(zip(padded, self.out_shape)) if p == 1 and o != 1]
-            a = (a.sum(dims, keepdim=True) if dims else a).reshape(a.shape[0], *in_shape)
-        return self.signs[i] * a
+        return self.signs[i] * self.unbroadcast(i, a)  # the adjoint of a broadcast: a sum over the copies
 
 
 @register

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from verifier.ops.base import JointRelaxation, Nonlinear, RelaxConfig, register
+from verifier.ops.base import Broadcasting, JointRelaxation, Nonlinear, RelaxConfig, register
 from verifier.ops.rounding import FloatFormat
 
 
 @register
 @dataclass(frozen=True)
-class Product(Nonlinear):
+class Product(Broadcasting, Nonlinear):
     """``z = x * y`` elementwise for two graph tensors. With ``out_shape``, inputs of the per-sample shapes
     ``in_shapes`` are broadcast to it (padded with unit dimensions on the left, as numpy does)."""
 
@@ -36,22 +36,6 @@ class Product(Nonlinear):
     out_shape: tuple[int, ...] | None = None  # None: both inputs have the output's shape
 
     arity = 2
-
-    def _padded(self, i: int) -> tuple[int, ...]:
-        shape = self.in_shapes[i]
-        return (1,) * (len(self.out_shape) - len(shape)) + tuple(shape)
-
-    def broadcast(self, i: int, x: Tensor) -> Tensor:
-        if self.out_shape is None:
-            return x
-        return x.reshape(x.shape[0], *self._padded(i)).expand(x.shape[0], *self.out_shape)
-
-    def unbroadcast(self, i: int, a: Tensor) -> Tensor:
-        if self.out_shape is None:
-            return a
-        padded = self._padded(i)
-        dims = [1 + d for d, (p, o) in enumerate(zip(padded, self.out_shape)) if p == 1 and o != 1]
-        return (a.sum(dims, keepdim=True) if dims else a).reshape(a.shape[0], *self.in_shapes[i])
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.broadcast(0, x) * self.broadcast(1, y)
