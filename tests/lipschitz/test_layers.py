@@ -99,7 +99,9 @@ def test_cayley_has_orthonormal_columns():
     for rows, cols in [(5, 5), (9, 4)]:
         q = cayley(torch.randn(rows, cols, generator=gen, dtype=DTYPE) * 3)
         assert torch.allclose(q.T @ q, torch.eye(cols, dtype=DTYPE), atol=1e-12)
-    assert torch.linalg.matrix_norm(OrthogonalLinear(3, 7).orthogonal_weight(), ord=2).item() == pytest.approx(1.0)
+    assert torch.linalg.matrix_norm(
+        OrthogonalLinear(3, 7).orthogonal_weight(), ord=2
+    ).item() == pytest.approx(1.0)
 
 
 def test_sandwich_with_every_relu_active_is_contractive():

@@ -128,12 +128,13 @@ class MaxMin(nn.Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():
+            a, b = x.chunk(2, dim=self.dim)
+            r = F.relu(a - b)
+            return torch.cat([b + r, a - r], dim=self.dim)
         if x.shape[self.dim] % 2:
             raise ValueError(f"MaxMin needs an even number of channels, got {x.shape[self.dim]}")
         a, b = x.chunk(2, dim=self.dim)
-        if torch.onnx.is_in_onnx_export():
-            r = F.relu(a - b)
-            return torch.cat([b + r, a - r], dim=self.dim)
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=self.dim)
 
     def extra_repr(self) -> str:

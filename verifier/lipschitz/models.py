@@ -59,5 +59,5 @@ def lipschitz_mlp(
     for k, (i, o) in enumerate(pairs):
         layers.append(linear(i, o))
         if k < len(pairs) - 1:
-            layers.append(nn.ReLU() if activation == "relu" else MaxMin())
+            layers.append(nn.ReLU() if activation == "relu" else MaxMin(dim=-1))
     return LipschitzNet(nn.Sequential(*layers), gamma)
