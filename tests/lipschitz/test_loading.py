@@ -49,12 +49,9 @@ def test_builder_network_bounds_contain_samples(kind, activation):
     for method in METHODS:
         b = model.bounds(region, method=method)
         assert_inside(y, b.lower, b.upper, f"{kind}/{activation} {method}")
-        # a gamma-Lipschitz network moves no output further than gamma * eps from f(x)
-        assert (b.upper - b.lower).min() >= 0
     crown = _widths(model, region, "crown")
     assert (crown <= _widths(model, region, "ibp") + 1e-5).all()
-    # and CROWN knows less than the Lipschitz bound would allow only through its relaxation: its width is
-    # at least what the samples span
+    # no wider than the samples span would be unsound; checked per coordinate
     assert (crown >= y.amax(0) - y.amin(0) - 1e-5).all()
 
 
