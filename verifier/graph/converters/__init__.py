@@ -18,6 +18,7 @@ from verifier.graph.converters import (  # noqa: F401
     conv,
     elementwise,
     linear,
+    lipschitz,
     normalisation,
     periodic,
     piecewise,

@@ -1,0 +1,1 @@
+"""Lipschitz-bounded networks."""
