@@ -65,8 +65,8 @@ def test_gram_iteration_is_an_upper_bound_of_a_convolution(monkeypatch):
     jac = torch.autograd.functional.jacobian(lambda x: conv(x)[0].flatten() - conv.bias.repeat_interleave(25),
                                              torch.zeros(1, *shape, dtype=torch.float64)).reshape(125, -1)  # fmt: skip
     exact = float(torch.linalg.matrix_norm(jac, 2))
-    matvec = lambda x: torch.nn.functional.conv2d(x.reshape(-1, *shape), conv.weight, None, 2, 1).flatten(1)  # noqa: E731
-    rmatvec = lambda a: a @ jac  # noqa: E731
+    matvec = lambda x: torch.nn.functional.conv2d(x.reshape(-1, *shape), conv.weight, None, 2, 1).flatten(1)
+    rmatvec = lambda a: a @ jac
     m = LinearMap(matvec, rmatvec, 243, 125)
     assert spectral_norm_bound(m) == pytest.approx(exact, rel=1e-5)  # dense Gram path
     monkeypatch.setattr(operator_norm, "DENSE_SIDE", 0)  # force Gram iteration

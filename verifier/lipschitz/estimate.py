@@ -31,7 +31,7 @@ from verifier.lipschitz.operator_norm import (
     identity_map,
     spectral_norm_bound,
 )
-from verifier.ops.activations import ReLU, Ramp, SShaped
+from verifier.ops.activations import Ramp, ReLU, SShaped
 from verifier.ops.base import Affine
 from verifier.ops.periodic import Periodic
 from verifier.ops.piecewise import Abs, Clip

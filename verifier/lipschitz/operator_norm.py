@@ -75,12 +75,12 @@ def chain_map(graph: Graph, steps: list[tuple[int, int]]) -> LinearMap:
             a = ops[j].transpose(steps[j][1], a, shapes[j])
         return a.reshape(a.shape[0], -1)
 
-    size = lambda s: int(torch.Size(s).numel())  # noqa: E731
+    size = lambda s: int(torch.Size(s).numel())
     return LinearMap(matvec, rmatvec, size(shapes[0]), size(shapes[-1]))
 
 
 def identity_map(n: int) -> LinearMap:
-    same = lambda x: x  # noqa: E731
+    same = lambda x: x
     return LinearMap(same, same, n, n)
 
 
