@@ -43,10 +43,16 @@ def bench_model(path: Path, points: torch.Tensor, scale: float, repeats: int) ->
     points = points.reshape(len(points), *model.input_shape)
     row = {"model": path.name}
     sample = SampleConfig(n=256, scale=scale, steps=20, pairs=16)
-    row["sampled"], row["sampled_s"] = timed(lambda: model.lipschitz(method="sampled", points=points, sample=sample), repeats)
+    row["sampled"], row["sampled_s"] = timed(
+        lambda: model.lipschitz(method="sampled", points=points, sample=sample), repeats
+    )
     for method in ("product", "layerwise"):
-        value, seconds = timed(lambda: model.lipschitz(method=method), repeats)
-        row[method], row[f"{method}_s"], row[f"{method}_over_sampled"] = value, seconds, value / row["sampled"]
+        value, seconds = timed(lambda m=method: model.lipschitz(method=m), repeats)
+        row[method], row[f"{method}_s"], row[f"{method}_over_sampled"] = (
+            value,
+            seconds,
+            value / row["sampled"],
+        )
     return row
 
 
@@ -59,7 +65,10 @@ def random_mlps(seeds: int = 5) -> list[dict]:
             layers += [nn.Linear(prev, 64), nn.ReLU()]
             prev = 64
         model = verifier.load(nn.Sequential(*layers, nn.Linear(64, 10)), torch.zeros(1, 20))
-        product, layerwise = float(model.lipschitz(method="product")), float(model.lipschitz(method="layerwise"))
+        product, layerwise = (
+            float(model.lipschitz(method="product")),
+            float(model.lipschitz(method="layerwise")),
+        )
         rows.append({"seed": seed, "product": product, "layerwise": layerwise, "ratio": product / layerwise})
     return rows
 
