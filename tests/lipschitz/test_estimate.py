@@ -60,7 +60,7 @@ def test_one_linear_layer_is_exact():
 
 
 def test_gram_iteration_is_an_upper_bound_of_a_convolution(monkeypatch):
-    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1).double()
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1).double().requires_grad_(False)
     shape = (3, 9, 9)
     jac = torch.autograd.functional.jacobian(lambda x: conv(x)[0].flatten() - conv.bias.repeat_interleave(25),
                                              torch.zeros(1, *shape, dtype=torch.float64)).reshape(125, -1)  # fmt: skip
