@@ -21,6 +21,9 @@ from verifier.graph import onnx_import
 from verifier.graph.fx_import import trace, translate
 from verifier.graph.graph import Graph, prune
 from verifier.graph.simplify import fold_scale_shift
+from verifier.lipschitz.certify import LIPSCHITZ_METHODS, certified_radius, combined_bounds, lipschitz_bounds
+from verifier.lipschitz.estimate import UPPER_METHODS
+from verifier.lipschitz.sampled import SampleConfig, sampled_bound
 from verifier.spec.regions import Region
 
 __all__ = ["METHODS", "BoundedModel", "Bounds", "load", "supported_onnx_operators"]
@@ -133,13 +136,52 @@ class BoundedModel:
         spec = self._spec(C, batch, n_out, lo)
         if relu_lower not in ("adaptive", "zero"):
             raise InputError(f"relu_lower must be 'adaptive' or 'zero', got {relu_lower!r}")
-        cfg = BoundConfig(method=method, relu_lower=relu_lower)
-        with torch.enable_grad() if grad else torch.no_grad():
-            lower, upper_b = compute_bounds(self.graph, region, cfg, spec, upper=upper)
+        lipschitz = method in LIPSCHITZ_METHODS
+        if lipschitz and grad:
+            raise InputError(f"method {method!r} gives no gradients (its constants are computed in float64)")
+        if lipschitz:  # f(c) +- L_C r over an L2 ball, alone or intersected with CROWN's bounds
+            lower, upper_b = lipschitz_bounds(self.graph, region, spec)
+            if method == "crown+lipschitz":
+                cfg = BoundConfig(method="crown", relu_lower=relu_lower)
+                with torch.no_grad():
+                    crown = compute_bounds(self.graph, region, cfg, spec, upper=upper)
+                lower, upper_b = combined_bounds((lower, upper_b), crown)
+            upper_b = upper_b if upper else None
+        else:
+            cfg = BoundConfig(method=method, relu_lower=relu_lower)
+            with torch.enable_grad() if grad else torch.no_grad():
+                lower, upper_b = compute_bounds(self.graph, region, cfg, spec, upper=upper)
         if C is None:
             shape = (batch, *self.output_shape)
             return lower.T.reshape(shape), None if upper_b is None else upper_b.T.reshape(shape)
         return lower.T, None if upper_b is None else upper_b.T
+
+    def lipschitz(self, norm: float = 2, method: str = "product", C: Tensor | None = None, *,
+                  points: Tensor | None = None, sample: SampleConfig | None = None) -> Tensor:  # fmt: skip
+        """A bound of the model's L2 Lipschitz constant over the whole input space (float64 scalar), or of
+        each row of ``C`` [..., n_out] (shape ``C.shape[:-1]``). ``method``: ``"product"`` (product of
+        layer norms, any graph of supported operators; upper bound), ``"layerwise"`` (ECLipsE-Fast-style,
+        feed-forward chains; upper bound), ``"sampled"`` (largest Jacobian norm / difference quotient seen
+        near ``points``, configured by ``sample``; a *lower* bound). See ``verifier/lipschitz/``."""
+        if norm != 2:
+            raise InputError(f"only the L2 Lipschitz constant is estimated, not norm={norm!r}")
+        rows = (
+            None if C is None else torch.as_tensor(C).reshape(-1, int(torch.Size(self.output_shape).numel()))
+        )
+        if method == "sampled":
+            value = sampled_bound(self.graph, rows, points, sample or SampleConfig())
+        elif method in UPPER_METHODS:
+            value = UPPER_METHODS[method](self.graph, rows)
+        else:
+            raise InputError(f"unknown Lipschitz method {method!r}; choose product, layerwise or sampled")
+        return value if C is None else value.reshape(torch.as_tensor(C).shape[:-1])
+
+    def certified_radius(self, x: Tensor, labels: Tensor, estimator: str = "tightest") -> Tensor:
+        """Certified L2 radii [B]: ``min_{j != y} (f_y(x) - f_j(x)) / L_yj`` with ``L_yj`` the Lipschitz bound
+        of the margin row (``estimator``: "tightest", "product" or "layerwise"); 0 where x is misclassified."""
+        x = self._as_input(x)
+        labels = torch.as_tensor(labels).reshape(-1)
+        return certified_radius(self.graph, x, labels, estimator, margin_rows)
 
     def _spec(self, C: Tensor | None, batch: int, n_out: int, like: Tensor) -> Tensor:
         """Engine layout [S, B, *output_shape] from C [B, S, n_out] (identity when C is None)."""
