@@ -225,10 +225,10 @@ def _node_values(graph, x: torch.Tensor) -> dict[int, torch.Tensor]:
     return values
 
 
-@pytest.mark.parametrize("name", ["cnn_bn_pool", "residual", "leaky_convt"])
+@pytest.mark.parametrize("name", ["cnn_bn_pool", "residual", "leaky_convt", "sigmoid_tanh"])
 def test_split_children_of_general_graphs_are_sound_on_their_side(name):
     """Splits, beta multipliers and warm starts on graphs with convolutions, pooling, BatchNorm, residual
-    sums and LeakyReLU: sampled points of each child's side stay above its bound."""
+    sums, LeakyReLU, and Sigmoid / Tanh (split at their inflection point): sampled points of each child's side stay above its bound."""
     from tests.engine.nets import networks
 
     module, shape = networks()[name]

@@ -30,28 +30,40 @@ from verifier.engine.state import BoundState
 
 def split_scores(state: BoundState, coeffs: dict[int, Tensor], weights: Tensor) -> dict[int, Tensor]:
     """Score [B, *shape_k] of every splittable neuron of every node k feeding a recorded nonlinear node
-    (-inf where not splittable: stable, already split, or not an input of a ReLU).
+    (-inf where not splittable: stable, already split, or not the input of a ReLU-like or S-shaped node).
 
     ``coeffs[j]``: [S, B, *shape_j] coefficients on the output of nonlinear node j (``crown.backward``'s
     ``record``); ``weights`` [S, B] >= 0 selects the rows that still matter."""
     scores = {}
     for j, a in coeffs.items():
         node = state.graph.nodes[j]
-        if not node.op.linear_on_each_side_of_zero:
-            continue  # a split at zero makes only such functions exact
+        if not splittable(node.op):
+            continue
         k = node.inputs[0]
         lo, hi = state.bounds[k]
-        free = node.op.needs_bounds(lo, hi)
+        free = node.op.needs_bounds(lo, hi) & (lo < 0) & (hi > 0)
         if k in state.splits:
             free &= state.splits[k] == 0
         rel = state.relaxation(j)
         w = weights.reshape(*weights.shape, *([1] * (a.dim() - 2)))
-        # what the lines' intercepts take off the lower bound; both children's lines pass through 0
-        cost = -((a.clamp(min=0) * rel.b_lo + a.clamp(max=0) * rel.b_up) * w).sum(0)
-        width = torch.minimum(-lo, hi).clamp(min=0)
-        score = torch.where(cost > 0, 2 + cost / (1 + cost), width / (1 + width))  # costly ones first
+        if node.op.linear_on_each_side_of_zero:
+            # what the lines' intercepts take off the lower bound; both children's lines pass through 0
+            cost = -((a.clamp(min=0) * rel.b_lo + a.clamp(max=0) * rel.b_up) * w).sum(0)
+            width = torch.minimum(-lo, hi).clamp(min=0)
+            score = torch.where(cost > 0, 2 + cost / (1 + cost), width / (1 + width))  # costly ones first
+        else:
+            # curved on each side: the split does not remove the gap between the lines, it narrows it;
+            # rank by the weighted gap at the box's ends (where the lines are furthest from each other)
+            gap = torch.maximum((rel.a_up - rel.a_lo) * lo + rel.b_up - rel.b_lo,
+                                (rel.a_up - rel.a_lo) * hi + rel.b_up - rel.b_lo)  # fmt: skip
+            score = (a.abs() * w).sum(0) * gap.clamp(min=0)
         scores[k] = torch.where(free, score, torch.full_like(score, -torch.inf))
     return scores
+
+
+def splittable(op) -> bool:
+    """Whether a split of the operator's input at zero helps its relaxation (ReLU-like or S-shaped)."""
+    return op.linear_on_each_side_of_zero or op.curved_on_each_side_of_zero
 
 
 def choose(scores: dict[int, Tensor]) -> tuple[Tensor, Tensor, Tensor]:

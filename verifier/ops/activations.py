@@ -201,6 +201,7 @@ class SShaped(Nonlinear):
     computed in float64 and then widened by a few units of rounding of the working precision."""
 
     function: str = "sigmoid"
+    curved_on_each_side_of_zero = True
 
     def forward(self, x: Tensor) -> Tensor:
         return _FUNCTIONS[self.function][0](x)

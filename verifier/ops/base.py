@@ -204,6 +204,8 @@ class Nonlinear(Op):
     sound, so an optimiser may move them freely between projections (alpha-CROWN)."""
 
     linear_on_each_side_of_zero: ClassVar[bool] = False  # a split at zero makes the relaxation exact
+    # a split at zero makes it tighter: each side convex or concave (S-shaped functions)
+    curved_on_each_side_of_zero: ClassVar[bool] = False
 
     def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
         """Lines valid on the box ``[lo, hi]`` ([B, *shape]); with ``param`` ([R, B, *shape] or [B, *shape],

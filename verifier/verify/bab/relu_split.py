@@ -71,10 +71,9 @@ class ReluSplit:
 
     @staticmethod
     def applies(model) -> bool:
-        """Whether the model has neurons that a split at zero makes exact (ReLU-like)."""
-        return any(
-            isinstance(n.op, Nonlinear) and n.op.linear_on_each_side_of_zero for n in model.graph.nodes
-        )
+        """Whether the model has neurons that a split at zero makes exact (ReLU-like) or convex and concave
+        on each side (S-shaped)."""
+        return any(isinstance(n.op, Nonlinear) and branching.splittable(n.op) for n in model.graph.nodes)
 
     def roots(self, cases: np.ndarray) -> Domains:
         """One domain per case: full alpha-CROWN on its box, keeping bounds and output parameters."""
