@@ -86,8 +86,10 @@ def lower_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     from onnx import helper, shape_inference, version_converter
 
     splits = [n for n in model.graph.node if n.op_type == "Split" and _is_onnx(n)]
-    if splits:
-        shapes = _inferred_shapes(model, shape_inference)
+    try:
+        if splits:
+            shapes = _inferred_shapes(model, shape_inference)
+            model.opset_import.append(helper.make_opsetid(_HIDDEN, 1))
         for k, node in enumerate(splits):
             count = _attr(node, "num_outputs")
             if count is not None:
@@ -99,8 +101,6 @@ def lower_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
                 node.input[1:] = [_ints_initializer(model, f"{node.output[0]}_split_sizes_{k}", sizes)]
                 _set_attr(node, "num_outputs", None)
             node.domain = _HIDDEN
-        model.opset_import.append(helper.make_opsetid(_HIDDEN, 1))
-    try:
         lowered = version_converter.convert_version(model, target)
     finally:  # the private domain never leaves this function, on either model
         _bring_back(model)
