@@ -340,6 +340,7 @@ def _checked(gm, example: Tensor | tuple[Tensor, ...], batched: bool, source: st
         if unsupported:
             raise UnsupportedOperatorError(list(unsupported))
         expected = gm(*examples)
+        batched = graph.batched  # a model moving the dimension of its batch of one is translated unbatched
         try:
             got = graph.forward(tuple(e if batched else e.unsqueeze(0) for e in examples))
         except Exception as exc:

@@ -181,6 +181,31 @@ def _ramp_cnn() -> nn.Module:
     return nn.Sequential(nn.Conv2d(2, 3, 3), _ramp(3, 0.05), nn.Flatten(), nn.Linear(48, 2))
 
 
+class TransposedConvs1d(nn.Module):
+    """nn.ConvTranspose1d and F.conv_transpose1d (stride, output padding, dilation, groups)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose1d(2, 4, 3, stride=2, padding=1, output_padding=1)
+        self.weight = nn.Parameter(torch.randn(4, 1, 2))
+
+    def forward(self, x):  # x: [B, 2, 5]
+        h = F.relu(self.up(x))  # [B, 4, 10]
+        return F.conv_transpose1d(h, self.weight, None, 1, 0, 0, 2, 2)  # [B, 2, 12]
+
+
+class LeftMatMul(nn.Module):
+    """A constant matrix on the left of each sample: ``W @ x`` (and ``torch.matmul``) over dim -2."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.randn(5, 3)
+        self.v = torch.randn(2, 5)
+
+    def forward(self, x):  # x: [B, 3, 4]
+        return torch.matmul(self.v, F.relu(self.w @ x))  # [B, 2, 4]
+
+
 MODULES = {  # name -> (module builder, per-sample input shape)
     "mlp": (
         lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)),
@@ -197,6 +222,8 @@ MODULES = {  # name -> (module builder, per-sample input shape)
     "slicing": (Slicing, (4, 5)),
     "arithmetic": (Arithmetic, (4,)),
     "conv_transpose": (_conv_transpose, (2, 3, 3)),
+    "conv_transpose_1d": (TransposedConvs1d, (2, 5)),
+    "matmul_on_the_left": (LeftMatMul, (3, 4)),
     "pools": (Pools, (2, 6, 6)),
     "activation_modules": (_activation_modules, (3,)),
     "param_ramp_mlp": (_ramp_mlp, (4,)),

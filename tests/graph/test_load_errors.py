@@ -118,6 +118,16 @@ def test_a_supported_type_used_without_bound_rules_names_the_node(tmp_path, misu
 REFUSALS = {  # a supported op type used in a way without bound rules, and what the error says
     "reduce_sum_over_batch": (lambda n: n.op("ReduceSum", "x", n.ints(0, 1)), "over the batch dimension"),
     "reduce_mean_over_all": (lambda n: n.op("ReduceMean", "x", keepdims=0), "over the batch dimension"),
+    "maxpool_asymmetric_pads_dilated": (
+        lambda n: n.op(
+            "MaxPool",
+            n.op("Reshape", "x", n.ints(1, 1, 2, 2)),
+            kernel_shape=[2, 2],
+            pads=[1, 0, 0, 0],
+            dilations=[2, 2],
+        ),
+        "pads differ at the two ends, with ceil_mode or dilations",
+    ),
     "resize_cubic": (
         lambda n: n.op(
             "Resize", n.op("Reshape", "x", n.ints(1, 1, 2, 2)), "", n.const([1, 1, 2, 2]), mode="cubic"

@@ -68,6 +68,13 @@ def _():
     return n.model(n.op("Relu", n.op("MatMul", "x", n.rand(4, 2))))
 
 
+@case("matmul_const_on_the_left")
+def _():
+    """``W @ x`` with x [1, 3, 4]: W maps each sample's columns."""
+    n = Net([1, 3, 4])
+    return n.model(n.op("Relu", n.op("MatMul", n.rand(5, 3), n.op("Relu", "x"))))
+
+
 @case("add_const_either_side")
 def _():
     n = Net([1, 4])
@@ -175,6 +182,33 @@ def _():
     return n.model(n.op("Relu", n.op("Relu", h)))
 
 
+@case("conv_transpose_1d")
+def _():
+    n = Net([1, 2, 5])
+    h = n.op("ConvTranspose", "x", n.rand(2, 3, 3), n.rand(3), strides=[2], pads=[1, 1], output_padding=[1])
+    return n.model(n.op("Relu", n.op("ConvTranspose", n.op("Relu", h), n.rand(3, 1, 2), dilations=[2])))
+
+
+@case("conv_asymmetric_pads")
+def _():
+    n = Net([1, 2, 5, 5])
+    h = n.op("Conv", "x", n.rand(3, 2, 3, 3), n.rand(3), strides=[2, 1], pads=[0, 2, 1, 0])
+    return n.model(n.op("Relu", h))
+
+
+@case("conv1d_asymmetric_pads")
+def _():
+    n = Net([1, 2, 6])
+    return n.model(n.op("Relu", n.op("Conv", "x", n.rand(2, 2, 3), pads=[2, 0])))
+
+
+@case("conv_transpose_asymmetric_pads")
+def _():
+    n = Net([1, 2, 3, 3])
+    h = n.op("ConvTranspose", "x", n.rand(2, 2, 3, 3), n.rand(2), strides=[2, 2], pads=[0, 1, 2, 0])
+    return n.model(n.op("Relu", h))
+
+
 # ------------------------------------------------------------------------------------------------ pooling
 
 
@@ -235,6 +269,38 @@ def _():
 def _():
     n = Net([1, 3, 5])
     return n.model(n.op("GlobalAveragePool", n.op("Relu", "x")))
+
+
+@case("maxpool_asymmetric_pads")
+def _():
+    """Pads that differ at the two ends; on a ReLU's output too, where -inf padding differs from 0."""
+    n = Net([1, 2, 5, 5])
+    h = n.op(
+        "MaxPool", n.op("Neg", n.op("Relu", "x")), kernel_shape=[3, 2], strides=[2, 1], pads=[0, 1, 2, 0]
+    )
+    return n.model(n.op("Relu", h))
+
+
+@case("maxpool_1d_asymmetric_pads")
+def _():
+    n = Net([1, 2, 6])
+    return n.model(
+        n.op("MaxPool", n.op("Neg", n.op("Relu", "x")), kernel_shape=[3], strides=[2], pads=[2, 1])
+    )
+
+
+@case("avgpool_asymmetric_pads_count_include_pad_0")
+def _():
+    n = Net([1, 2, 5, 5])
+    h = n.op("AveragePool", "x", kernel_shape=[3, 2], strides=[2, 1], pads=[0, 1, 2, 0])
+    return n.model(n.op("Relu", h))
+
+
+@case("avgpool_asymmetric_pads_count_include_pad_1")
+def _():
+    n = Net([1, 2, 6])
+    h = n.op("AveragePool", "x", kernel_shape=[3], strides=[2], pads=[2, 1], count_include_pad=1)
+    return n.model(n.op("Relu", h))
 
 
 # -------------------------------------------------------------------------------------------- activations
@@ -699,6 +765,28 @@ def _():
     n = Net([1, 1, 6, 6])
     h = n.op("MaxPool", n.op("Relu", n.conv("x", 1, 2)), kernel_shape=[2, 2], strides=[2, 2])
     return n.model(n.gemm(n.op("Reshape", h, n.ints(1, 8)), 8, 3), opset=13)
+
+
+@case("opset18_split_num_outputs")
+def _():
+    """Split-18 with ``num_outputs`` over an axis it does not divide (chunks of 3, 3, 1)."""
+    n = Net([1, 7, 2])
+    a, b, c = "pa", "pb", "pc"
+    n.nodes.append(
+        helper.make_node("Split", [n.op("Relu", "x")], [a, b, c], axis=1, num_outputs=3, name="/split")
+    )
+    h = n.op("Concat", n.op("Neg", c), a, axis=1)
+    return n.model(
+        n.op("Add", n.op("Flatten", h), n.op("ReduceSum", n.op("Flatten", b), n.ints(1))), opset=18
+    )
+
+
+@case("opset19_constants")
+def _():
+    n = Net([1, 4])
+    scale = n.op("Constant", value=numpy_helper.from_array(np.array([0.5, -1.0, 2.0, 0.25], np.float32)))
+    shift = n.op("Constant", value_float=0.3)
+    return n.model(n.op("Relu", n.op("Add", n.op("Mul", n.gemm("x", 4, 4), scale), shift)), opset=19)
 
 
 # -------------------------------------------------------------------------------------------------- tests

@@ -12,7 +12,7 @@ from verifier.ops.activations import Ramp, ReLU, SShaped
 from verifier.ops.base import Op
 from verifier.ops.conv import Conv, ConvTranspose
 from verifier.ops.elementwise import Exp, Log, Power, Softplus
-from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
+from verifier.ops.linear import BatchNorm, LeftLinear, Linear, ScaleShift, Sum
 from verifier.ops.periodic import Periodic
 from verifier.ops.piecewise import Abs, Clip
 from verifier.ops.pooling import AvgPool, MaxPool
@@ -68,6 +68,8 @@ def _index(shape, fn):
 CASES = (
     Case("linear", Linear(_w(4, 6), _w(4)), ((6,),)),
     Case("linear_nobias_3d", Linear(_w(3, 5)), ((2, 5),)),
+    Case("left_linear", LeftLinear(_w(4, 3)), ((3, 2),)),
+    Case("left_linear_3d", LeftLinear(_w(2, 3)), ((2, 3, 4),)),
     Case("scale_shift_channel", ScaleShift(_w(2, 1, 1), _w(2, 1, 1)), ((2, 3, 3),)),
     Case("scale_shift_with_zero_scale", ScaleShift(torch.tensor([1.5, 0.0, -2.0]), None), ((3,),)),
     Case("shift_only", ScaleShift(None, _w(4)), ((4,),)),
@@ -91,6 +93,8 @@ CASES = (
         ConvTranspose(_w(2, 3, 3, 3), _w(3), (2, 2), (1, 1), (1, 1), (1, 1), 1),
         ((2, 3, 3),),
     ),
+    Case("conv_transpose_1d", ConvTranspose(_w(2, 3, 3), _w(3), (2,), (1,), (1,), (2,), 1), ((2, 4),)),
+    Case("conv_transpose_1d_groups", ConvTranspose(_w(4, 1, 2), None, (3,), (0,), (2,), (1,), 2), ((4, 3),)),
     Case("avgpool2d", AvgPool((2, 2), (2, 2), (0, 0)), ((2, 4, 4),)),
     Case("avgpool2d_pad_exclude", AvgPool((3, 3), (1, 1), (1, 1), False, False), ((1, 4, 4),)),
     Case("avgpool1d", AvgPool((3,), (2,), (1,)), ((2, 7),)),

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from verifier.errors import ModelLoadError
+from verifier.errors import ModelLoadError, UnsupportedOperatorError
+from verifier.graph import onnx_rewrites
 from verifier.graph.converters import supported_onnx_operators
 
 if TYPE_CHECKING:  # onnx itself is imported where a file is read: a cached model needs no onnx at all
@@ -92,6 +92,7 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
     import onnx2torch  # imported here: it imports torchvision, which is slow
     from onnx import version_converter
 
+    onnx_rewrites.fold_constants(model)  # before lowering: onnx has no adapter from Constant-19
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=_TARGET_OPSET)
     if opset < _TARGET_OPSET:
         try:
@@ -99,13 +100,16 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot lift opset {opset} to {_TARGET_OPSET}: {exc}") from exc
     elif opset > _TARGET_OPSET:  # onnx2torch lacks converters for several newer versions (ReduceMean-18,
-        # Split-18, Constant-19, ...): lower the model when onnx has the adapters (not for Split-18 or
-        # Constant-19), else convert it as it is and let onnx2torch name what it cannot convert
+        # Split-18, ...): lower the model where onnx has the adapters (``lower_opset`` rewrites Split-18
+        # itself), else convert it as it is and let onnx2torch name what it cannot convert
         with contextlib.suppress(Exception):
-            model = version_converter.convert_version(model, _TARGET_OPSET)
-    _drop_identities(model)
-    _fill_clip_minimum(model)
-    _softmax_rows_keep_batch(model)
+            model = onnx_rewrites.lower_opset(model, _TARGET_OPSET)
+    onnx_rewrites.drop_identities(model)
+    onnx_rewrites.fill_clip_minimum(model)
+    onnx_rewrites.softmax_rows_keep_batch(model)
+    refused = onnx_rewrites.explicit_pads(model)
+    if refused:
+        raise UnsupportedOperatorError(refused)
     initializers = {t.name for t in model.graph.initializer}
     if any(i.name in initializers for i in model.graph.input):  # old exporters list weights as inputs
         keep = [i for i in model.graph.input if i.name not in initializers]
@@ -117,89 +121,6 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
             return onnx2torch.convert(model).eval()  # inference semantics (BatchNorm, Dropout)
     except Exception as exc:
         raise ModelLoadError(f"{path}: onnx2torch could not convert the model: {exc}") from exc
-
-
-def _fill_clip_minimum(model: onnx.ModelProto) -> None:
-    """Give every Clip with a maximum but no minimum (an empty input name) the minimum -inf, which clamps
-    nothing: onnx2torch reads an empty name as a dynamic bound and refuses it."""
-    from onnx import TensorProto, helper
-
-    for k, node in enumerate(model.graph.node):
-        if node.op_type == "Clip" and len(node.input) == 3 and node.input[1] == "":
-            name = f"{node.output[0]}_no_minimum_{k}"
-            model.graph.initializer.append(helper.make_tensor(name, TensorProto.FLOAT, [], [-math.inf]))
-            node.input[1] = name
-
-
-def _softmax_rows_keep_batch(model: onnx.ModelProto) -> None:
-    """Rewrite ``Flatten(axis >= 2) -> (Log)Softmax(last axis) -> Reshape`` (how onnx's version converter
-    lifts a Softmax of opset < 13 over trailing dimensions) so that the Flatten keeps the leading
-    dimensions: a Reshape to ``[d_0, ..., d_{axis-1}, -1]`` (ONNX Reshape copies a dimension given as 0).
-    The softmax is row-wise either way, and the final Reshape restores the same shape from the same
-    element order; the plain Flatten would merge the batch dimension into the rows."""
-    import numpy as np
-    from onnx import helper, numpy_helper
-
-    attr = lambda node, name, default: next(
-        (helper.get_attribute_value(a) for a in node.attribute if a.name == name), default
-    )
-    users: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            users.setdefault(name, []).append(node)
-    for k, node in enumerate(model.graph.node):
-        axis = attr(node, "axis", 1)
-        if node.op_type != "Flatten" or node.domain not in ("", "ai.onnx") or axis < 2:
-            continue
-        softmaxes = users.get(node.output[0], [])
-        rowwise = all(
-            u.op_type in ("Softmax", "LogSoftmax") and attr(u, "axis", -1) in (-1, 1) for u in softmaxes
-        )
-        reshaped = all(
-            [c.op_type for c in users.get(u.output[0], [])]
-            and all(c.op_type == "Reshape" for c in users[u.output[0]])
-            for u in softmaxes
-        )
-        if not (softmaxes and rowwise and reshaped):
-            continue
-        shape = f"{node.output[0]}_rows_shape_{k}"
-        model.graph.initializer.append(
-            numpy_helper.from_array(np.array([0] * axis + [-1], dtype=np.int64), shape)
-        )
-        node.op_type = "Reshape"
-        del node.attribute[:]
-        node.input.append(shape)
-        for u in softmaxes:  # the last axis of the rows, whatever their rank now
-            del u.attribute[:]
-            u.attribute.append(helper.make_attribute("axis", -1))
-
-
-def _drop_identities(model: onnx.ModelProto) -> None:
-    """Remove Identity nodes, their consumers reading the Identity's input instead (torch's exporter emits
-    them from opset 19 on, where onnx2torch has no converter for them). An Identity producing a graph
-    output from another node's output hands that output its name."""
-    graph = model.graph
-    outputs = {o.name for o in graph.output}
-    sources = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    rename: dict[str, str] = {}
-    kept = []
-    for node in graph.node:
-        node.input[:] = [rename.get(name, name) for name in node.input]
-        if node.op_type != "Identity" or node.domain not in ("", "ai.onnx") or len(node.input) != 1:
-            kept.append(node)
-        elif node.output[0] not in outputs:
-            rename[node.output[0]] = node.input[0]
-        elif node.input[0] not in sources and node.input[0] not in outputs:
-            for producer in kept:  # the producer writes the graph output directly
-                producer.output[:] = [node.output[0] if o == node.input[0] else o for o in producer.output]
-            for consumer in kept:
-                consumer.input[:] = [node.output[0] if i == node.input[0] else i for i in consumer.input]
-            rename[node.input[0]] = node.output[0]
-        else:
-            kept.append(node)
-    if len(kept) < len(graph.node):
-        del graph.node[:]
-        graph.node.extend(kept)
 
 
 def example_inputs(

@@ -1,4 +1,4 @@
-"""Convolutions (1-d and 2-d; stride, padding, dilation, groups) and 2-d transposed convolution.
+"""Convolutions and transposed convolutions (1-d and 2-d; stride, padding, dilation, groups).
 
 The CROWN step of a convolution is its transpose, and the transpose of a strided convolution scatters each
 coefficient over a window of the input: torch's ``convolution_backward`` does that slowly when the input
@@ -23,6 +23,7 @@ from torch import Tensor
 from verifier.ops.base import Affine, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
 
 
 def _axis(k: int, s: int, p: int, d: int, n_in: int, n_out: int):
@@ -160,9 +161,11 @@ class Conv(Affine):
 @register
 @dataclass(frozen=True)
 class ConvTranspose(Affine):
-    """``y = conv_transpose2d(x, W) + b``; its backward step is the ordinary convolution with W."""
+    """``y = conv_transpose(x, W) + b`` (1-d or 2-d); its backward step is the ordinary convolution with W
+    (same stride, padding, dilation and groups: it maps the output's size back to the input's, since the
+    output padding is smaller than the stride)."""
 
-    weight: Tensor  # [in_channels, out_channels / groups, kh, kw]
+    weight: Tensor  # [in_channels, out_channels / groups, *kernel]
     bias: Tensor | None
     stride: tuple[int, ...]
     padding: tuple[int, ...]
@@ -171,9 +174,8 @@ class ConvTranspose(Affine):
     groups: int = 1
 
     def _convt(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-        return F.conv_transpose2d(
-            x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation
-        )
+        convt = _CONV_TRANSPOSE[w.dim() - 2]
+        return convt(x, w, b, self.stride, self.padding, self.output_padding, self.groups, self.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._convt(x, self.weight, self.bias)
@@ -189,7 +191,8 @@ class ConvTranspose(Affine):
         return self._convt(x, self.weight.abs())
 
     def offset(self) -> Tensor | None:
-        return None if self.bias is None else self.bias.reshape(-1, 1, 1)
+        return None if self.bias is None else self.bias.reshape((-1,) + (1,) * (self.weight.dim() - 2))
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-        return F.conv2d(a, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        conv = _CONV[self.weight.dim() - 2]
+        return conv(a, self.weight, None, self.stride, self.padding, self.dilation, self.groups)

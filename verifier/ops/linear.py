@@ -1,4 +1,5 @@
-"""Affine operators with weights: Linear (Gemm, MatMul by a constant), elementwise scale-and-shift
+"""Affine operators with weights: Linear (Gemm, MatMul by a constant), LeftLinear (a constant matrix times a
+graph tensor), elementwise scale-and-shift
 (Add/Sub/Mul/Div by a constant, Neg, inference BatchNorm) and the sum of graph tensors (residuals)."""
 
 from __future__ import annotations
@@ -38,6 +39,30 @@ class Linear(Affine):
 
     def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
         return self.weight.shape[1] + 1  # a dot product of in_features terms, plus the bias
+
+
+@register
+@dataclass(frozen=True)
+class LeftLinear(Affine):
+    """``y = W x`` over the second-to-last dimension (``W @ x``, W: [out, in], x: [..., in, m]): every column
+    of x mapped by W. Its transpose is ``W^T a``, its absolute map ``|W| x``."""
+
+    weight: Tensor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.matmul(self.weight, x)
+
+    def linear(self, i: int, x: Tensor) -> Tensor:
+        return torch.matmul(self.weight, x)
+
+    def abs_linear(self, i: int, x: Tensor) -> Tensor:
+        return torch.matmul(self.weight.abs(), x)
+
+    def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        return torch.matmul(self.weight.T, a)
+
+    def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
+        return self.weight.shape[1]  # a dot product of in terms
 
 
 @register

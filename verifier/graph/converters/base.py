@@ -21,6 +21,11 @@ class ConversionError(Exception):
     """A call that names a supported operator but uses it in a way without bound rules."""
 
 
+class MovesBatch(ConversionError):
+    """A call that moves, merges or removes the batch dimension: a model whose batch is one is then
+    translated with the whole tensor as its sample (``verifier.graph.fx_import``)."""
+
+
 @dataclass(frozen=True)
 class Composite:
     """One source operator translated into several graph nodes (Softmax, LayerNorm, MatMul of two graph

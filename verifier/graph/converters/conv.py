@@ -1,5 +1,6 @@
 """Translations into the convolutions of ``verifier.ops.conv``: nn.Conv1d / Conv2d and F.conv1d / conv2d
-(ONNX Conv), nn.ConvTranspose2d (ONNX ConvTranspose)."""
+(ONNX Conv), nn.ConvTranspose1d / ConvTranspose2d and F.conv_transpose1d / conv_transpose2d (ONNX
+ConvTranspose; output padding, dilation, groups)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _conv(call) -> Conv:
                 m.groups)  # fmt: skip
 
 
-@converts(nn.ConvTranspose2d, onnx=("ConvTranspose",))
+@converts(nn.ConvTranspose1d, nn.ConvTranspose2d, onnx=("ConvTranspose",))
 def _conv_transpose(call) -> ConvTranspose:
     m = call.target
     _check_padding_mode(m)
@@ -49,3 +50,14 @@ def _conv_function(call) -> Conv:
     return Conv(call.param(weight), call.param(call.const(2, "bias", None)),
                 tup(call.const(3, "stride", 1)), tup(padding), tup(call.const(5, "dilation", 1)),
                 call.const(6, "groups", 1))  # fmt: skip
+
+
+@converts(F.conv_transpose1d, F.conv_transpose2d)
+def _conv_transpose_function(call) -> ConvTranspose:
+    weight = call.const(1, "weight")
+    dims = weight.dim() - 2
+    tup = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * dims
+    return ConvTranspose(call.param(weight), call.param(call.const(2, "bias", None)),
+                         tup(call.const(3, "stride", 1)), tup(call.const(4, "padding", 0)),
+                         tup(call.const(5, "output_padding", 0)), tup(call.const(7, "dilation", 1)),
+                         call.const(6, "groups", 1))  # fmt: skip

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from verifier.graph.converters.base import ConversionError, Onnx2TorchClass, converts
+from verifier.graph.converters.base import ConversionError, MovesBatch, Onnx2TorchClass, converts
 from verifier.graph.converters.product import matmul, product, quotient
-from verifier.ops.linear import BatchNorm, Linear, ScaleShift, Sum
+from verifier.ops.linear import BatchNorm, LeftLinear, Linear, ScaleShift, Sum
 
 # onnx2torch's modules, named without importing it (see ``Onnx2TorchClass``)
 OnnxBatchNorm = Onnx2TorchClass("batch_norm", "OnnxBatchNorm")
@@ -34,8 +34,9 @@ def _linear_function(call) -> Linear:
 
 @converts(OnnxMatMul, torch.matmul, operator.matmul, "matmul", onnx=("MatMul",))
 def _matmul(call):
-    """``data @ W`` with a constant matrix W; ``W @ data`` only for an unbatched 1-d input (then W x); the
-    product of two graph tensors is a composite of products (``product.matmul``)."""
+    """``data @ W`` with a constant matrix W; ``W @ data`` over the second-to-last dimension of a sample of
+    rank 2 or more (or, for an unbatched 1-d input, W x); the product of two graph tensors is a composite
+    of products (``product.matmul``)."""
     if len(call.args) == 2 and len(call.data) == 2:
         return matmul(call.in_shapes, call.out_dtype)
     if len(call.args) != 2 or len(call.data) != 1:
@@ -45,8 +46,10 @@ def _matmul(call):
         raise ConversionError(f"MatMul by a constant of rank {w.dim()} (only matrices are supported)")
     if call.data_positions == [0]:
         return Linear(w.T.contiguous())
-    if call.batched or len(call.in_shapes[0]) != 1:
-        raise ConversionError("MatMul with a constant on the left of a batched or multi-dimensional tensor")
+    if len(call.in_shapes[0]) >= 2:
+        return LeftLinear(w.contiguous())
+    if call.batched:  # W [p, 1] @ x [1, n]: the batch of one is the product's inner dimension
+        raise MovesBatch("MatMul with a constant on the left of a batch of vectors")
     return Linear(w.contiguous())
 
 

@@ -49,6 +49,8 @@ def probe_rearrangement(call) -> Rearrange:
     rounded = positions.round()
     if (moved & ((rounded != positions) | (rounded < 0) | (rounded >= sum(sizes)))).any():
         raise ConversionError("operator is not a pure data movement")
+    if (~moved & ~torch.isfinite(nans)).any():  # e.g. a -inf pad before a max pool: no finite bound
+        raise ConversionError("pads with an infinite value")
     index = torch.where(moved, rounded, -1.0).long()
     fill = torch.where(moved, 0.0, nans)
     out_shape = tuple(call.out_shape)
