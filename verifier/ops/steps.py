@@ -4,9 +4,10 @@ Each is nondecreasing and constant between its jump points (Sign: 0, with ``sign
 the integers; Round: the half-integers), so IBP is exact: ``[f(l), f(u)]``. A box holding no jump gets the
 constant lines (exact). On a box holding jumps, lines of a slope ``s >= 0``: ``g(h) = f(h) - s h`` decreases
 on every step, so its supremum on a step is at the step's left end and its infimum at its right end; over
-the box, ``max g`` is among ``f(l) - s l`` and ``f(j+) - s j`` at the jumps ``j`` in the box, ``min g``
-among ``f(u) - s u`` and ``f(j-) - s j`` (one-sided limits: whatever value the function takes at the jump
-itself, e.g. Round's ties to even, lies between them). Jumps are evenly spaced with equal heights, so these
+the box, ``max g`` is among ``g(l)``, ``g(u)`` and ``f(j+) - s j`` at the jumps ``l <= j < u``, ``min g``
+among ``g(l)``, ``g(u)`` and ``f(j-) - s j`` at the jumps ``l < j <= u`` (one-sided limits: whatever value
+the function takes at the jump itself, e.g. Round's ties to even, lies between them; a box of one point
+on a jump gets its exact value). Jumps are evenly spaced with equal heights, so these
 values are affine in the jump's number and their extremes are at the first and the last jump in the box.
 The slope is the one of the narrowest pair among the chord's ``(f(u) - f(l)) / (u - l)``, 1 (Floor, Ceil,
 Round: ``x - 1 <= floor(x) <= x`` and the like) and 0; a jump of height 1 (2 for Sign) always remains
@@ -59,25 +60,35 @@ class Step(Nonlinear):
         spread = self.forward(hi + e + slack) - self.forward(lo - e - slack)
         return torch.where(e > 0, spread, 0.0)
 
-    def _jumps(self, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The first and last jump points in [l, u], and where there is one."""
-        if self.kind == "sign":
+    def _jumps(self, l: Tensor, u: Tensor, closed_left: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """The first and last jump points in ``[l, u)`` (``closed_left``) or ``(l, u]``, and where there is
+        one."""
+        c = 0.0 if self.kind == "sign" else _JUMPS[self.kind][0]
+        if closed_left:
+            first, last = torch.ceil(l - c) + c, torch.ceil(u - c) - 1 + c
+        else:
+            first, last = torch.floor(l - c) + 1 + c, torch.floor(u - c) + c
+        if self.kind == "sign":  # one jump, at 0
             zero = torch.zeros_like(l)
-            return zero, zero, (l <= 0) & (u >= 0)
-        c = _JUMPS[self.kind][0]
-        first, last = torch.ceil(l - c) + c, torch.floor(u - c) + c
+            return zero, zero, (first <= 0) & (last >= 0)
         return first, last, first <= last
 
     def _gap_lines(self, s: Tensor, l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
-        """``(min g, max g)`` of ``g = f - s h`` over [l, u] for a slope ``s >= 0`` (module docstring)."""
-        first, last, some = self._jumps(l, u)
+        """``(min g, max g)`` of ``g = f - s h`` over [l, u] for a slope ``s >= 0`` (module docstring): the
+        ends, the right limits at jumps in ``[l, u)`` (for the max) and the left limits at jumps in ``(l, u]``
+        (for the min); a jump at an end of the box has only its inner side inside."""
         limits = _JUMPS[self.kind][1]
         g = lambda value, h: value - s * h
-        high, low = g(self.forward(l), l), g(self.forward(u), u)
-        for j in (first, last):
-            below, above = limits(j)
-            high = torch.where(some, torch.maximum(high, g(above, j)), high)
-            low = torch.where(some, torch.minimum(low, g(below, j)), low)
+        ends = torch.stack([g(self.forward(l), l), g(self.forward(u), u)])
+        high, low = ends.max(0).values, ends.min(0).values
+        for closed_left in (True, False):
+            first, last, some = self._jumps(l, u, closed_left)
+            for j in (first, last):
+                below, above = limits(j)
+                if closed_left:
+                    high = torch.where(some, torch.maximum(high, g(above, j)), high)
+                else:
+                    low = torch.where(some, torch.minimum(low, g(below, j)), low)
         return low, high
 
     def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:

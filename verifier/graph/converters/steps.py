@@ -15,7 +15,8 @@ _KINDS = {torch.sign: "sign", torch.floor: "floor", torch.ceil: "ceil", torch.ro
 def _step(call) -> Step:
     if call.kwargs.get("decimals", 0) != 0 or (len(call.args) > 1 and call.args[1] != 0):
         raise ConversionError("round with decimals")
-    return Step(_KINDS.get(call.target, call.target))
+    target = getattr(call.target, "function", call.target)  # onnx2torch's OnnxFunction holds torch.sign
+    return Step(_KINDS.get(target, target))
 
 
 @converts(Onnx2TorchClass("roundings", "OnnxRound"), onnx=("Ceil", "Floor", "Round"))
