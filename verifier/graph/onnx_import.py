@@ -90,8 +90,9 @@ def data_is_double(model: onnx.ModelProto) -> bool:
 def to_fx(model: onnx.ModelProto, path: str | Path):
     """onnx2torch conversion, after lifting old opsets (onnx2torch refuses e.g. opset-8 Flatten)."""
     import onnx2torch  # imported here: it imports torchvision, which is slow
-    from verifier.graph import onnx2torch_extra  # noqa: F401  (its converters for what onnx2torch lacks)
     from onnx import version_converter
+
+    from verifier.graph import onnx2torch_extra  # noqa: F401  (its converters for what onnx2torch lacks)
 
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=_TARGET_OPSET)
     if opset < _TARGET_OPSET:
