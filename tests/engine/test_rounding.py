@@ -104,10 +104,34 @@ def resized(seed: int) -> Net:
     return net, net.op("Flatten", net.op("ReduceMean", net.op("Tanh", h), axes=[2], keepdims=1))
 
 
+def gelu(seed: int) -> Net:
+    """GELU, both forms (ONNX Gelu: opset 20, saved as such)."""
+    net = Net([1, 6], seed)
+    a = net.gemm("x", 6, 8)
+    both = net.op("Concat", net.op("Gelu", a), net.op("Gelu", a, approximate="tanh"), axis=1)
+    return net, net.gemm(both, 16, 4)
+
+
+def nonsmooth(seed: int) -> Net:
+    """An odd power across 0, Max / Min of graph tensors, ReduceMax, and steps."""
+    net = Net([1, 6], seed)
+    a, b = net.gemm("x", 6, 8), net.gemm("x", 6, 8)
+    parts = [
+        net.op("Pow", a, net.const(3.0)),
+        net.op("Max", a, b),
+        net.op("Min", a, net.const(0.1)),
+        net.op("ReduceMax", b, axes=[1], keepdims=1),
+        net.op("Floor", net.op("Mul", a, net.const(2.0))),
+        net.op("Sign", b),
+    ]
+    return net, net.gemm(net.op("Concat", *parts, axis=1), 41, 4)
+
+
 def save(net_and_output, tmp_path) -> str:
     net, output = net_and_output
     path = str(tmp_path / "net.onnx")
-    onnx.save(net.model(output), path)
+    opset = 20 if any(n.op_type == "Gelu" for n in net.nodes) else None
+    onnx.save(net.model(output) if opset is None else net.model(output, opset=opset), path)
     return path
 
 
@@ -124,7 +148,7 @@ def box_and_points(shape, seed: int, n: int = 200) -> tuple[torch.Tensor, torch.
 
 
 @pytest.mark.parametrize("build", [mlp, cancelling, convolutional, curved, periodic, products, attention,
-                                   resized])  # fmt: skip
+                                   resized, gelu, nonsmooth])  # fmt: skip
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_float32_evaluation_stays_within_the_bound(build, seed, tmp_path):
     path = save(build(seed), tmp_path)

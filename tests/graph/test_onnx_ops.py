@@ -698,6 +698,10 @@ ELEMENTWISE = {
     "elementwise_clip": lambda: _between_gemms("Clip", False, -0.3, 0.4),
     "elementwise_clip_min": lambda: _between_gemms("Clip", False, 0.1),
     "elementwise_clip_relu6": lambda: _between_gemms("Clip", False, 0.0, 6.0),
+    "elementwise_pow_cube": lambda: _between_gemms("Pow", False, 3.0),
+    "elementwise_pow_fifth": lambda: _between_gemms("Pow", False, 5.0),
+    "elementwise_max_constant": lambda: _between_gemms("Max", False, 0.2),
+    "elementwise_min_constant": lambda: _between_gemms("Min", False, -0.1),
 }
 for _name, _build in ELEMENTWISE.items():
     case(_name)(_build)
@@ -730,9 +734,50 @@ ONE_NODE = {
     "one_node_cos": ("Cos",),
     "one_node_clip": ("Clip", -0.25, 0.5),
     "one_node_erf": ("Erf",),
+    "one_node_pow_cube": ("Pow", 3.0),
+    "one_node_sign": ("Sign",),
+    "one_node_floor": ("Floor",),
+    "one_node_ceil": ("Ceil",),
+    "one_node_round": ("Round",),
 }
 for _name, _args in ONE_NODE.items():
     case(_name)(lambda args=_args: _one_node(*args))
+
+
+def _steps_between_gemms(op_type: str) -> onnx.ModelProto:
+    """A step function of a scaled Gemm (several jumps inside the boxes), then a Gemm."""
+    n = Net([1, 4], seed=len(op_type))
+    return n.model(n.gemm(n.op(op_type, n.op("Mul", n.gemm("x", 4, 5), n.const(3.0))), 5, 3))
+
+
+for _kind in ("Sign", "Floor", "Ceil", "Round"):
+    case(f"steps_{_kind.lower()}")(lambda kind=_kind: _steps_between_gemms(kind))
+
+
+@case("gelu_opset20")
+def _():
+    n = Net([1, 4])
+    h = n.gemm("x", 4, 5)
+    both = n.op("Concat", n.op("Gelu", h), n.op("Gelu", h, approximate="tanh"), axis=1)
+    return n.model(n.gemm(both, 10, 3), opset=20)
+
+
+@case("max_min_of_graph_tensors")
+def _():
+    n = Net([1, 4])
+    a, b, c = n.gemm("x", 4, 5), n.gemm("x", 4, 5), n.gemm("x", 4, 1)
+    top = n.op("Max", a, b)  # two graph tensors
+    low = n.op("Min", a, b, c, n.rand(5))  # three graph tensors (one broadcast) and a constant
+    return n.model(n.gemm(n.op("Concat", top, low, n.op("Max", c), axis=1), 11, 3))
+
+
+@case("reduce_max_min")
+def _():
+    n = Net([1, 2, 3, 4])
+    h = n.conv("x", 2, 3, k=1)
+    top = n.op("ReduceMax", h, axes=[1, 3], keepdims=0)  # [1, 3]
+    low = n.op("Flatten", n.op("ReduceMin", h, axes=[-1], keepdims=1), axis=1)  # [1, 9]
+    return n.model(n.gemm(n.op("Concat", top, low, axis=1), 12, 3))
 
 
 # ---------------------------------------------------------------------------------------- older opsets

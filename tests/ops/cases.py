@@ -20,6 +20,8 @@ from verifier.ops.product import Product
 from verifier.ops.reduce import Reduce
 from verifier.ops.resize import Interpolate
 from verifier.ops.shape import Rearrange
+from verifier.ops.smooth import GELU, SiLU
+from verifier.ops.steps import Step
 
 _gen = torch.Generator().manual_seed(1234)
 
@@ -151,6 +153,9 @@ CASES = (
     Case("power_-0.5", Power(-0.5), ((5,),), domain=_positive),
     Case("constant_power", Power(0.0), ((4,),)),
     Case("identity_power", Power(1.0), ((4,),)),
+    Case("cube", Power(3.0), ((3, 4),)),
+    Case("fifth_power", Power(5.0), ((6,),)),
+    Case("cube_around_inflection", Power(3.0), ((6,),), domain=lambda t: t / 4),
     Case("abs", Abs(), ((3, 4),)),
     Case("abs_zero_lower", Abs(), ((7,),), relu_lower="zero"),
     Case("clip_both", Clip(-0.5, 1.5), ((2, 5),)),
@@ -161,6 +166,22 @@ CASES = (
     Case("sin", Periodic("sin"), ((3, 5),)),
     Case("cos", Periodic("cos"), ((3, 5),)),
     Case("sin_far", Periodic("sin"), ((8,),), domain=lambda t: t + 100.0),
+    Case("gelu", GELU(), ((3, 5),)),
+    Case("gelu_tanh", GELU("tanh"), ((3, 5),)),
+    # boxes shifted onto the inflection point sqrt(2) and GELU's minimum near -0.75
+    Case("gelu_at_inflection", GELU(), ((6,),), domain=lambda t: t / 4 + 1.4142135623730951),
+    Case("gelu_at_minimum", GELU(), ((6,),), domain=lambda t: t / 4 - 0.75),
+    Case("silu", SiLU(), ((3, 5),)),
+    Case("silu_at_inflection", SiLU(), ((6,),), domain=lambda t: t / 2 - 2.4),
+    Case("sign", Step("sign"), ((3, 4),)),
+    Case("floor", Step("floor"), ((3, 4),)),
+    Case("ceil", Step("ceil"), ((3, 4),)),
+    Case("round", Step("round"), ((3, 4),)),
+    # box ends on the jumps themselves (integers, half-integers, zero), degenerate boxes there too
+    Case("floor_ends_on_jumps", Step("floor"), ((6,),), domain=lambda t: torch.round(2 * t) / 2),
+    Case("ceil_ends_on_jumps", Step("ceil"), ((6,),), domain=lambda t: torch.round(2 * t) / 2),
+    Case("round_ends_on_jumps", Step("round"), ((6,),), domain=lambda t: torch.round(2 * t) / 2),
+    Case("sign_ends_on_zero", Step("sign"), ((6,),), domain=lambda t: torch.round(t)),
     Case("product", Product(), ((2, 3), (2, 3))),
     Case("product_broadcast", Product(((2, 3), (3,)), (2, 3)), ((2, 3), (3,))),
     Case("product_outer", Product(((2, 1), (1, 3)), (2, 3)), ((2, 1), (1, 3))),

@@ -235,18 +235,19 @@ class _Walk:
         values[fx_node] = value
         is_data = lambda a: isinstance(a, fx.Node) and a in data_of
         sources = [a for a in pytree.tree_leaves((fx_node.args, fx_node.kwargs)) if is_data(a)]
+        item = _piece(fx_node, target, data_of)
         if (
             not sources
             or (isinstance(target, torch.nn.Module) and Onnx2TorchClass.of(type(target)) == _ONNX_SHAPE)
-            or (not isinstance(target, torch.nn.Module) and target in _STATIC)
+            or (not isinstance(target, torch.nn.Module) and target in _STATIC and item is None)
         ):
             return  # a constant given the input's shape: folded
         # ONNX models: name the ONNX node (the submodule path onnx2torch gives it) and its ONNX type
         name, kind = self.names.get(fx_node.target, (fx_node.name, _describe(target)))
-        producer = fx_node.args[0] if target is operator.getitem else None
-        if isinstance(data_of.get(producer), Call):  # one piece of a split: the producer, then the piece
+        if item is not None:  # one piece of a split (or of max(x, dim)): the producer, then the piece
+            producer = fx_node.args[0]
             name, kind = self.names.get(producer.target, (producer.name, _describe(_target(gm, producer))))
-            call = replace(data_of[producer], name=name, out_value=value, item=fx_node.args[1])
+            call = replace(data_of[producer], name=name, out_value=value, item=item)
         elif any(isinstance(data_of[a], Call) for a in sources):
             return self.fail(fx_node, f"{kind}: takes the pieces of a split all at once", name)
         else:
@@ -357,6 +358,17 @@ def _input_nodes(placeholders: list[fx.Node], shapes: list[tuple[int, ...]]) -> 
 def _starts(sizes: list[int]) -> list[int]:
     """Offset of each piece in the concatenation of pieces of these sizes."""
     return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def _piece(fx_node, target, data_of) -> int | None:
+    """Which output of an operator with several outputs (kept as a ``Call``) this node reads: ``out[k]``,
+    or the ``values`` / ``indices`` fields of ``torch.max(x, dim)``; None for any other node."""
+    producer = fx_node.args[0] if target in (operator.getitem, getattr) and fx_node.args else None
+    if not isinstance(data_of.get(producer), Call):
+        return None
+    if target is operator.getitem:
+        return fx_node.args[1]
+    return {"values": 0, "indices": 1}.get(fx_node.args[1], -1)  # -1: no such piece, the converter refuses
 
 
 def _call(fx_node, target, name, values, data_of, batched, live) -> Call:

@@ -92,6 +92,8 @@ def to_fx(model: onnx.ModelProto, path: str | Path):
     import onnx2torch  # imported here: it imports torchvision, which is slow
     from onnx import version_converter
 
+    from verifier.graph import onnx2torch_extra  # noqa: F401  (its converters for what onnx2torch lacks)
+
     onnx_rewrites.fold_constants(model)  # before lowering: onnx has no adapter from Constant-19
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=_TARGET_OPSET)
     if opset < _TARGET_OPSET:

@@ -13,5 +13,7 @@ from verifier.ops import (  # noqa: F401
     reduce,
     resize,
     shape,
+    smooth,
+    steps,
 )
 from verifier.ops.base import OPS, Affine, Nonlinear, Op, Relaxation, RelaxConfig  # noqa: F401

@@ -15,6 +15,7 @@ or leaves the domain (a computed input may be 0 or negative) the error is ``inf`
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -212,7 +213,8 @@ class Power(Curved):
     * on x >= 0: convex when ``e >= 1`` or ``e <= 0``, concave for ``0 < e < 1``;
     * on x <= 0 (integer exponents only): convex for even e, concave for odd e (``e = 1``: linear);
     * boxes crossing 0: even ``e >= 0`` is convex there (IBP's lower end is then 0, the minimum); odd
-      ``e >= 3`` is concave-convex and not supported; negative exponents have no finite bound.
+      ``e >= 3`` is concave on x <= 0 and convex on x >= 0 (:meth:`_odd_lines`, the S-shaped rule);
+      negative exponents have no finite bound.
 
     Domain: integer ``e >= 0`` any x; integer ``e < 0``: boxes not containing 0; other exponents x >= 0
     (x > 0 when negative)."""
@@ -242,8 +244,43 @@ class Power(Curved):
             self._refuse(bad, lo, hi, f"leave the domain {domain}")
         elif e < 0:
             self._refuse(~((lo > 0) | (hi < 0)), lo, hi, "contain 0, where the function has no finite bound")
-        elif e % 2 == 1 and e > 1:
-            self._refuse((lo < 0) & (hi > 0), lo, hi, "cross 0, where an odd power is not supported")
+
+    def _odd(self) -> bool:
+        return self._integer() and self.exponent % 2 == 1 and self.exponent > 1
+
+    def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
+        rel = super().relax(lo, hi, cfg, param)
+        crossing = (lo < 0) & (hi > 0)
+        if not (self._odd() and crossing.any()):
+            return rel
+        odd = self._odd_lines(lo.double(), hi.double(), lo.dtype)
+        return Relaxation(*(torch.where(crossing, b, a) for a, b in zip(_fields(rel), _fields(odd))))
+
+    def _odd_lines(self, l: Tensor, u: Tensor, dtype: torch.dtype) -> Relaxation:
+        """Lines of ``x^e`` (odd e >= 3) on boxes with ``l < 0 < u``, as for S-shaped functions mirrored.
+
+        Above: the tangent at ``d = c u < 0`` passes through (u, u^e), with ``c`` the negative root of ``c^e +
+        e c^(e-1) (1 - c) = 1`` (f is homogeneous; ``c = -1/2`` for e = 3). It lies above f on x <= 0 (f is
+        concave there), at 0 (its value ``(1 - e) d^e > 0``) and at u, hence on [0, u] (f convex, below the
+        chord). A tangent point farther out (``t < d``) is sound too (the line's value at u grows as t
+        moves out: its derivative in t is ``f''(t) (u - t) < 0``), so ``c`` is taken a little farther out.
+        When ``d <= l`` the chord lies above f on the box. Below: the mirror image, ``d = c l > 0``."""
+        e = int(self.exponent)
+        c = _odd_tangent_ratio(e) * (1 + 1e-9)
+        f = lambda x: x**e
+        df = lambda x: e * x ** (e - 1)
+        chord_a = (f(u) - f(l)) / (u - l)
+        chord_b = f(l) - chord_a * l
+        d_up, d_lo = c * u, c * l
+        up = (
+            torch.where(d_up > l, df(d_up), chord_a),
+            torch.where(d_up > l, f(d_up) - df(d_up) * d_up, chord_b),
+        )
+        low = (
+            torch.where(d_lo < u, df(d_lo), chord_a),
+            torch.where(d_lo < u, f(d_lo) - df(d_lo) * d_lo, chord_b),
+        )
+        return _widened(*low, *up, l, u, dtype)
 
     def _ulps(self) -> float:
         """An integer power may be computed by repeated multiplication: ``|e|`` roundings more."""
@@ -270,3 +307,21 @@ class Power(Curved):
         if self._integer() and self.exponent > 0 and self.exponent % 2 == 0:  # the minimum 0 is inside
             lo = torch.where((a < 0) & (b > 0), 0.0, lo)
         return lo, hi
+
+
+def _fields(rel: Relaxation) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return rel.a_lo, rel.b_lo, rel.a_up, rel.b_up
+
+
+@functools.cache
+def _odd_tangent_ratio(e: int) -> float:
+    """The root c in (-1, 0) of ``(1 - e) c^e + e c^(e-1) - 1`` (negative at 0, positive at -1), by
+    bisection; the returned end lies on the far side of the root (farther from 0)."""
+    near, far = 0.0, -1.0
+    for _ in range(200):
+        mid = (near + far) / 2
+        if (1 - e) * mid**e + e * mid ** (e - 1) - 1 > 0:
+            far = mid
+        else:
+            near = mid
+    return far

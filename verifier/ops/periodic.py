@@ -33,7 +33,7 @@ from torch import Tensor
 
 from verifier.ops.activations import _widened
 from verifier.ops.base import Relaxation, RelaxConfig, register
-from verifier.ops.elementwise import Curved
+from verifier.ops.elementwise import Curved, _fields
 
 _PHASES = {"sin": 0.0, "cos": math.pi / 2}
 _TWO_PI = 2 * math.pi
@@ -119,7 +119,3 @@ class Periodic(Curved):
         return _widened(
             a, torch.where(constant, low, g_min), a, torch.where(constant, high, g_max), l, u, lo.dtype
         )
-
-
-def _fields(rel: Relaxation) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return rel.a_lo, rel.b_lo, rel.a_up, rel.b_up

@@ -27,6 +27,8 @@ from verifier.graph.converters import (  # noqa: F401
     reduce,
     resize,
     shape,
+    smooth,
+    steps,
 )
 from verifier.graph.converters.base import (  # noqa: F401
     CONVERTERS,
