@@ -42,6 +42,9 @@ from verifier.training.l2 import check_rows, lipschitz_radius, load_net, radius_
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = [k / 50 for k in range(126)]  # radii of the plotted curves, 0 .. 2.5
+# plot styles: a colour per model, a line per radius certificate, a marker per bound method
+LINES = {"lipschitz (gamma)": "-", "lipschitz (estimated)": ":", "smoothing": "--"}
+MARKERS = {"crown": "x", "crown+lipschitz": "s", "crown+lipschitz (gamma)": "o"}
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -148,19 +151,21 @@ def plot(rows: list[dict], out: Path, n: int) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colours = {m: f"C{k}" for k, m in enumerate(dict.fromkeys(r["model"] for r in rows))}
     for r in rows:
         label = f"{r['model']}: {r['method']}" + ("" if r["deterministic"] else " (probabilistic)")
         if "curve" in r:
-            style = "-" if r["deterministic"] else "--"
-            ax.plot(GRID, [100 * r["curve"][f"{q:g}"] for q in GRID], style, label=label)
+            ax.plot(GRID, [100 * r["curve"][f"{q:g}"] for q in GRID], LINES[r["method"]], color=colours[r["model"]],
+                    label=label)  # fmt: skip
         else:
             radii = [float(q) for q in r["certified"]]
-            ax.plot(radii, [100 * a for a in r["certified"].values()], "o", label=label)
+            ax.plot(radii, [100 * a for a in r["certified"].values()], MARKERS[r["method"]], color=colours[r["model"]],
+                    fillstyle="none", markersize=8, label=label)  # fmt: skip
     ax.set(xlabel="L2 radius (pixels in [0, 1])", ylabel="certified accuracy (%)", ylim=(0, 100),
            title=f"MNIST, first {n} test images")  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
