@@ -25,6 +25,7 @@ and certified radius > r. Output: a table, JSON (``--json``) and a PNG (``--plot
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -75,8 +76,7 @@ def lipschitz_rows(card: Path, x, y, args) -> list[dict]:
     model = verifier.load(net, x[:1])
     tick = time.perf_counter()
     with torch.no_grad():
-        logits = net.double()(x.double())  # float64 logits: the radius is not eroded by float32 rounding
-    net.float()
+        logits = copy.deepcopy(net).double()(x.double())  # float64: the radius is not eroded by float32 sums
     correct = margin(logits, y) > 0
     by_gamma = lipschitz_radius(logits, y, info["gamma"])
     t_gamma = time.perf_counter() - tick
