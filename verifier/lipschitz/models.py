@@ -7,7 +7,7 @@ import math
 
 from torch import Tensor, nn
 
-from verifier.lipschitz.layers import AOLLinear, MaxMin, OrthogonalLinear, SandwichLayer
+from verifier.lipschitz.layers import AOLLinear, MaxMin, OrthogonalLinear, SandwichConv2d, SandwichLayer
 
 KINDS = ("sandwich", "aol", "orthogonal")
 ACTIVATIONS = ("relu", "maxmin")
@@ -32,6 +32,11 @@ class LipschitzNet(nn.Module):
         return self.gamma
 
 
+def _sandwiches(pairs: list[tuple[int, int]]) -> list[nn.Module]:
+    """Dense Sandwich layers ``in -> out`` for each pair, the last without activation (an output layer)."""
+    return [SandwichLayer(i, o) for i, o in pairs[:-1]] + [SandwichLayer(*pairs[-1], activation=False)]
+
+
 def lipschitz_mlp(
     widths: list[int] | tuple[int, ...], gamma: float, kind: str = "sandwich", activation: str = "relu"
 ) -> LipschitzNet:
@@ -50,8 +55,7 @@ def lipschitz_mlp(
     if kind == "sandwich":
         if activation != "relu":
             raise ValueError("the Sandwich layer's proof needs an elementwise activation: activation='relu'")
-        layers = [SandwichLayer(i, o) for i, o in pairs[:-1]] + [SandwichLayer(*pairs[-1], activation=False)]
-        return LipschitzNet(nn.Sequential(*layers), gamma)
+        return LipschitzNet(nn.Sequential(*_sandwiches(pairs)), gamma)
     if activation == "maxmin" and any(w % 2 for w in widths[1:-1]):
         raise ValueError(f"MaxMin needs even hidden widths, got {list(widths[1:-1])}")
     linear = AOLLinear if kind == "aol" else OrthogonalLinear
@@ -61,3 +65,24 @@ def lipschitz_mlp(
         if k < len(pairs) - 1:
             layers.append(nn.ReLU() if activation == "relu" else MaxMin(dim=-1))
     return LipschitzNet(nn.Sequential(*layers), gamma)
+
+
+def lipschitz_cnn(
+    in_channels: int,
+    input_size: int,
+    channels: list[int] | tuple[int, ...],
+    widths: list[int] | tuple[int, ...],
+    gamma: float,
+    kernel_size: int = 3,
+) -> LipschitzNet:
+    """A ``gamma``-Lipschitz (L2) network on ``[in_channels, input_size, input_size]`` inputs: a
+    :class:`SandwichConv2d` (ReLU inside) to each of ``channels``, a flatten (an isometry), then
+    :class:`SandwichLayer` s to each of ``widths``, the last without activation. Every part is 1-Lipschitz,
+    so the composition is, and :class:`LipschitzNet` scales it to ``gamma``."""
+    if not widths:
+        raise ValueError("widths needs at least the output width")
+    convs = [
+        SandwichConv2d(i, o, kernel_size, input_size) for i, o in itertools.pairwise([in_channels, *channels])
+    ]
+    pairs = list(itertools.pairwise([(channels[-1] if channels else in_channels) * input_size**2, *widths]))
+    return LipschitzNet(nn.Sequential(*convs, nn.Flatten(), *_sandwiches(pairs)), gamma)
