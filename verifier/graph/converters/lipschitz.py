@@ -1,6 +1,8 @@
 """Translations of the Lipschitz-bounded layers of ``verifier.lipschitz.layers``: each layer is kept whole
 by the fx tracer and becomes the affine maps of its current parameters (Linear, ReLU between the Sandwich's
-halves); MaxMin becomes a composite ``(b + relu(a - b), a - relu(a - b))`` of existing operators.
+halves); :class:`SandwichConv2d` the same, its FFT-realised convolutions materialised as dense matrices over
+the flattened image (the engine has no FFT rule; a dense map is exact and sound, and affordable only for small
+inputs: above ``MAX_DENSE_ENTRIES`` loading refuses, naming the node); MaxMin becomes a composite ``(b + relu(a - b), a - relu(a - b))`` of existing operators.
 
 MaxMin's one ReLU node serves both outputs: a specification row ``c_1 max + c_2 min`` meets it with the
 coefficient ``c_1 - c_2``, so ``max + min = a + b`` is bounded exactly, and a split or an alpha-CROWN slope
@@ -12,10 +14,12 @@ from __future__ import annotations
 import torch
 
 from verifier.graph.converters.base import Composite, ConversionError, Steps, converts
-from verifier.lipschitz.layers import AOLLinear, MaxMin, OrthogonalLinear, SandwichLayer
+from verifier.lipschitz.layers import AOLLinear, MaxMin, OrthogonalLinear, SandwichConv2d, SandwichLayer
 from verifier.ops.activations import ReLU
 from verifier.ops.linear import Linear, Sum
 from verifier.ops.shape import Rearrange
+
+MAX_DENSE_ENTRIES = 1 << 22  # per materialised matrix of a SandwichConv2d (32 MiB in float64)
 
 
 def maxmin(shape: tuple[int, ...], axis: int, dtype: torch.dtype) -> Composite:
@@ -62,6 +66,34 @@ def _sandwich(call) -> Linear | Composite:
         return first
     steps = Steps(call.in_shapes, call.out_dtype)
     steps.add(Linear(_constant(call, w_out)), steps.add(ReLU(), steps.add(first, 0)))
+    return steps.done()
+
+
+@converts(SandwichConv2d)
+def _sandwich_conv(call) -> Composite:
+    """``[in, n, n] -> flatten -> Linear(W_in, b) -> ReLU -> Linear(W_out) -> [out, n, n]`` (the second
+    Linear and the ReLU absent without activation), with the layer's current maps as dense matrices."""
+    layer = call.target
+    n = layer.input_size
+    d_in, d_out = layer.in_channels * n * n, layer.out_channels * n * n
+    if tuple(call.in_shapes[0]) != (layer.in_channels, n, n):
+        raise ConversionError(
+            f"input of shape {tuple(call.in_shapes[0])}, built for {(layer.in_channels, n, n)}"
+        )
+    if d_out * max(d_in, d_out) > MAX_DENSE_ENTRIES:
+        raise ConversionError(
+            f"dense maps of {d_out} x {max(d_in, d_out)} entries exceed MAX_DENSE_ENTRIES = {MAX_DENSE_ENTRIES}"
+            " (the layer is loaded as explicit matrices: use a smaller input)"
+        )
+    with torch.no_grad():
+        w_in, bias, w_out = layer.dense_weights()
+    steps = Steps(call.in_shapes, call.out_dtype)
+    k = steps.add(
+        Linear(_constant(call, w_in), _constant(call, bias)), steps.add(Rearrange((d_in,), (d_in,)), 0)
+    )
+    if w_out is not None:
+        k = steps.add(Linear(_constant(call, w_out)), steps.add(ReLU(), k))
+    steps.add(Rearrange((d_out,), (layer.out_channels, n, n)), k)
     return steps.done()
 
 
