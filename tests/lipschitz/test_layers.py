@@ -4,12 +4,21 @@ random values of all free parameters (the guarantee holds for every parameter va
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from verifier.lipschitz.layers import AOLLinear, MaxMin, OrthogonalLinear, SandwichLayer, cayley
-from verifier.lipschitz.models import lipschitz_mlp
+from verifier.lipschitz.layers import (
+    AOLLinear,
+    MaxMin,
+    OrthogonalLinear,
+    SandwichConv2d,
+    SandwichLayer,
+    cayley,
+)
+from verifier.lipschitz.models import lipschitz_cnn, lipschitz_mlp
 
 DTYPE = torch.float64
 SLACK = 1e-9  # rounding of float64 networks a few layers deep, relative
@@ -135,3 +144,85 @@ def test_builder_refuses_what_it_cannot_guarantee():
         lipschitz_mlp([4, 8, 2], 1.0, "spectral")
     with pytest.raises(ValueError, match="positive"):
         lipschitz_mlp([4, 8, 2], 0.0)
+
+
+CONVS = {
+    "conv": lambda: SandwichConv2d(2, 3, 3, 6),
+    "conv_narrowing_odd_size": lambda: SandwichConv2d(3, 2, 3, 5),
+    "conv_even_kernel": lambda: SandwichConv2d(2, 2, 2, 4),
+    "conv_output": lambda: SandwichConv2d(2, 3, 3, 6, activation=False),
+}
+
+
+def _images(layer: SandwichConv2d, n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    shape = (n, layer.in_channels, layer.input_size, layer.input_size)
+    return scale * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_conv_layer_is_1_lipschitz(name, seed):
+    layer = _scrambled(CONVS[name](), seed)
+    _check(layer, 1.0, _images(layer, 32, seed))
+
+
+@pytest.mark.parametrize("name", ["conv", "conv_narrowing_odd_size"])
+def test_conv_layer_is_a_sandwich_of_circular_convolutions(name):
+    """As operators on flattened images: ``A A^T + B B^T = I`` (with ``Psi = I``), the dense maps give the
+    forward's output (real, whatever the frequencies' symmetry), and shifts commute with the layer."""
+    layer = _scrambled(CONVS[name](), 3)
+    with torch.no_grad():
+        layer.psi.zero_()
+        w_in, bias, w_out = layer.dense_weights()
+        a_t, b = w_out / math.sqrt(2.0), w_in / math.sqrt(2.0)
+        eye = torch.eye(a_t.shape[0], dtype=DTYPE)
+        assert torch.allclose(a_t.T @ a_t + b @ b.T, eye, atol=1e-12)
+        x = _images(layer, 8, 4)
+        y = layer(x)
+        assert torch.allclose(torch.relu(x.flatten(1) @ w_in.T + bias) @ w_out.T, y.flatten(1), atol=1e-12)
+        shifted = layer(torch.roll(x, (1, 2), dims=(2, 3)))
+        assert torch.allclose(shifted, torch.roll(y, (1, 2), dims=(2, 3)), atol=1e-12)
+
+
+class _Inflated(SandwichConv2d):
+    """A broken layer: its output half ``A^T`` scaled by 1.05, no longer 1-Lipschitz."""
+
+    def responses(self):
+        q_a, q_b = super().responses()
+        return 1.05 * q_a, q_b
+
+
+def _tight(layer: SandwichConv2d) -> SandwichConv2d:
+    """Parameters where the bound is attained: ``X = 0``, ``Y = tan(pi / 8) I`` at every frequency (a
+    centre tap), so ``A^T = cos(pi / 4) I``, ``B = -sin(pi / 4) I`` and, where every ReLU is active (a large
+    bias), the layer is ``2 A^T B x + c = -x + c``: an isometry."""
+    layer = layer.to(DTYPE)
+    c, k = layer.out_channels, layer.kernel_size
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight[c:, :, k // 2, k // 2] = math.tan(math.pi / 8) * torch.eye(c, dtype=DTYPE)
+        layer.scale.copy_(layer.weight.norm())
+        layer.psi.zero_()
+        layer.bias.fill_(10.0)
+    return layer
+
+
+def test_check_catches_a_conv_layer_inflated_by_5_percent():
+    x = _images(SandwichConv2d(2, 2, 3, 6), 16, 5, scale=0.1)
+    tight = _tight(SandwichConv2d(2, 2, 3, 6))
+    _check(tight, 1.0, x)
+    assert _ratios(tight, x, x.flip(0)).min().item() == pytest.approx(1.0, abs=1e-12)  # the bound is sharp
+    with pytest.raises(AssertionError, match="> gamma"):
+        _check(_tight(_Inflated(2, 2, 3, 6)), 1.0, x)
+    inflated = _scrambled(_Inflated(2, 3, 3, 6), 0)  # random parameters come within 1% of the bound too
+    with pytest.raises(AssertionError, match="> gamma"):
+        _check(inflated, 1.0, _images(inflated, 32, 0))
+
+
+@pytest.mark.parametrize("gamma", [0.5, 3.0])
+def test_cnn_is_gamma_lipschitz(gamma):
+    torch.manual_seed(0)
+    net = _scrambled(lipschitz_cnn(2, 6, [3, 2], [10, 3], gamma), 6)
+    assert net.lipschitz_bound() == gamma
+    x = torch.randn(24, 2, 6, 6, generator=torch.Generator().manual_seed(7), dtype=DTYPE)
+    _check(net, gamma, x)
