@@ -12,7 +12,7 @@ import verifier
 from tests.helpers import assert_inside
 from verifier.errors import ModelLoadError
 from verifier.lipschitz.layers import MaxMin
-from verifier.lipschitz.models import lipschitz_mlp
+from verifier.lipschitz.models import lipschitz_cnn, lipschitz_mlp
 
 METHODS = ("ibp", "crown", "crown-ibp", "lbp", "alpha-crown")
 
@@ -109,3 +109,29 @@ def test_live_loading_is_refused_naming_the_node():
     net = lipschitz_mlp([4, 6, 2], 1.0, "aol")
     with pytest.raises(ModelLoadError, match="body"):
         verifier.load(net, torch.randn(2, 4), live=True)
+
+
+@pytest.mark.parametrize(("shape", "channels"), [((1, 8, 8), [2, 2]), ((2, 16, 16), [4])])
+def test_sandwich_cnn_bounds_contain_samples(shape, channels):
+    """SandwichConv2d loads as dense maps of its current convolutions: same outputs, and bounds that contain
+    samples of an L2 ball."""
+    torch.manual_seed(6)
+    net = lipschitz_cnn(shape[0], shape[1], channels, [12, 3], 2.0).eval()
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, *shape, generator=gen)
+    model = verifier.load(net, x)
+    assert torch.allclose(model(x), net(x), atol=1e-5)
+    eps = 0.5
+    with torch.no_grad():
+        y = net(_points(x.flatten(1), eps, 256, gen).reshape(-1, *shape)).reshape(256, 2, -1)
+    region = verifier.L2Ball(x, eps)
+    for method in ("ibp", "crown"):
+        b = model.bounds(region, method=method)
+        assert_inside(y, b.lower, b.upper, f"cnn {shape} {method}")
+    assert (_widths(model, region, "crown") <= _widths(model, region, "ibp") + 1e-5).all()
+
+
+def test_sandwich_conv_too_large_to_materialise_is_refused_naming_the_node():
+    net = lipschitz_cnn(3, 32, [8], [3], 1.0)
+    with pytest.raises(ModelLoadError, match=r"MAX_DENSE_ENTRIES.*body_0"):
+        verifier.load(net, torch.randn(1, 3, 32, 32))
