@@ -296,3 +296,28 @@ def test_final_alpha_is_sound_and_never_looser_than_crown(seed):
     pts = samples(x - 0.3, x + 0.3, 500, torch.Generator().manual_seed(4))
     y = module(pts.flatten(0, 1)).reshape(pts.shape[0], 4, 3)
     assert_inside(y, final_lo, torch.full_like(final_lo, torch.inf), "alpha-crown-final lower")
+
+
+def test_full_alpha_too_large_for_its_memory_budget_optimises_the_output_only():
+    """Under a budget full alpha-CROWN cannot fit, the plan keeps CROWN's intermediate bounds: the result is
+    output-only alpha's (sound, never looser than CROWN), and the budget decides which one runs."""
+    from verifier.engine import alpha as alpha_mod
+    from verifier.engine.bounds import compute_bounds
+
+    model = verifier.load(_mlp(5), torch.zeros(1, 4))
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(6))
+    region, spec = verifier.LinfBall(x, 0.3), torch.eye(3).unsqueeze(1).expand(3, 2, 3)
+    tiny = BoundConfig(method="alpha-crown", max_alpha_bytes=1)
+    assert alpha_mod.full_fits(model.graph, 2, BoundConfig()) and not alpha_mod.full_fits(
+        model.graph, 2, tiny
+    )
+    with torch.no_grad():
+        small, _ = compute_bounds(model.graph, region, tiny, spec)
+        final, _ = compute_bounds(model.graph, region, BoundConfig(method="alpha-crown-final"), spec)
+        full, _ = compute_bounds(model.graph, region, BoundConfig(method="alpha-crown"), spec)
+        crown_lo, _ = compute_bounds(model.graph, region, BoundConfig(method="crown"), spec)
+    torch.testing.assert_close(small, final)
+    assert (small >= crown_lo - 1e-6).all() and (full > small + 1e-4).any()  # the budget chose the plan
+    pts = samples(x - 0.3, x + 0.3, 500, torch.Generator().manual_seed(7))
+    y = model(pts.flatten(0, 1)).reshape(pts.shape[0], 2, 3)
+    assert (y >= small.T.unsqueeze(0) - 1e-5).all()

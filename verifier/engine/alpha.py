@@ -65,6 +65,19 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
     return lower if keep_graph else best
 
 
+def full_fits(graph, batch: int, cfg) -> bool:
+    """Whether full alpha-CROWN (slopes for every intermediate bound, optimised through one gradient graph)
+    fits ``cfg.max_alpha_bytes`` for ``batch`` domains. Its gradient keeps, per bounded node k, about the
+    coefficients of its 2 n_k rows on every node before it: ``sum_k 2 n_k (n_0 + ... + n_k)`` floats per
+    domain (0.04 GiB for the mnist_fc 256x6 MLP, 0.5 GiB for the oval21 CNNs, 72 GiB for the vit ibp_3_3_8
+    transformer, which a 24 GiB machine cannot hold). Callers that do not fit keep CROWN's intermediate
+    bounds and optimise the output's slopes only (the ``alpha-crown-final`` plan): sound, looser."""
+    sizes = [int(torch.Size(node.shape).numel()) for node in graph.nodes]
+    before = torch.tensor(sizes).cumsum(0).tolist()
+    floats = sum(2 * sizes[k] * before[k] for k in graph.needs_bounds())
+    return 4 * floats * batch <= cfg.max_alpha_bytes
+
+
 def _keep_tightest(state: BoundState) -> None:
     """Record the intermediate bounds of this iterate as the tightest so far (the walk already intersected
     them with the earlier ones)."""

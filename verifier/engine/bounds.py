@@ -13,7 +13,8 @@ bound of the specification at the output (plans: ``state.PLANS``).
 | ibp    | interval arithmetic on the output's IBP bounds                                      |
 | lbp    | the spec composed with the output's LBP linear bounds                               |
 | crown  | one CROWN backward pass                                                              |
-| alpha  | CROWN with optimised slopes (and split multipliers), best iterate kept             |
+| alpha  | CROWN with optimised slopes (and split multipliers), best iterate kept; with alpha  |
+|        | intermediates too when their gradient fits ``cfg.max_alpha_bytes`` (else CROWN's)  |
 
 IBP of every node is always computed from the best bounds of its inputs: it is cheap and it decides which
 neurons need a CROWN pass at all. A wide node reached through affine maps from a much narrower one (the
@@ -44,7 +45,7 @@ def compute_bounds(graph: Graph, region: Region, cfg: BoundConfig, spec: Tensor,
     s = spec.shape[0]
     rows = torch.cat([spec, -spec]) if upper else spec
     if cfg.output == "alpha":
-        if cfg.intermediate == "alpha":
+        if cfg.intermediate == "alpha" and alpha.full_fits(graph, state.batch, cfg):
             result = alpha.optimise(state, rows, refresh=lambda params: intermediate_bounds(state, params))
         else:
             intermediate_bounds(state)

@@ -37,13 +37,15 @@ class BoundConfig:
 
     method: one of METHODS. relu_lower: "adaptive" or "zero" (ReLU lower line on unstable neurons, and
     alpha-CROWN's start). max_elements: cap on the elements of one coefficient tensor; intermediate passes
-    are chunked to it. alpha_steps / alpha_lr: projected Adam on the slopes (and split multipliers)."""
+    are chunked to it. alpha_steps / alpha_lr: projected Adam on the slopes (and split multipliers).
+    max_alpha_bytes: the memory full alpha-CROWN may take (``alpha.full_fits``)."""
 
     method: str = "crown"
     relu_lower: str = "adaptive"
     max_elements: int = 2**18  # ~1 MB in float32: cache-sized chunks measured 2-2.5x faster at batch 64
     alpha_steps: int = 20
     alpha_lr: float = 0.25
+    max_alpha_bytes: int = 4 * 2**30  # full alpha-CROWN larger than this optimises the output only
 
     @property
     def relax(self) -> RelaxConfig:

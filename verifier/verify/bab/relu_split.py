@@ -83,8 +83,12 @@ class ReluSplit:
         )
         params = Params()
         with torch.no_grad():
-            lower = alpha.optimise(state, self._rows(case), refresh=lambda p: intermediate_bounds(state, p),
-                                   params=params)  # fmt: skip
+            if alpha.full_fits(self.graph, len(cases), state.cfg):
+                lower = alpha.optimise(state, self._rows(case), refresh=lambda p: intermediate_bounds(state, p),
+                                       params=params)  # fmt: skip
+            else:  # too large to optimise every intermediate bound: CROWN's, and the output's slopes
+                intermediate_bounds(state)
+                lower = alpha.optimise(state, self._rows(case), params=params)
         keep = Params()
         keep.tensors = {k: v for k, v in params.tensors.items() if k[1] == "out"}
         keep.projections = {k: params.projections[k] for k in keep.tensors}
