@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     warm = parser.add_argument_group("warm server (single runs)")
     warm.add_argument("--server", metavar="SOCKET",
-                      help=f"run through the server on SOCKET if one listens there (default ${client.ENV_SERVER}; "
-                           "unset: no server); with --serve / --stop-server, that server (default "
-                           f"{client.default_socket()})")  # fmt: skip
+                      help=f"run through the server on SOCKET if one listens there (default "
+                           f"${client.ENV_SERVER}; unset: no server); with --serve / --stop-server, that "
+                           f"server (default {client.default_socket()})")  # fmt: skip
     ident = parser.add_mutually_exclusive_group()
     ident.add_argument("--name", action="store_true", help="print the tool's name")
     ident.add_argument("--version", action="store_true", help="print the tool's version")
