@@ -11,7 +11,8 @@ consensus), the median time, and how many of the same instances the reference co
 ``--mode batch`` (default) runs each suite through the batch mode (one worker process, models kept
 between instances; times exclude start-up). ``--mode process`` runs every instance as its own
 ``verify-model`` process, as the competition harness does, and records each one's wall time, start-up
-included.
+included; with ``--server SOCKET`` those processes go through the warm server listening there (started
+beforehand with ``verify-model --serve --server SOCKET``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, help="write <benchmark>.csv per-instance results here")
     parser.add_argument("--mode", choices=("batch", "process"), default="batch",
                         help="batch mode, or one verify-model process per instance (wall time)")  # fmt: skip
+    parser.add_argument("--server", metavar="SOCKET", help="--mode process: run through this warm server")
     parser.add_argument("--branching", choices=BRANCHING, default=ReluSplitConfig().branching,
                         help="ReLU-splitting branching rule (batch mode)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
@@ -100,6 +102,7 @@ def run_process(instance: Instance, seconds: float, args) -> BatchRow:
                    str(instance.base / instance.vnnlib), "--timeout", f"{seconds:g}", "--out", str(out),
                    "--method", args.method, "--attack-seconds", f"{args.attack_seconds:g}",
                    "--threads", str(args.threads)]  # fmt: skip
+        command += ["--server", args.server] if args.server else []
         start = time.monotonic()
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
         wall = time.monotonic() - start

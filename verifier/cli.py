@@ -5,6 +5,7 @@
     verify-model verify QUERY --network NAME=MODEL.onnx [--timeout S]      (VNN-LIB 2.0 standard)
     verify-model supports --onnx-operators | ...                           (VNN-LIB 2.0 standard)
     verify-model --name | --version
+    verify-model --serve | --stop-server [--server SOCKET]                  (the warm server)
 
 Exit status 0 for every verdict; 1 for unusable input (unreadable or unsupported model or property);
 2 for a usage error. Errors are one line on stderr.
@@ -12,6 +13,8 @@ Exit status 0 for every verdict; 1 for unusable input (unreadable or unsupported
 A run's work happens in a forked worker (``verifier.verify.worker``); this process only waits for it,
 kills it at the deadline and prints a ``timeout`` itself. It therefore imports nothing heavy (torch,
 the engine): the worker does, so the deadline holds even while those imports are still running.
+With ``--server SOCKET`` or ``$VERIFIER_SERVER``, a single run's worker is a child of a warm server
+instead (``verifier.verify.server``), which has paid those imports already; see ``verifier.verify.client``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from verifier.errors import InputError, VerifierError
-from verifier.verify import standard
+from verifier.verify import client, standard
 from verifier.verify.deadline import Deadline, DeadlineReached, process_age
 from verifier.verify.worker import WorkerCrash, run_once
 
@@ -65,9 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every instance's timeout")
     batch.add_argument("--timeout-cap", type=float, help="cap every instance's timeout at this many seconds")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    warm = parser.add_argument_group("warm server (single runs)")
+    warm.add_argument("--server", metavar="SOCKET",
+                      help=f"run through the server on SOCKET if one listens there (default "
+                           f"${client.ENV_SERVER}; unset: no server); with --serve / --stop-server, that "
+                           f"server (default {client.default_socket()})")  # fmt: skip
     ident = parser.add_mutually_exclusive_group()
     ident.add_argument("--name", action="store_true", help="print the tool's name")
     ident.add_argument("--version", action="store_true", help="print the tool's version")
+    ident.add_argument("--serve", action="store_true", help="start a warm server in the foreground")
+    ident.add_argument("--stop-server", action="store_true", help="stop the warm server")
     return parser
 
 
@@ -95,6 +105,10 @@ def _dispatch(args: list[str], process: bool) -> int:
             parser.error("--name and --version take no other arguments")
         print(standard.TOOL_NAME if ns.name else standard.tool_version())
         return 0
+    if ns.serve or ns.stop_server:
+        if ns.model or ns.instances:
+            parser.error("--serve and --stop-server take no other arguments but --server")
+        return _server_command(ns)
     if ns.instances:
         return _batch(ns, parser)
     if not (ns.model and ns.property):
@@ -113,7 +127,7 @@ def _single(ns, parser, process: bool) -> int:
     deadline = Deadline(ns.timeout, start=_start(process))
     _check_numbers(ns, parser)
     try:
-        usage_error, stdout, result_file = run_once(_decide_in_worker, ns, deadline, deadline=deadline)
+        usage_error, stdout, result_file = _decide(ns, deadline)
     except DeadlineReached:  # the worker was killed at the deadline, or stopped there itself
         usage_error, result_file = "", "timeout\n"
         # the keys of ``single.as_json``, for a result the worker could not give
@@ -130,6 +144,17 @@ def _single(ns, parser, process: bool) -> int:
         Path(ns.out).write_text(result_file)
     sys.stdout.write(stdout)
     return 0
+
+
+def _decide(ns, deadline: Deadline) -> tuple[str, str, str]:
+    """In a child of the chosen server if it takes the request, else in a local worker."""
+    path = client.run_socket(ns.server)
+    if path:
+        try:
+            return client.call(path, ns, deadline)
+        except client.NoServer:
+            pass
+    return run_once(_decide_in_worker, ns, deadline, deadline=deadline)
 
 
 def _decide_in_worker(ns, deadline: Deadline) -> tuple[str, str, str]:
@@ -165,6 +190,20 @@ def _batch(ns, parser) -> int:
     else:
         print(format_table(summaries))
     return 0
+
+
+def _server_command(ns) -> int:
+    path = client.server_socket(ns.server)
+    if ns.stop_server:
+        if client.stop(path) is None:
+            return _input_error(VerifierError(f"no server listens on {path}"))
+        return 0
+    from verifier.verify import server  # imports nothing heavy until it serves
+
+    try:
+        return server.serve(path)
+    except VerifierError as error:
+        return _input_error(error)
 
 
 def _start(process: bool) -> float | None:

@@ -79,13 +79,7 @@ class Worker:
             kind, value = self._conn.recv()
         except EOFError:  # the child died without answering
             raise self._died() from None
-        if kind == "done":
-            return value
-        if kind == "timeout":
-            raise DeadlineReached(value)
-        if kind == "error":
-            raise VerifierError(value)
-        raise WorkerCrash(f"the verification process failed:\n{value}")
+        return unpack(kind, value)
 
     def close(self) -> None:
         """Kill the child, if any (it holds no state worth a clean exit)."""
@@ -101,7 +95,7 @@ class Worker:
         self._conn = parent_end
 
     def _died(self) -> WorkerCrash:
-        return WorkerCrash(f"the verification process died ({_describe_exit(self._reap())})")
+        return died(self._reap())
 
     def _reap(self) -> int | None:
         process, self._process = self._process, None
@@ -119,16 +113,17 @@ def run_once(job: Callable[..., Any], *args: Any, deadline: Deadline) -> Any:
 
 def _serve(conn, job: Callable[..., Any], parent: int) -> None:
     """The child's loop: one reply per request until the parent closes the pipe."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     while True:
         try:
             args = conn.recv()
         except EOFError:
             os._exit(0)  # the parent is gone or done; skip interpreter shutdown
-        conn.send(_reply(job, args))
+        conn.send(reply(job, args))
 
 
-def _reply(job: Callable[..., Any], args: tuple) -> tuple[str, Any]:
+def reply(job: Callable[..., Any], args: tuple) -> tuple[str, Any]:
+    """``job(*args)`` as a reply ``(kind, value)`` for ``unpack``: never raises (but ``BaseException``)."""
     try:
         return "done", job(*args)
     except DeadlineReached as reached:
@@ -139,7 +134,18 @@ def _reply(job: Callable[..., Any], args: tuple) -> tuple[str, Any]:
         return "crash", traceback.format_exc()
 
 
-def _die_with_parent(parent: int) -> None:
+def unpack(kind: str, value: Any) -> Any:
+    """A job's result from its ``reply``, or the exception it stands for (see the module docstring)."""
+    if kind == "done":
+        return value
+    if kind == "timeout":
+        raise DeadlineReached(value)
+    if kind == "error":
+        raise VerifierError(value)
+    raise WorkerCrash(f"the verification process failed:\n{value}")
+
+
+def die_with_parent(parent: int) -> None:
     """Have the kernel kill this child when the parent dies (Linux), so that a ``verify-model`` killed
     by its caller leaves nothing computing behind."""
     try:
@@ -150,7 +156,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _describe_exit(code: int | None) -> str:
+def died(code: int | None) -> WorkerCrash:
+    """The crash of a child that ended with exit ``code`` (negative: killed by that signal) unanswered."""
     if code is not None and code < 0:
-        return f"killed by signal {signal.Signals(-code).name}"
-    return f"exit status {code}"
+        return WorkerCrash(f"the verification process died (killed by signal {signal.Signals(-code).name})")
+    return WorkerCrash(f"the verification process died (exit status {code})")
