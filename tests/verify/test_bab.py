@@ -13,6 +13,7 @@ from verifier.spec.property import Case, Disjunct, Property
 from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit
+from verifier.verify.bab.relu_split import ReluSplit
 from verifier.verify.bounding import Bounder, UnsoundBoundError
 from verifier.verify.deadline import Deadline
 from verifier.verify.instance import load_model
@@ -201,3 +202,52 @@ def test_a_coordinate_without_a_float32_midpoint_is_not_split(tmp_path):
     parent = driver.settle(brancher, parent, problem)
     children = brancher.split(parent)
     np.testing.assert_array_equal(children["hi"][0].numpy(), [1.0, 0.0])  # x1 halved, x0 kept
+
+
+def relu_split_roots(problem: driver.Problem):
+    brancher = ReluSplit(problem.bounder)
+    roots = brancher.roots(np.flatnonzero(~problem.bounder.case_excluded()))
+    return brancher, driver.settle(brancher, roots, problem)
+
+
+def test_relu_splitting_branches_on_each_open_disjunct_with_its_own_rows(tiny):
+    """Two disjuncts open at the root give two domains, each bounding only its own row: slopes and
+    multipliers are cut to that row, and a domain's score ignores the other disjunct's row."""
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher, roots = relu_split_roots(problem)
+    assert roots["lower"].shape == (1, 2)
+    open_rows = (roots["lower"][0] - torch.as_tensor(low - 2e-3) <= 0).nonzero().flatten().tolist()
+    assert len(open_rows) >= 1, "the root must leave a disjunct open"
+    domains = driver.by_disjunct(brancher, roots, problem)
+    assert domains[driver.ROWS].tolist() == [[r] for r in open_rows]
+    for key, t in domains.items():
+        if key.startswith("param:"):
+            assert t.shape[:2] == (len(open_rows), 1), key
+    lower = brancher.bound(domains)
+    for n, r in enumerate(open_rows):
+        assert torch.isfinite(lower[n, r]) and torch.isneginf(lower[n, 1 - r])
+    gap = domains["lower"] - torch.as_tensor(low - 2e-3 + problem.bounder.decide_tol[0])
+    assert torch.equal(domains[driver.BOUND], gap.gather(1, domains[driver.ROWS])[:, 0])
+
+
+def test_relu_splitting_proves_a_disjunction_and_finds_a_counterexample_of_one_disjunct(tiny):
+    path, _, low, high = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    result = run_bab(problem, ReluSplit(problem.bounder))
+    assert result.verdict == "unsat" and result.domains > 0
+    prop = property_of(low[0] - 2e-3, high[1] + 1e-3)  # the second disjunct holds on a small region
+    result = run_bab(problem_for(path, prop), ReluSplit(problem_for(path, prop).bounder))
+    assert result.verdict == "sat"
+    y = load_model(path)[0].run(result.counterexample.x)
+    assert violated_disjunct(prop.cases[0], y) == 1
+
+
+def test_a_disjunct_without_rows_keeps_the_domains_together(tiny):
+    path, _, low, _ = tiny
+    empty = Disjunct(np.zeros((0, 2)), np.zeros(0))
+    prop = Property(2, 2, (Case(LOWER, UPPER, (Disjunct(np.array([[1.0, 0.0]]), np.array([low[0] - 2e-3])),
+                                              empty)),))  # fmt: skip
+    problem = problem_for(path, prop)
+    brancher, roots = relu_split_roots(problem)
+    assert driver.by_disjunct(brancher, roots, problem) is roots

@@ -74,7 +74,7 @@ def test_children_lower_is_sound_on_each_side(instance):
     """The cheap estimate is a bound too: sampled points of each child's side lie above it."""
     brancher, root = _root(instance, "fsb")
     state, params = brancher._unpack(root)
-    rows = brancher._rows(root["case"])
+    rows = brancher._rows(root)
     nodes, pos = root["branch_node"], root["branch_pos"]
     with torch.no_grad():
         lower = branching.children_lower(state, params, rows, nodes, pos)  # [1, 2]

@@ -14,6 +14,10 @@ evaluation): the child is verified. A child keeps ``max(parent, child)`` bound p
 holds on every subset of the parent -- so scores never decrease along a branch. The children of a domain
 cover it, so when no open domain is left every case is verified (``unsat``).
 
+A brancher that bounds rows cheaply one at a time (``by_disjunct``) gets one domain per open disjunct of
+each root instead (``by_disjunct``): each is closed by its own rows, so the splits one disjunct needs
+do not multiply the domains of another, and each domain bounds only its rows (``ROWS``).
+
 Bounds are checked against the model's values at points of every child (``check_against_samples``), and
 those points, plus PGD runs in the popped domains of lowest margin, are counterexample candidates; only
 a point that ``OnnxChecker`` confirms on the ONNX file gives ``sat``.
@@ -40,6 +44,7 @@ from verifier.verify.onnx_check import Counterexample, OnnxChecker
 from verifier.verify.spec_batch import disjunct_min
 
 MARGIN = "margin"  # per domain: the lowest spec margin of the model at the brancher's points
+ROWS = "rows"  # per domain of one disjunct: the indices of its rows (``by_disjunct``)
 
 
 class Brancher(Protocol):
@@ -55,6 +60,7 @@ class Brancher(Protocol):
 
     name: str
     max_parents: int | None  # parents per iteration, or None for the driver's memory rule (``batch_size``)
+    by_disjunct: bool  # whether the driver gives each disjunct its own domains (``narrow``)
 
     def split(self, parents: Domains) -> Domains: ...
 
@@ -63,6 +69,12 @@ class Brancher(Protocol):
     def points(self, domains: Domains) -> Tensor: ...
 
     def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]: ...
+
+    def narrow(self, domains: Domains) -> Domains:
+        """Domains restricted to their ``ROWS`` (only called when ``by_disjunct``): whatever the brancher
+        keeps per row is cut to those rows; ``bound`` then needs to bound only them (``(N, S)`` out, any
+        value in the other columns is ignored)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -117,12 +129,42 @@ def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
     return int(min(config.max_batch, max(1, config.max_elements // per_parent)))
 
 
-def scores(bounder: Bounder, cases: Tensor, lower: Tensor) -> Tensor:
+def scores(bounder: Bounder, cases: Tensor, lower: Tensor, rows: Tensor | None = None) -> Tensor:
     """``score_n`` of the module docstring, ``(N,)``, for domains of ``cases`` with row bounds ``lower``
-    (``bounder``: the cases' spec and tolerances)."""
+    (``bounder``: the cases' spec and tolerances). Domains of one disjunct (``rows``, see ``by_disjunct``)
+    score ``max_{s in rows_n} (lower_ns - d_s - tol_s)``."""
     spec, c = bounder.spec, cases.numpy()
     gap = lower - torch.as_tensor(spec.d[c] + bounder.decide_tol[c])
+    if rows is not None:
+        return gap.gather(1, rows).amax(1)
     return disjunct_min(gap, torch.as_tensor(spec.member[c]), torch.as_tensor(spec.valid[c]))
+
+
+def by_disjunct(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
+    """One domain per open disjunct of each domain, holding that disjunct's rows (key ``ROWS``, ``(N, R)``
+    row indices, R the most rows of any disjunct, repeated to fill).
+
+    A case is verified when each of its disjuncts is excluded on the whole box, so the disjuncts can be
+    branched on apart: a domain of disjunct j is closed once one of j's rows is above its threshold,
+    whatever the other rows do, and it only needs j's rows bounded. Splits that help one disjunct do not
+    multiply the domains of another. A disjunct without rows can never be excluded; then the domains are
+    returned as they are."""
+    spec, c = problem.bounder.spec, domains["case"].numpy()
+    gap = domains["lower"].numpy() - spec.d[c] - problem.bounder.decide_tol[c]
+    member = spec.member[c]  # (N, S, D)
+    excluded = (member & (gap > 0)[..., None]).any(axis=1)
+    open_ = spec.valid[c] & ~excluded
+    if (open_ & ~member.any(axis=1)).any():
+        return domains
+    n, j = np.nonzero(open_)
+    width = max(1, int(spec.member.sum(axis=1).max()))
+    rows = np.stack([np.resize(np.flatnonzero(member[a, :, b]), width) for a, b in zip(n, j)]) if len(n) \
+        else np.zeros((0, width), dtype=np.int64)  # fmt: skip
+    out = take(domains, torch.as_tensor(n, dtype=torch.long))
+    out[ROWS] = torch.as_tensor(rows, dtype=torch.long)
+    out = brancher.narrow(out)
+    out[BOUND] = scores(problem.bounder, out["case"], out["lower"], out[ROWS])
+    return out
 
 
 def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig, deadline: Deadline):
@@ -136,6 +178,8 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
     found = check_points(brancher, roots, problem)
     if found is not None:
         return BabResult("sat", found, 0, 0)
+    if brancher.by_disjunct:
+        roots = by_disjunct(brancher, take(roots, roots[BOUND] <= 0), problem)
     queue = DomainQueue()
     queue.push(take(roots, roots[BOUND] <= 0))
     widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
@@ -183,7 +227,7 @@ def settle(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
     """Bound ``domains`` in one call; ``lower`` becomes the larger of the new bound and the one they
     carry (both sound on the domain), and ``BOUND`` their score."""
     domains["lower"] = torch.maximum(domains["lower"], brancher.bound(domains))
-    domains[BOUND] = scores(problem.bounder, domains["case"], domains["lower"])
+    domains[BOUND] = scores(problem.bounder, domains["case"], domains["lower"], domains.get(ROWS))
     return domains
 
 

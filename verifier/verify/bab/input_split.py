@@ -56,6 +56,7 @@ class InputSplit:
 
     name = "bab-input"
     max_parents = None
+    by_disjunct = False  # input domains are cheap to bound in every row: the cases' disjuncts stay together
 
     def __init__(self, bounder: Bounder, config: InputSplitConfig = InputSplitConfig()):
         self.bounder, self.config = bounder, config

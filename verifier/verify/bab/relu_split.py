@@ -61,6 +61,7 @@ class ReluSplit:
     """The ``Brancher`` of ReLU splitting (see the module docstring) for the cases of ``bounder``."""
 
     name = "bab-relu"
+    by_disjunct = True  # each disjunct's domains bound its own rows only (``driver.by_disjunct``)
 
     def __init__(self, bounder: Bounder, config: ReluSplitConfig = ReluSplitConfig()):
         self.bounder, self.config = bounder, config
@@ -82,17 +83,18 @@ class ReluSplit:
             self.graph, self._box(case), BoundConfig(method="alpha-crown", alpha_steps=self.config.root_steps)
         )
         params = Params()
+        rows = self._rows({"case": case})
         with torch.no_grad():
             if alpha.full_fits(self.graph, len(cases), state.cfg):
-                lower = alpha.optimise(state, self._rows(case), refresh=lambda p: intermediate_bounds(state, p),
+                lower = alpha.optimise(state, rows, refresh=lambda p: intermediate_bounds(state, p),
                                        params=params)  # fmt: skip
             else:  # too large to optimise every intermediate bound: CROWN's, and the output's slopes
                 intermediate_bounds(state)
-                lower = alpha.optimise(state, self._rows(case), params=params)
+                lower = alpha.optimise(state, rows, params=params)
         keep = Params()
         keep.tensors = {k: v for k, v in params.tensors.items() if k[1] == "out"}
         keep.projections = {k: params.projections[k] for k in keep.tensors}
-        rows = self._rows(case).shape[0]
+        rows = rows.shape[0]
         for k in self.nodes:  # every domain carries the same keys (the queue concatenates them)
             keep.tensors[("beta", k)] = torch.zeros(rows, len(cases), *self.graph.nodes[k].shape)
             keep.projections[("beta", k)] = self._projection(("beta", k))
@@ -123,7 +125,7 @@ class ReluSplit:
             with torch.no_grad():
                 refresh_after(child, int(nodes.min()))
         index = torch.arange(len(nodes)).repeat_interleave(2)
-        children = {"case": movable["case"][index], "lower": movable["lower"][index]}
+        children = {key: movable[key][index] for key in ("case", "lower", driver.ROWS) if key in movable}
         children.update(self._pack(child, child_params))
         if not stuck.any():
             return children
@@ -134,7 +136,7 @@ class ReluSplit:
         from the parent (and by linear programming once no neuron is left to split: ``engine.lp``);
         stores the updated parameters and the next neuron to split."""
         state, params = self._unpack(domains)
-        rows = self._rows(domains["case"])
+        rows = self._rows(domains)
         with torch.no_grad():
             lower = alpha.optimise(state, rows, params=params)
         self._choose(domains, state, params)
@@ -144,7 +146,7 @@ class ReluSplit:
                 lower[:, exact] = torch.maximum(
                     lower[:, exact], lp.exact_lower(state.select(exact), rows[:, exact])
                 )
-        lower = lower.T.double()
+        lower = self._spread(domains, lower)
         lower[state.infeasible()] = torch.inf  # an empty domain: nothing to verify
         domains.update(self._pack(state, params))
         return lower
@@ -156,31 +158,57 @@ class ReluSplit:
         shape = (-1,) + b.input_shape
         return verifier.Box(b.tensor(b.box_lo[c]).reshape(shape), b.tensor(b.box_hi[c]).reshape(shape))
 
-    def _rows(self, case: Tensor) -> Tensor:
-        return self.bounder.tensor(self.bounder.spec.C[case.numpy()]).transpose(0, 1)  # [S, N, n_out]
+    def narrow(self, domains: Domains) -> Domains:
+        """Cut the output slopes and multipliers (one per spec row) to the domains' ``ROWS``, and choose
+        the next split for those rows alone."""
+        rows = domains[driver.ROWS]
+        for key, t in domains.items():
+            if key.startswith("param:"):
+                index = rows.reshape(*rows.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
+                domains[key] = t.gather(1, index)
+        self._choose(domains, *self._unpack(domains))
+        return domains
+
+    def _rows(self, domains: Domains) -> Tensor:
+        """[R, N, n_out]: the spec rows each domain bounds (its ``ROWS``, else all of its case's)."""
+        C = torch.as_tensor(self.bounder.spec.C[domains["case"].numpy()])
+        if driver.ROWS in domains:
+            C = C.gather(1, domains[driver.ROWS][..., None].expand(-1, -1, C.shape[-1]))
+        return self.bounder.tensor(C.numpy()).transpose(0, 1)
+
+    def _spread(self, domains: Domains, lower: Tensor) -> Tensor:
+        """[N, S] float64 from bounds [R, N] of the domains' ``_rows`` (-inf on rows not bounded)."""
+        lower = lower.T.double()
+        if driver.ROWS not in domains:
+            return lower
+        full = torch.full((lower.shape[0], self.bounder.spec.d.shape[1]), -torch.inf, dtype=torch.float64)
+        return full.scatter(1, domains[driver.ROWS], lower)
 
     def _weights(self, domains: Domains) -> Tensor:
-        """[S, N]: 1 on the rows not yet above ``d`` plus the margin (the ones splitting must help)."""
+        """[R, N]: 1 on the bounded rows not yet above ``d`` plus the margin (the ones splitting must help)."""
         b, c = self.bounder, domains["case"].numpy()
-        gap = domains["lower"].numpy() - b.spec.d[c] - b.decide_tol[c]
-        return torch.as_tensor((gap <= 0) & b.spec.member[c].any(-1), dtype=torch.float32).T
+        gap = torch.as_tensor(domains["lower"].numpy() - b.spec.d[c] - b.decide_tol[c])
+        wanted = (gap <= 0) & torch.as_tensor(b.spec.member[c].any(-1))
+        if driver.ROWS in domains:
+            wanted = wanted.gather(1, domains[driver.ROWS])
+        return wanted.to(torch.float32).T
 
     def _choose(self, domains: Domains, state: BoundState, params: Params) -> None:
         """Store each domain's next neuron to split (``branch_node`` / ``branch_pos``, -1 if none is
         left)."""
         record: dict[int, Tensor] = {}
-        rows = self._rows(domains["case"])
+        rows = self._rows(domains)
         with torch.no_grad():
             crown.backward(state, self.graph.output, rows, params, ("out",), True, record)
         scores = branching.split_scores(state, record, self._weights(domains))
         count = self.config.candidates if self.config.branching == "fsb" else 1
         nodes, pos, ok = branching.top_candidates(scores, count)
-        pick = self._smart_pick(domains["case"], state, params, nodes, pos, ok)
+        pick = self._smart_pick(domains, state, params, nodes, pos, ok)
         nodes, pos, ok = (t.gather(1, pick[:, None])[:, 0] for t in (nodes, pos, ok))
         domains["branch_node"] = torch.where(ok, nodes, -1)
         domains["branch_pos"] = torch.where(ok, pos, -1)
 
-    def _smart_pick(self, case: Tensor, state: BoundState, params: Params, nodes: Tensor, pos: Tensor,
+    def _smart_pick(self, domains: Domains, state: BoundState, params: Params, nodes: Tensor, pos: Tensor,
                     ok: Tensor) -> Tensor:  # fmt: skip
         """Per domain the column [N] of the candidate (``nodes``/``pos``/``ok`` [N, K], best-scored first)
         whose two children have the highest summed score (``driver.scores``, estimated by
@@ -190,7 +218,7 @@ class ReluSplit:
         sides a little.)"""
         if nodes.shape[1] <= 1:
             return torch.zeros(nodes.shape[0], dtype=torch.long)
-        rows = self._rows(case)
+        rows = self._rows(domains)
         value = torch.full(ok.shape, -torch.inf, dtype=torch.float64)
         for c in range(nodes.shape[1]):
             live = ok[:, c].nonzero().flatten()
@@ -200,7 +228,10 @@ class ReluSplit:
                 child = branching.children_lower(state.select(live), params.select(live), rows[:, live],
                                                  nodes[live, c], pos[live, c])  # fmt: skip
             index = live.repeat_interleave(2)
-            score = driver.scores(self.bounder, case[index], child.T.double()).clamp(max=0).reshape(-1, 2)
+            pairs = {key: domains[key][index] for key in ("case", driver.ROWS) if key in domains}
+            lower = self._spread(pairs, child)
+            score = driver.scores(self.bounder, pairs["case"], lower, pairs.get(driver.ROWS))
+            score = score.clamp(max=0).reshape(-1, 2)
             value[live, c] = score.sum(1)
         best, pick = value.max(1)
         return torch.where(best > value[:, 0], pick, 0)
