@@ -39,7 +39,10 @@ def test_relaxation_step_is_the_sign_select_with_its_gradient(dtype, per_row):
     assert torch.equal(new, ref_new)
     torch.testing.assert_close(const, ref_const, rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-5)
     gen = torch.Generator().manual_seed(9)
-    w_new, w_const = torch.randn(new.shape, generator=gen, dtype=dtype), torch.randn(const.shape, generator=gen, dtype=dtype)
+    w_new, w_const = (
+        torch.randn(new.shape, generator=gen, dtype=dtype),
+        torch.randn(const.shape, generator=gen, dtype=dtype),
+    )
     grads = torch.autograd.grad((new * w_new).sum() + (const * w_const).sum(), inputs)
     ref = torch.autograd.grad((ref_new * w_new).sum() + (ref_const * w_const).sum(), inputs)
     for g, r in zip(grads, ref):
