@@ -195,7 +195,8 @@ def sign_split(a: Tensor) -> tuple[Tensor, Tensor]:
 
 def _line_sum(coeffs: Tensor, line: Tensor) -> Tensor:
     """``sum_n coeffs[s, b, n] line[b, n]`` per row [S, B] (``line`` [B, *shape] or, per row, [S, B, *shape]).
-    ``vecdot`` broadcasts ``line`` over the rows and reduces as it multiplies: measured 2-3x faster, with
-    its gradient, than a product laid out and summed, and faster than einsum's batched matrix product."""
-    rank = coeffs.dim() - 2
-    return torch.linalg.vecdot(coeffs.flatten(2), line.flatten(line.dim() - rank))
+    ``line`` may have size-1 dimensions (expanded). ``vecdot`` broadcasts it over the rows: measured faster,
+    with its gradient, than a product laid out and summed, or einsum's batched matrix product."""
+    shape = coeffs.shape[2:]
+    rows = line.shape[: line.dim() - len(shape)]
+    return torch.linalg.vecdot(coeffs.flatten(2), line.expand(*rows, *shape).flatten(len(rows)))
