@@ -13,7 +13,8 @@ from torch import nn
 import verifier
 from verifier.api import margin_rows
 from verifier.errors import InputError
-from verifier.training.loss import METHODS, certified_loss
+from verifier.training import loss as loss_module
+from verifier.training.loss import METHODS, _drop_negligible, certified_loss
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
@@ -160,6 +161,52 @@ def test_at_eps_zero_the_losses_coincide_and_margins_are_exact():
     torch.testing.assert_close(terms.robust, terms.natural)
     torch.testing.assert_close(terms.margins, _true_margins(net, x, y))
     assert terms.verified.tolist() == (net(x).argmax(1) == y).tolist()
+
+
+def test_negligible_gradient_entries_are_dropped_relative_to_their_row():
+    grad = torch.tensor([[0.5, -1e-20, 1e-5, 0.0], [1e-20, 1e-36, -1e-30, 0.0]])
+    dropped = _drop_negligible(grad)
+    assert torch.equal(dropped, torch.tensor([[0.5, 0.0, 1e-5, 0.0], [1e-20, 0.0, -1e-30, 0.0]]))
+    assert torch.equal(_drop_negligible(grad.double()), grad.double())  # float64: eps**2 ~ 5e-32
+
+
+def _small_cnn(seed: int) -> nn.Sequential:
+    """DM-small's layer kinds (strided and unstrided convolutions, BatchNorm, ReLU) on 1x10x10 inputs; the last
+    layer scaled up so that the worst-case logits of a row are far apart (tiny softmax weights)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 4, 2), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 2), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Flatten(), nn.Linear(54, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 5),
+    )  # fmt: skip
+    with torch.no_grad():
+        net[-1].weight.mul_(20.0)
+    return net.train()
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_dropping_negligible_gradients_keeps_the_loss_and_the_parameter_gradients(method, monkeypatch):
+    """A training step with the worst-case logits' negligible gradient entries dropped (float32, BatchNorm in
+    training mode) gives the same loss and, up to rounding, the same parameter gradients as without (a
+    threshold of 1e-4 of the row's largest, instead of eps**2, fails here)."""
+    x = torch.rand(24, 1, 10, 10, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 5, (24,), generator=torch.Generator().manual_seed(4))
+    results, dropped = [], []
+
+    def counting(grad):
+        kept = _drop_negligible(grad)
+        dropped.append(int(((kept == 0) & (grad != 0)).sum()))
+        return kept
+
+    for keep in (counting, lambda g: g):
+        monkeypatch.setattr(loss_module, "_drop_negligible", keep)
+        net = _small_cnn(5)  # afresh: the step updates the running statistics
+        terms = certified_loss(verifier.load(net, x, live=True), x, y, 0.3, method)
+        results.append((terms.loss.detach(), torch.autograd.grad(terms.loss, list(net.parameters()))))
+    assert dropped[0] > 0  # the case does exercise the drop
+    (loss, grads), (plain_loss, plain_grads) = results
+    assert torch.equal(loss, plain_loss)
+    for g, p in zip(grads, plain_grads):
+        torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-6 * float(p.abs().max()))
 
 
 def test_batch_norm_statistics_choice():
