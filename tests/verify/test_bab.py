@@ -251,3 +251,14 @@ def test_a_disjunct_without_rows_keeps_the_domains_together(tiny):
     problem = problem_for(path, prop)
     brancher, roots = relu_split_roots(problem)
     assert driver.by_disjunct(brancher, roots, problem) is roots
+
+
+def test_relu_splitting_roots_proved_at_once_leave_nothing_to_branch_on(tiny):
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher, roots = relu_split_roots(problem)
+    roots["lower"] = torch.full_like(roots["lower"], 1e3)  # as if alpha-CROWN had excluded both rows
+    roots = driver.settle(brancher, roots, problem)
+    assert driver.domain_count(driver.by_disjunct(brancher, roots, problem)) == 0
+    result = driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(30))
+    assert result.verdict == "unsat" and result.domains == 0

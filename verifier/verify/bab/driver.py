@@ -157,9 +157,10 @@ def by_disjunct(brancher: Brancher, domains: Domains, problem: Problem) -> Domai
     if (open_ & ~member.any(axis=1)).any():
         return domains
     n, j = np.nonzero(open_)
+    if not len(n):  # every disjunct is excluded already: nothing to branch on
+        return take(domains, torch.zeros(0, dtype=torch.long))
     width = max(1, int(spec.member.sum(axis=1).max()))
-    rows = np.stack([np.resize(np.flatnonzero(member[a, :, b]), width) for a, b in zip(n, j)]) if len(n) \
-        else np.zeros((0, width), dtype=np.int64)  # fmt: skip
+    rows = np.stack([np.resize(np.flatnonzero(member[a, :, b]), width) for a, b in zip(n, j)])
     out = take(domains, torch.as_tensor(n, dtype=torch.long))
     out[ROWS] = torch.as_tensor(rows, dtype=torch.long)
     out = brancher.narrow(out)
