@@ -34,11 +34,13 @@ MAX_MAP = 2**22
 @dataclass(frozen=True)
 class _Step:
     """Node j of the path; with ``matrix`` (a convolution), the window map from its output's windows to its
-    input's, of size ``size``."""
+    input's. ``size``: the window on node j's input; ``pad``: (left, right, top, bottom) zeros around that
+    input that hold every row's window (origins range over the image of node k's grid)."""
 
     j: int
     matrix: Tensor | None
     size: tuple[int, int]
+    pad: tuple[int, int, int, int]
 
 
 def plan(state: BoundState, k: int) -> list[_Step] | None:
@@ -46,9 +48,10 @@ def plan(state: BoundState, k: int) -> list[_Step] | None:
     is no box, a node that is neither a 2-d convolution nor an elementwise relaxation (or with several
     inputs), or a window as large as its node (the dense pass is then cheaper)."""
     graph = state.graph
-    if not state.region.is_box:
+    if not state.region.is_box or len(graph.nodes[k].shape) != 3:
         return None
     steps, size, j = [], (1, 1), k
+    first, last = (0, 0), tuple(n - 1 for n in graph.nodes[k].shape[1:])  # the range of window origins
     while j != 0:
         node = graph.nodes[j]
         if len(node.inputs) != 1:
@@ -62,11 +65,19 @@ def plan(state: BoundState, k: int) -> list[_Step] | None:
             if node.shape[0] * size[0] * size[1] * src[0] * new[0] * new[1] > MAX_MAP:
                 return None
             matrix, size = node.op.window_map(size), new
+            first, last = (
+                [o * s - p for o, s, p in zip(ends, node.op.stride, node.op.padding)]
+                for ends in (first, last)
+            )
         elif not (isinstance(node.op, Nonlinear) and src == node.shape and _elementwise(state, j)):
             return None
-        if src[0] * size[0] * size[1] >= src[0] * src[1] * src[2]:
+        if size[0] * size[1] >= src[1] * src[2]:
             return None
-        steps.append(_Step(j, matrix, size))
+        (top, left), (bottom, right) = (
+            [max(0, e) for e in ends]
+            for ends in ((-first[0], -first[1]), (last[0] + size[0] - src[1], last[1] + size[1] - src[2]))
+        )
+        steps.append(_Step(j, matrix, size, (left, right, top, bottom)))
         j = node.inputs[0]
     return steps
 
@@ -92,26 +103,49 @@ def refine(state: BoundState, k: int, selection: tuple[Tensor, Tensor], steps: l
     nodes = state.graph.nodes
     widest = max(nodes[nodes[s.j].inputs[0]].shape[0] * s.size[0] * s.size[1] for s in steps)
     chunk = max(1, state.cfg.max_elements // widest)
+    sources = _sources(state, steps)
     lo_flat, hi_flat = lo.reshape(lo.shape[0], -1).clone(), hi.reshape(hi.shape[0], -1).clone()
     for start in range(0, pos.numel(), chunk):
         part = slice(start, start + chunk)
         m = chan[part].numel()
         unit = F.one_hot(chan[part], channels).to(lo.dtype).reshape(m, channels, 1, 1)
         rows = torch.cat([unit, -unit])
-        res = _lower(state, steps, batch_of[part].repeat(2), origin[part].repeat(2, 1), rows)
+        res = _lower(state, steps, sources, batch_of[part].repeat(2), origin[part].repeat(2, 1), rows)
         where = (batch_of[part], pos[part])
         lo_flat[where] = torch.maximum(lo_flat[where], res[:m])
         hi_flat[where] = torch.minimum(hi_flat[where], -res[m:])
     state.set_bounds(k, (lo_flat.reshape(lo.shape), hi_flat.reshape(hi.shape)))
 
 
-def _lower(state: BoundState, steps: list[_Step], batch_of: Tensor, origin: Tensor, a: Tensor) -> Tensor:
+def _sources(state: BoundState, steps: list[_Step]) -> list[Tensor | None]:
+    """What each step reads on its windows, stacked and padded by ``step.pad``: a relaxation's lines
+    [4, B, C, H', W']; for a convolution whose input is another convolution, ones on that input's grid
+    [1, 1, 1, H', W'] (to drop what falls on the zero padding); last, the input box's centre and radius."""
+    nodes, out = state.graph.nodes, []
+    for step in steps:
+        src = nodes[step.j].inputs[0]
+        if step.matrix is None:
+            rel = state.relaxation(step.j)
+            lines = [rel.a_lo, rel.b_lo, rel.a_up, rel.b_up]
+        elif isinstance(nodes[src].op, Conv):
+            lines = [state.bounds[src][0].new_ones(1, 1, *nodes[src].shape[1:])]
+        else:
+            out.append(None)
+            continue
+        shape = torch.broadcast_shapes(*(t.shape for t in lines))
+        out.append(F.pad(torch.stack([t.expand(shape) for t in lines]), step.pad))
+    lo, hi = state.region.box()
+    out.append(F.pad(torch.stack([(hi + lo) / 2, (hi - lo) / 2]), steps[-1].pad))
+    return out
+
+
+def _lower(state, steps: list[_Step], sources, batch_of: Tensor, origin: Tensor, a: Tensor) -> Tensor:
     """Lower bounds [R] over the box of ``<a_r, z_k>``, for rows a [R, C_k, h, w] on windows at ``origin``
     [R, 2] of node k, row r in batch element ``batch_of[r]``. Every step keeps ``<a, z_k> >= <a_j, z_j> +
     const`` on the region, as the dense pass does: the coefficients outside the windows are zero."""
     nodes = state.graph.nodes
     const = a.new_zeros(a.shape[0])
-    for step in steps:
+    for step, source in zip(steps, sources):
         node = nodes[step.j]
         if step.matrix is not None:
             offset = node.op.offset()
@@ -119,38 +153,30 @@ def _lower(state: BoundState, steps: list[_Step], batch_of: Tensor, origin: Tens
                 const = const + a.sum((2, 3)) @ offset.flatten()
             a = (a.flatten(1) @ step.matrix).reshape(a.shape[0], -1, *step.size)
             origin = origin * origin.new_tensor(node.op.stride) - origin.new_tensor(node.op.padding)
-            if isinstance(nodes[node.inputs[0]].op, Conv):  # drop what fell on the zero padding
-                ones = a.new_ones(1, 1, *nodes[node.inputs[0]].shape[1:])
-                a = a * _windows([ones], torch.zeros_like(batch_of), origin, step.size)[0]
+            if source is not None:  # drop what fell on the zero padding of a convolution's output
+                a = a * _windows(source, torch.zeros_like(batch_of), origin, step)[0]
         else:
-            rel = state.relaxation(step.j)
-            a_lo, b_lo, a_up, b_up = _windows(
-                [rel.a_lo, rel.b_lo, rel.a_up, rel.b_up], batch_of, origin, step.size
-            )
+            a_lo, b_lo, a_up, b_up = _windows(source, batch_of, origin, step)
             # the positive part of a row takes the lower line, the negative part the upper one
             neg = a.clamp(max=0)
             pos = a - neg
             const = const + torch.addcmul(pos * b_lo, neg, b_up).flatten(1).sum(1)
             a = torch.addcmul(pos * a_lo, neg, a_up)
-    lo, hi = state.region.box()
-    centre, radius = _windows([(hi + lo) / 2, (hi - lo) / 2], batch_of, origin, tuple(a.shape[2:]))
+    centre, radius = _windows(sources[-1], batch_of, origin, steps[-1])
     return const + (a * centre).flatten(1).sum(1) - (a.abs() * radius).flatten(1).sum(1)
 
 
-def _windows(tensors: list[Tensor], batch_of: Tensor, origin: Tensor, size: tuple[int, int]) -> list[Tensor]:
-    """Windows [R, C, h, w] of tensors [B, C, H, W] (a leading dimension 1 serves every batch element), row
-    r at ``origin[r]`` of batch element ``batch_of[r]``; zero where a window leaves the tensor."""
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
-    x = torch.stack([t.expand(shape) for t in tensors])  # [n, B, C, H, W]
-    (h, w), (height, width) = size, shape[2:]
-    top, left = (max(0, -int(origin[:, i].min())) for i in (0, 1))
-    bottom = max(0, int(origin[:, 0].max()) + h - height)
-    right = max(0, int(origin[:, 1].max()) + w - width)
-    x = F.pad(x, (left, right, top, bottom))
-    channels, rows_h, rows_w = x.shape[2:]
+def _windows(source: Tensor, batch_of: Tensor, origin: Tensor, step: _Step) -> Tensor:
+    """Windows [n, R, C, h, w] of a padded source [n, B, C, H', W'] (``_sources``), row r at ``origin[r]``
+    (unpadded coordinates) of batch element ``batch_of[r]``."""
+    (h, w), (left, _, top, _) = step.size, step.pad
+    channels, rows_h, rows_w = source.shape[2:]
     start = ((batch_of * channels * rows_h) + origin[:, 0] + top) * rows_w + origin[:, 1] + left
-    arange = lambda n: torch.arange(n, device=x.device)
+    arange = lambda n: torch.arange(n, device=source.device)
     offsets = (arange(channels)[:, None, None] * rows_h + arange(h)[:, None]) * rows_w + arange(w)
     index = (start[:, None, None, None] + offsets).flatten()
-    picked = x.reshape(len(tensors), -1).index_select(1, index)
-    return list(picked.reshape(len(tensors), -1, channels, h, w))
+    return (
+        source.reshape(source.shape[0], -1)
+        .index_select(1, index)
+        .reshape(source.shape[0], -1, channels, h, w)
+    )
