@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from verifier.engine import patches
 from verifier.engine.params import Params
 from verifier.engine.state import BoundState, apply_joint_relaxation, apply_relaxation
 from verifier.errors import BoundComputationError, VerifierError
@@ -165,11 +166,15 @@ def refine(state: BoundState, k: int, selection: tuple[Tensor, Tensor], params: 
     Row j of batch element b bounds the j-th selected neuron of b (rows past b's count are zero and
     ignored), both sides in one pass (rows ``e_j`` and ``-e_j``), in chunks that keep each coefficient
     tensor under ``cfg.max_elements`` (but of MIN_ROWS rows at least); with ``params``, each chunk has its
-    own slopes."""
+    own slopes. Without, the neurons of a convolution near the input take ``patches.refine``: the same
+    bounds, with each row on its receptive field."""
     order, valid = selection
     most = order.shape[1]
     if most == 0:
         return
+    steps = patches.plan(state, k) if params is None else None
+    if steps is not None:  # a convolution's neurons: rows kept on their receptive fields
+        return patches.refine(state, k, selection, steps)
     lo, hi = state.bounds[k]
     batch, numel = lo.shape[0], lo[0].numel()
     widest = max(int(torch.Size(n.shape).numel()) for n in state.graph.nodes[: k + 1])

@@ -140,6 +140,26 @@ class Conv(Affine):
         c, r = (_on_grid(t, plan) for t in (centre, radius))
         return torch.einsum("sbn,bn->sb", grid, c) - torch.einsum("sbn,bn->sb", grid.abs(), r)
 
+    def window(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The input window read by an ``h x w`` window of a 2-d convolution's output: ``(h', w') =
+        ((h - 1) s + d (k - 1) + 1, ...)``, at origin ``s o - p`` for the output window's origin o (from
+        ``y[o] = sum_u w[u] x[s o + d u - p]``)."""
+        kernel = self.weight.shape[2:]
+        return tuple(
+            (n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(size, self.stride, self.dilation, kernel)
+        )
+
+    def window_map(self, size: tuple[int, int]) -> Tensor:
+        """``J^T`` on coefficients held on an ``h x w`` window of a 2-d convolution's output: the matrix
+        [C_out * h * w, C_in * h' * w'] taking them to the input window ``self.window(size)``. That window
+        may cross the zero padding: entries there are coefficients of no input coordinate (callers drop
+        them)."""
+        c_out = self.weight.shape[0]
+        eye = torch.eye(c_out * size[0] * size[1], dtype=self.weight.dtype, device=self.weight.device)
+        window = F.conv_transpose2d(eye.reshape(-1, c_out, *size), self.weight, None, self.stride, 0, 0,
+                                    self.groups, self.dilation)  # fmt: skip
+        return window.flatten(1)
+
     def _phase_grid(self, a: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, _PhasePlan]:
         """``J^T a`` on the phase grid, [N, C_in, cells], for a of shape [N, *output_shape]."""
         w, stride, padding, dilation = self.weight, self.stride, self.padding, self.dilation
