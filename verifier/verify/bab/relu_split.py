@@ -38,7 +38,10 @@ BRANCHING = ("fsb", "babsr")
 
 @dataclass(frozen=True)
 class ReluSplitConfig:
-    """``steps``: optimisation steps of slopes and multipliers per child; ``root_steps``: of the full
+    """``steps``: optimisation steps of slopes and multipliers per child, at rate ``lr`` (from the parent's
+    values, which the default rate of a cold start, 0.25, knocks away: on mnist_fc 256x4 prop_0_0.05 the
+    global bound after 60 s was -0.76 at 0.25, -0.49 at 0.1, -0.37 at 0.05, -0.83 at 0.02, from -1.59 at
+    the roots); ``root_steps``: of the full
     alpha-CROWN at the root; ``max_batch``: parents per iteration; ``refresh``: recompute the CROWN bounds
     of the nodes after a split one (tighter children, each several backward passes dearer);
     ``branching``: ``"fsb"`` (filtered smart branching: the ``candidates`` best neurons by the BaBSR-style
@@ -46,6 +49,7 @@ class ReluSplitConfig:
     by that score alone)."""
 
     steps: int = 8
+    lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
     root_steps: int = 20
     max_batch: int = 256
     refresh: bool = False
@@ -66,7 +70,7 @@ class ReluSplit:
     def __init__(self, bounder: Bounder, config: ReluSplitConfig = ReluSplitConfig()):
         self.bounder, self.config = bounder, config
         self.graph = bounder.model.graph
-        self.cfg = BoundConfig(method="alpha-crown", alpha_steps=config.steps)
+        self.cfg = BoundConfig(method="alpha-crown", alpha_steps=config.steps, alpha_lr=config.lr)
         self.nodes = sorted(self.graph.needs_bounds())
         self.max_parents = config.max_batch  # the driver's rate rule still applies below it
 
