@@ -14,9 +14,9 @@ evaluation): the child is verified. A child keeps ``max(parent, child)`` bound p
 holds on every subset of the parent -- so scores never decrease along a branch. The children of a domain
 cover it, so when no open domain is left every case is verified (``unsat``).
 
-A brancher that bounds rows cheaply one at a time (``by_disjunct``) gets one domain per open disjunct of
-each root instead (``by_disjunct``): each is closed by its own rows, so the splits one disjunct needs
-do not multiply the domains of another, and each domain bounds only its rows (``ROWS``).
+A brancher whose cost grows with the rows it bounds (``Brancher.by_disjunct``) gets, after the roots, one
+domain per open disjunct of each root (``by_disjunct``): each is closed by its own rows, so the splits one
+disjunct needs do not multiply the domains of another, and each domain bounds only its rows (``ROWS``).
 
 Bounds are checked against the model's values at points of every child (``check_against_samples``), and
 those points, plus PGD runs in the popped domains of lowest margin, are counterexample candidates; only
