@@ -8,19 +8,23 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 stamp="$venv/.verifier-install-stamp"
-want="$(cat "$root/pyproject.toml" "$root/constraints.txt" | sha256sum | cut -d' ' -f1)"
+# VERIFIER_DISTRIBUTED=1 (set by .ci/run) adds the pinned Ray extra of constraints-distributed.txt
+lists=("$root/constraints.txt")
+if [ "${VERIFIER_DISTRIBUTED:-0}" = 1 ]; then lists+=("$root/constraints-distributed.txt"); fi
+want="$(cat "$root/pyproject.toml" "${lists[@]}" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing verifier and its pinned dependencies into $venv (first run: a few minutes)" >&2
   pip=("$venv/bin/python" -m pip --disable-pip-version-check)
   # constraints.txt is the complete environment, installed without resolution (it says why)
-  "${pip[@]}" install --quiet --no-deps -r "$root/constraints.txt" -e "$root" 2> >(grep -v "^WARNING: Location" >&2)
-  # ... and nothing else: what it does not list is removed (a torchvision left by an earlier environment
+  "${pip[@]}" install --quiet --no-deps "${lists[@]/#/-r}" -e "$root" 2> >(grep -v "^WARNING: Location" >&2)
+  # ... and nothing else: what they do not list is removed (a torchvision left by an earlier environment
   # fails to import beside this torch, and the CUDA libraries that came with it weigh 4 GB)
-  "$venv/bin/python" - "$root/constraints.txt" <<'PY'
+  "$venv/bin/python" - "${lists[@]}" <<'PY'
 import re, subprocess, sys
 from importlib import metadata
 norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
-keep = {norm(line.split("==")[0]) for line in open(sys.argv[1]) if "==" in line} | {"pip", "verifier"}
+keep = {norm(line.split("==")[0]) for path in sys.argv[1:] for line in open(path) if "==" in line}
+keep |= {"pip", "verifier"}
 extra = sorted({norm(dist.metadata["Name"]) for dist in metadata.distributions()} - keep)
 if extra:
     print("removing what constraints.txt does not list:", *extra, file=sys.stderr)
