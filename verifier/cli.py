@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every instance's timeout")
     batch.add_argument("--timeout-cap", type=float, help="cap every instance's timeout at this many seconds")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    spread = parser.add_argument_group("parallel runs")
+    spread.add_argument("--workers", type=int, default=1,
+                        help="worker processes on this machine: batch mode runs instances in parallel, a "
+                             "single run shares its branch-and-bound domains (default 1)")  # fmt: skip
+    spread.add_argument("--cluster", metavar="ADDRESS",
+                        help="run on a Ray cluster (its address, or 'auto'); needs verifier[distributed]")
     warm = parser.add_argument_group("warm server (single runs)")
     warm.add_argument("--server", metavar="SOCKET",
                       help=f"run through the server on SOCKET if one listens there (default "
@@ -121,6 +127,8 @@ def _check_numbers(ns, parser) -> None:
         parser.error("--timeout must be >= 0")
     if ns.threads < 1:
         parser.error("--threads must be >= 1")
+    if ns.workers < 1:
+        parser.error("--workers must be >= 1")
 
 
 def _single(ns, parser, process: bool) -> int:

@@ -59,6 +59,8 @@ class VerifyConfig:
     bab: driver.BabConfig = field(default_factory=driver.BabConfig)
     input_split: InputSplitConfig = field(default_factory=InputSplitConfig)
     relu_split: ReluSplitConfig = field(default_factory=ReluSplitConfig)
+    workers: int = 1  # processes that share branch and bound's domains (1: this process alone)
+    cluster: str | None = None  # a Ray cluster's address (or "auto") for those workers, else local ones
 
 
 @dataclass(frozen=True)

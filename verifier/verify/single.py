@@ -32,7 +32,8 @@ def settings(ns) -> VerifyConfig:
     bound_methods(ns.method)
     check_device(ns.device)
     return VerifyConfig(method=ns.method, timeout=ns.timeout, device=ns.device,
-                        extra_attack_seconds=ns.attack_seconds, seed=ns.seed)  # fmt: skip
+                        extra_attack_seconds=ns.attack_seconds, seed=ns.seed, workers=ns.workers,
+                        cluster=ns.cluster)  # fmt: skip
 
 
 def decide(ns, deadline: Deadline) -> tuple[str, str, str]:
