@@ -63,3 +63,22 @@ def test_joint_relaxation_step_is_the_sign_select_of_each_input():
     ref = torch.autograd.grad(ref_first.sum() + ref_second.sum() + ref_const.sum(), inputs)
     for g, r in zip(grads, ref):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("offsets_require_grad", [False, True])
+def test_zero_offsets_give_the_sign_select_and_its_gradient(offsets_require_grad):
+    """A constant offset that is 0 everywhere (ReLU's lines through the origin) is skipped: the constant is
+    still exactly the sign select's and so are the gradients; a zero offset that carries a gradient keeps it
+    (``a+`` for the lower line, ``a-`` for the upper)."""
+    a, a_lo, _, a_up, _ = _case(torch.float64, False)
+    b_lo, b_up = (torch.zeros_like(a_lo, requires_grad=offsets_require_grad) for _ in range(2))
+    inputs = [a, a_lo, a_up] + ([b_lo, b_up] if offsets_require_grad else [])
+    new, const = apply_relaxation(a, Relaxation(a_lo, b_lo, a_up, b_up), 10)
+    ref_new, ref_const = _plain(a, a_lo, b_lo, a_up, b_up)
+    assert torch.equal(new, ref_new) and torch.equal(const, torch.zeros_like(ref_const))
+    gen = torch.Generator().manual_seed(10)
+    w_new, w_const = (torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in (new, const))
+    grads = torch.autograd.grad((new * w_new).sum() + (const * w_const).sum(), inputs)
+    ref = torch.autograd.grad((ref_new * w_new).sum() + (ref_const * w_const).sum(), inputs)
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=0)

@@ -160,7 +160,7 @@ def apply_joint_relaxation(a: Tensor, rel: JointRelaxation, op: Op) -> tuple[lis
     takes the lower planes, the negative part the upper ones. Returns the coefficients on each input,
     [S * B, *input_shape_i] (summed over the positions broadcasting copied), and the constant term [S, B]."""
     pos, neg = sign_split(a)
-    const = _line_sum(pos, rel.b_lo) + _line_sum(neg, rel.b_up)
+    const = _offset_sum(pos, rel.b_lo, neg, rel.b_up)
     coeffs = [
         op.unbroadcast(i, torch.addcmul(pos * a_lo, neg, a_up).flatten(0, 1))
         for i, (a_lo, a_up) in enumerate(zip(rel.a_lo, rel.a_up))
@@ -177,7 +177,7 @@ def apply_relaxation(a: Tensor, rel: Relaxation, in_numel: int) -> tuple[Tensor,
     [S, B, in_numel], and the constant term [S, B]."""
     pos, neg = sign_split(a)
     new = torch.addcmul(pos * rel.a_lo, neg, rel.a_up).flatten(2)
-    const = _line_sum(pos, rel.b_lo) + _line_sum(neg, rel.b_up)
+    const = _offset_sum(pos, rel.b_lo, neg, rel.b_up)
     if rel.index is not None:
         index = rel.index.unsqueeze(0).expand(new.shape[0], -1, -1)
         new = new.new_zeros(new.shape[0], new.shape[1], in_numel).scatter_add(2, index, new)
@@ -191,6 +191,14 @@ def sign_split(a: Tensor) -> tuple[Tensor, Tensor]:
     gradient at ``a == 0`` goes to ``a-`` (the upper line's), as with ``clamp(max=0)``."""
     pos = torch.relu(a)
     return pos, a - pos
+
+
+def _offset_sum(pos: Tensor, b_lo: Tensor, neg: Tensor, b_up: Tensor) -> Tensor:
+    """``<pos, b_lo> + <neg, b_up>`` per row [S, B] (see ``_line_sum``). A constant offset that is 0 everywhere
+    (ReLU's lines through the origin) is skipped: its term is exactly 0 and has no gradient, and it would
+    cost a product over every coefficient, forward and backward."""
+    terms = [_line_sum(c, b) for c, b in ((pos, b_lo), (neg, b_up)) if b.requires_grad or b.any()]
+    return sum(terms[1:], terms[0]) if terms else pos.new_zeros(pos.shape[:2])
 
 
 def _line_sum(coeffs: Tensor, line: Tensor) -> Tensor:

@@ -56,14 +56,13 @@ class _PhasePlan:
     ``padding``: conv2d's symmetric padding (h, w) and the rest for F.pad (w_left, w_right, h_left, h_right),
     negative entries cropping. ``cell_of_input`` [H * W]: grid cell of every input position (each input
     position is in exactly one cell). ``input_of_cell`` [cells]: input position of every cell (H * W:
-    outside). ``in_order``: the grid is the input itself (stride 1: one phase, no cell outside)."""
+    outside)."""
 
     kernel_index: Tensor
     padding: tuple[int, int]
     extra_padding: tuple[int, int, int, int]
     cell_of_input: Tensor
     input_of_cell: Tensor
-    in_order: bool
 
 
 @functools.lru_cache(maxsize=256)
@@ -82,8 +81,7 @@ def _phase_plan(kernel, stride, padding, dilation, in_hw, out_hw) -> _PhasePlan:
     cell_of_input[inputs[inside]] = torch.arange(inputs.numel())[inside]
     sym = tuple(max(0, min(pads)) for pads in (pad_h, pad_w))
     extra = (pad_w[0] - sym[1], pad_w[1] - sym[1], pad_h[0] - sym[0], pad_h[1] - sym[0])
-    in_order = bool(torch.equal(inputs, torch.arange(outside)))
-    return _PhasePlan(torch.tensor(kernel_index), sym, extra, cell_of_input, inputs, in_order)
+    return _PhasePlan(torch.tensor(kernel_index), sym, extra, cell_of_input, inputs)
 
 
 def _on_grid(x: Tensor, plan: _PhasePlan) -> Tensor:
@@ -124,9 +122,11 @@ class Conv(Affine):
         return None if self.bias is None else self.bias.reshape((-1,) + (1,) * (self.weight.dim() - 2))
 
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+        if all(s == 1 for s in self.stride):  # one phase: torch's transposed convolution, whose backward (a
+            # training step differentiates through it) measured 1.4-2x faster than that of the phase grid's
+            convt = _CONV_TRANSPOSE[self.weight.dim() - 2]  # stride 1: the output has the input's size
+            return convt(a, self.weight, None, 1, self.padding, 0, self.groups, self.dilation)
         grid, plan = self._phase_grid(a, in_shape)
-        if plan.in_order:
-            return grid.reshape(a.shape[0], *in_shape)
         cells = plan.cell_of_input.to(grid.device)  # a gather over a 2-d view: ~3x faster than x[..., i]
         return grid.reshape(-1, grid.shape[-1]).index_select(1, cells).reshape(a.shape[0], *in_shape)
 
