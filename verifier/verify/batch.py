@@ -236,10 +236,10 @@ def run_batch(
     if results_path:
         old = read_results(results_path) if Path(results_path).is_file() else []
         rows = resume(instances, old, rerun)
-        _rewrite(results_path, [row for row in rows if row is not None])
     todo = [i for i, row in enumerate(rows) if row is None]
     job = functools.partial(run_one, config=replace(config, workers=1, cluster=None), cache=ModelCache())
-    with contextlib.closing(spread.pool(job)) as pool, _appending(results_path) as writer:
+    kept = [row for row in rows if row is not None]
+    with contextlib.closing(spread.pool(job)) as pool, _results_writer(results_path, kept) as writer:
         # No tqdm monitor thread: a worker forked while it holds a lock (say, stderr's) would inherit it held.
         tqdm.monitor_interval = 0
         bar = tqdm(total=len(instances), initial=len(instances) - len(todo), unit="inst",
@@ -319,22 +319,22 @@ def resume(instances: list[Instance], old: list[BatchRow], rerun: Collection[str
     return kept
 
 
-def _rewrite(path: str | Path, rows: list[BatchRow]) -> None:
-    """``path`` holding the header and ``rows``, replaced at once (an interruption leaves the old file)."""
+@contextlib.contextmanager
+def _results_writer(
+    path: str | Path | None, kept: list[BatchRow]
+) -> Iterator[Callable[[BatchRow], None] | None]:
+    """A function appending one row to ``path`` (flushed at once), after ``path`` has been replaced by
+    the header and the ``kept`` rows (at once: an interruption leaves the old file); ``None`` without
+    a path."""
+    if not path:
+        yield None
+        return
     temporary = Path(f"{path}.tmp")
     with temporary.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(RESULT_FIELDS)
-        writer.writerows(result_fields(row) for row in rows)
+        writer.writerows(result_fields(row) for row in kept)
     os.replace(temporary, path)
-
-
-@contextlib.contextmanager
-def _appending(path: str | Path | None) -> Iterator[Callable[[BatchRow], None] | None]:
-    """A function appending one row to ``path`` (flushed at once), or ``None`` without a path."""
-    if not path:
-        yield None
-        return
     with open(path, "a", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
 
