@@ -10,6 +10,7 @@ it is submitted and its budget, which starts with the task, is close to the wall
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 from verifier.errors import InputError
@@ -20,13 +21,23 @@ from verifier.verify.worker import Worker
 MISSING_RAY = "--cluster needs Ray: pip install 'verifier[distributed]'"
 
 
-def _task(job: Callable[[Instance, Deadline], BatchRow], instance: Instance, seconds: float, threads: int):
-    """In a Ray worker process: ``instance`` in a forked ``Worker``, its budget starting now."""
-    import torch
+_kept: dict[str, Worker] = {}  # in a Ray worker process: the Worker of the batch it serves now
 
-    torch.set_num_threads(threads)  # before the fork: the child inherits it
-    with Worker(job) as worker:
-        return run_in(worker, instance, Deadline(seconds))
+
+def _task(job: Callable[[Instance, Deadline], BatchRow], batch: str, instance: Instance, seconds: float,
+          threads: int) -> BatchRow:  # fmt: skip
+    """In a Ray worker process: ``instance`` in a forked ``Worker``, its budget starting now. The Worker
+    (and the model its child keeps loaded) serves the next tasks of the same ``batch`` in this process."""
+    worker = _kept.get(batch)
+    if worker is None:
+        import torch
+
+        for old in _kept.values():
+            old.close()
+        _kept.clear()
+        torch.set_num_threads(threads)  # before the fork: the child inherits it
+        worker = _kept[batch] = Worker(job)
+    return run_in(worker, instance, Deadline(seconds))
 
 
 class RayPool:
@@ -45,11 +56,11 @@ class RayPool:
         self.slots = slots or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_task)
         self._job = ray.put(job)
-        self._threads = threads
+        self._threads, self._batch = threads, uuid.uuid4().hex
         self._running: dict = {}  # task reference -> (index, instance, budget, start time)
 
     def submit(self, index: int, instance: Instance, seconds: float) -> None:
-        reference = self._remote.remote(self._job, instance, seconds, self._threads)
+        reference = self._remote.remote(self._job, self._batch, instance, seconds, self._threads)
         self._running[reference] = (index, instance, seconds, time.monotonic())
 
     def finished(self) -> list[tuple[int, BatchRow]]:
