@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.cli.test_cli import run
-from tests.verify.paths import TEST_NANO, TEST_SAT, TEST_UNSAT, shared
+from tests.verify.paths import REPO, TEST_NANO, TEST_SAT, TEST_UNSAT, shared
 from verifier.verify import batch
 from verifier.verify.batch import RESULT_FIELDS, read_instances
 
@@ -96,6 +98,35 @@ def test_a_rerun_finishes_only_the_missing_and_chosen_rows(monkeypatch, tmp_path
     errored = results.read_text().replace(",unsat,", ",error,", 1)  # the first row failed last time
     results.write_text(errored)
     assert rerun() == [f"{TEST_NANO[0]} {TEST_NANO[1]}"]  # default: errors only, the other row kept
+
+
+def test_a_killed_run_is_finished_by_the_next_one(monkeypatch, tmp_path, capsys):
+    """A real ``verify-model`` process killed once it has written a few rows; the rerun (two workers) runs
+    exactly the instances without a row."""
+    pairs = [(str(i.base / i.onnx), str(i.base / i.vnnlib))
+             for i in read_instances(shared("rl_benchmarks", "instances.csv"))[::6]]  # fmt: skip
+    instances, results = _bench(tmp_path, "rl", pairs), tmp_path / "results.csv"
+    command = [sys.executable, "-m", "verifier.cli", "--instances", instances, "--results", str(results),
+               "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while process.poll() is None and (not results.exists() or len(results.read_text().splitlines()) < 4):
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL  # stopped half way, not finished
+    written = {(row["onnx"], row["vnnlib"]) for row in _rows(results)}
+    assert 3 <= len(written) < len(pairs)
+    marks = tmp_path / "ran.txt"
+    monkeypatch.setattr(batch, "run_one", _marking(marks))
+    status, _, err = run(
+        capsys, "--instances", instances, "--results", results, "--workers", 2, "--no-progress"
+    )
+    assert status == 0 and err == ""
+    ran = sorted(tuple(line.split(" ")) for line in marks.read_text().splitlines())
+    assert ran == sorted(set(pairs) - written)
+    assert sorted((row["onnx"], row["vnnlib"]) for row in _rows(results)) == sorted(pairs)
 
 
 @pytest.mark.parametrize(
