@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from verifier.errors import InputError
 from verifier.verify.batch import BatchRow, Instance, error_row, run_in
@@ -60,7 +61,9 @@ class RayPool:
         self._running: dict = {}  # task reference -> (index, instance, budget, start time)
 
     def submit(self, index: int, instance: Instance, seconds: float) -> None:
-        reference = self._remote.remote(self._job, self._batch, instance, seconds, self._threads)
+        # the task's process has a working directory of its own: the instance's folder from the root
+        located = replace(instance, base=instance.base.resolve())
+        reference = self._remote.remote(self._job, self._batch, located, seconds, self._threads)
         self._running[reference] = (index, instance, seconds, time.monotonic())
 
     def finished(self) -> list[tuple[int, BatchRow]]:
