@@ -200,6 +200,20 @@ def test_cluster_without_ray_is_a_one_line_error(monkeypatch, tmp_path, capsys):
     assert err == "verify-model: error: --cluster needs Ray: pip install 'verifier[distributed]'\n"
 
 
+def test_cluster_without_a_cluster_there_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    ray = pytest.importorskip("ray")
+
+    def no_cluster(
+        *args, **kwargs
+    ):  # what ray.init raises when it finds no cluster (a live one may run here)
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify one.")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
+    status, out, err = run(capsys, "--instances", _bench(tmp_path, "mini", BUNDLED[:1]), "--cluster", "auto")
+    assert (status, out) == (1, "")
+    assert err == "verify-model: error: --cluster auto: Could not find any running Ray instance.\n"
+
+
 def _killing_its_ray_task(instance, *args, **kwargs):
     """Kills the Ray worker process running this task (the forked child's parent) on the sat model."""
     if "test_sat" in instance.onnx:

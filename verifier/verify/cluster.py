@@ -53,7 +53,10 @@ class RayPool:
         except ImportError:
             raise InputError(MISSING_RAY) from None
         self._ray = ray
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        except ConnectionError as error:  # no cluster at that address (an unanswered one: Ray keeps trying)
+            raise InputError(f"--cluster {address}: {str(error).splitlines()[0]}") from None
         self.slots = slots or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_task)
         self._job = ray.put(job)
