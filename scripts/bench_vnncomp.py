@@ -77,6 +77,8 @@ def run_benchmark(folder: Path, config: VerifyConfig, args) -> tuple[BenchmarkSu
     """Run one benchmark folder (``--mode``); returns its summary, the wall time in seconds and the rows."""
     instances = read_instances(folder / "instances.csv")[:: args.every]
     results = args.results_dir / f"{folder.name}.csv" if args.results_dir else None
+    if results:  # a fresh file: run_batch would resume an old one, and the wall time would not be the suite's
+        results.unlink(missing_ok=True)
     start = time.monotonic()
     if args.mode == "batch":
         rows = run_batch(

@@ -2,6 +2,7 @@
 
     verify-model MODEL.onnx PROPERTY.vnnlib [--timeout S] [--out RESULT.txt] [--method M] [--json]
     verify-model --instances DIR/instances.csv [...] [--results results.csv] [--timeout-scale F]
+                 [--workers N | --cluster ADDRESS] [--rerun unknown,timeout,error]
     verify-model verify QUERY --network NAME=MODEL.onnx [--timeout S]      (VNN-LIB 2.0 standard)
     verify-model supports --onnx-operators | ...                           (VNN-LIB 2.0 standard)
     verify-model --name | --version
@@ -68,12 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every instance's timeout")
     batch.add_argument("--timeout-cap", type=float, help="cap every instance's timeout at this many seconds")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    batch.add_argument("--rerun", default="error", metavar="VERDICTS",
+                       help="an existing --results file is resumed: its instances are not run again, but "
+                            "those whose verdict is in this comma list (default error; e.g. "
+                            "unknown,timeout,error)")  # fmt: skip
     spread = parser.add_argument_group("parallel runs")
     spread.add_argument("--workers", type=int, default=1,
-                        help="worker processes on this machine: batch mode runs instances in parallel, a "
+                        help="worker processes on this machine: batch mode runs instances in parallel (each "
+                             "with --threads torch threads: keep workers x threads within the cores), a "
                              "single run shares its branch-and-bound domains (default 1)")  # fmt: skip
     spread.add_argument("--cluster", metavar="ADDRESS",
-                        help="run on a Ray cluster (its address, or 'auto'); needs verifier[distributed]")
+                        help="run on a Ray cluster (its address, or 'auto'); needs verifier[distributed]; "
+                             "batch mode runs each instance as a Ray task, as many at a time as the "
+                             "cluster has CPUs (or --workers, if above 1)")  # fmt: skip
     warm = parser.add_argument_group("warm server (single runs)")
     warm.add_argument("--server", metavar="SOCKET",
                       help=f"run through the server on SOCKET if one listens there (default "
@@ -175,23 +183,25 @@ def _decide_in_worker(ns, deadline: Deadline) -> tuple[str, str, str]:
 def _batch(ns, parser) -> int:
     # Imported here, once: a worker killed at an instance's deadline is re-forked from this process,
     # which then starts without paying the imports again.
-    from verifier.verify.batch import read_instances, run_batch
+    from verifier.verify.batch import Spread, read_instances, rerun_verdicts, run_batch
     from verifier.verify.report import format_table, read_consensus, summarise
     from verifier.verify.single import settings
 
     _check_numbers(ns, parser)
     try:
-        config = settings(ns)
+        config, rerun = settings(ns), rerun_verdicts(ns.rerun)
     except InputError as error:
         parser.error(str(error))
+    spread = Spread(ns.workers, ns.cluster, ns.threads)
     try:
         instances = [inst for csv_path in ns.instances for inst in read_instances(csv_path)]
+        rows = run_batch(instances, config, ns.results, ns.timeout_scale, ns.timeout_cap, not ns.no_progress,
+                         spread, rerun)  # fmt: skip
     except VerifierError as error:
         return _input_error(error)
     references = {
         Path(p).parent.name: read_consensus(Path(p).parent / "reference_results.csv") for p in ns.instances
     }
-    rows = run_batch(instances, config, ns.results, ns.timeout_scale, ns.timeout_cap, not ns.no_progress)
     summaries = summarise(rows, references)
     if ns.json:
         print(json.dumps({s.name: s.as_dict() for s in summaries}, indent=2))

@@ -62,24 +62,41 @@ class Worker:
         passes first (the child is killed), ``VerifierError`` for the job's own errors, ``WorkerCrash``
         for anything else.
         """
-        spent = DeadlineReached(f"time budget of {deadline.seconds:g} s spent")
+        self.submit(*args, deadline=deadline)
+        return self.result(deadline)
+
+    def submit(self, *args: Any, deadline: Deadline) -> None:
+        """Hand ``job(*args)`` to the child (forked now if there is none) without waiting for it.
+
+        Raises ``DeadlineReached`` if ``deadline`` has passed already, ``WorkerCrash`` if the child died
+        since its last job.
+        """
         if deadline.expired():
-            raise spent
+            raise _spent(deadline)
         if self._process is None:
             self._start()
         try:
             self._conn.send(args)
         except OSError:  # the child died between two jobs
             raise self._died() from None
+
+    def result(self, deadline: Deadline) -> Any:
+        """The submitted job's result, waiting no later than ``deadline``; raises as ``call``."""
         wait = deadline.remaining()
         if not self._conn.poll(max(wait, 0.0) if math.isfinite(wait) else None):
             self.close()
-            raise spent
+            raise _spent(deadline)
         try:
             kind, value = self._conn.recv()
         except EOFError:  # the child died without answering
             raise self._died() from None
         return unpack(kind, value)
+
+    @property
+    def connection(self):
+        """The pipe to the child of a submitted job: ready for ``multiprocessing.connection.wait`` once
+        ``result`` will not block (the job answered or the child died)."""
+        return self._conn
 
     def close(self) -> None:
         """Kill the child, if any (it holds no state worth a clean exit)."""
@@ -103,6 +120,10 @@ class Worker:
         process.kill()
         process.join()
         return process.exitcode
+
+
+def _spent(deadline: Deadline) -> DeadlineReached:
+    return DeadlineReached(f"time budget of {deadline.seconds:g} s spent")
 
 
 def run_once(job: Callable[..., Any], *args: Any, deadline: Deadline) -> Any:
