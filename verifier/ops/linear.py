@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from verifier.ops.base import Affine, Broadcasting, register, unbounded_where_nan
+from verifier.ops.base import Affine, Broadcasting, Weighted, register, unbounded_where_nan
 
 
 @register
 @dataclass(frozen=True)
-class Linear(Affine):
+class Linear(Weighted, Affine):
     """``y = x W^T + b`` over the last dimension (torch.nn.Linear convention, W: [out, in])."""
 
     weight: Tensor
@@ -43,7 +43,7 @@ class Linear(Affine):
 
 @register
 @dataclass(frozen=True)
-class LeftLinear(Affine):
+class LeftLinear(Weighted, Affine):
     """``y = W x`` over the second-to-last dimension (``W @ x``, W: [out, in], x: [..., in, m]): every column
     of x mapped by W. Its transpose is ``W^T a``, its absolute map ``|W| x``."""
 
