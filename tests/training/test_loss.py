@@ -260,3 +260,60 @@ def test_a_few_steps_on_mnist_raise_verified_accuracy():
         opt.step()
     after = verified()
     assert after >= before + 0.3, (before, after)
+
+
+def _reference_ibp_loss(net: nn.Sequential, x, y, eps: float, kappa: float) -> torch.Tensor:
+    """The IBP certified loss by plain lower / upper interval arithmetic over the module's layers: weights
+    split by sign, BatchNorm as its per-channel affine map (of the batch's statistics in training mode),
+    the margin rows composed with the last layer's weights."""
+    lo, hi, z = (x - eps).clamp(min=0), (x + eps).clamp(max=1), x
+    for layer in net[:-1]:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            apply = layer._conv_forward if isinstance(layer, nn.Conv2d) else nn.functional.linear
+            pos, neg, b = layer.weight.clamp(min=0), layer.weight.clamp(max=0), layer.bias
+            lo, hi = apply(lo, pos, b) + apply(hi, neg, None), apply(hi, pos, b) + apply(lo, neg, None)
+            z = layer(z)
+        elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            dims = [0, *range(2, z.dim())]
+            var, mean = torch.var_mean(z, dims, unbiased=False) if net.training else (
+                layer.running_var, layer.running_mean)  # fmt: skip
+            scale = layer.weight * torch.rsqrt(var + layer.eps)
+            shape = (-1,) + (1,) * (z.dim() - 2)
+            scale, shift = scale.reshape(shape), (layer.bias - mean * scale).reshape(shape)
+            ends = (lo * scale, hi * scale)
+            lo, hi = torch.minimum(*ends) + shift, torch.maximum(*ends) + shift
+            z = z * scale + shift
+        else:  # ReLU, Flatten: monotone
+            lo, hi, z = layer(lo), layer(hi), layer(z)
+    last = net[-1]
+    logits = last(z)
+    C = margin_rows(y, logits.shape[1], logits)  # [B, n - 1, n]
+    a = C @ last.weight  # [B, n - 1, d]: the margins as one map of the last layer's input
+    lowest = a.clamp(min=0) @ lo.unsqueeze(-1) + a.clamp(max=0) @ hi.unsqueeze(-1)  # [B, n - 1, 1]
+    margins = lowest.squeeze(-1) + C @ last.bias
+    worst = torch.cat([margins.new_zeros(margins.shape[0], 1), -margins], 1)
+    robust = nn.functional.cross_entropy(worst, torch.zeros_like(y))
+    return kappa * nn.functional.cross_entropy(logits, y) + (1 - kappa) * robust
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_ibp_loss_and_gradients_equal_plain_interval_arithmetic(training):
+    """The IBP loss of a conv + BatchNorm network (the live view, its BatchNorm maps folded into the layers,
+    centre / radius rules) equals plain lower / upper interval arithmetic, and so do its parameter
+    gradients: in training mode with the batch's statistics, in eval mode with the running ones."""
+    torch.manual_seed(21)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, 2), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(24, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 3))  # fmt: skip
+    net = net.double().train()
+    gen = torch.Generator().manual_seed(22)
+    x = torch.rand(16, 1, 9, 9, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    net(torch.rand(64, 1, 9, 9, generator=gen, dtype=torch.float64))  # running statistics away from (0, 1)
+    net.train(training)
+    bounded = verifier.load(net, x, live=True)
+    terms = certified_loss(bounded, x, y, 0.1, "ibp", kappa=0.3)
+    reference = _reference_ibp_loss(net, x, y, 0.1, kappa=0.3)
+    params = list(net.parameters())
+    torch.testing.assert_close(terms.loss, reference, rtol=1e-12, atol=0)
+    for got, want in zip(torch.autograd.grad(terms.loss, params), torch.autograd.grad(reference, params)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

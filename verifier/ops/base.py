@@ -139,11 +139,32 @@ class Affine(Op):
         of a box is then a box (the scheduler uses it to skip CROWN where IBP is already exact)."""
         return False
 
+    def halved(self) -> Affine | None:
+        """The operator with every ``J_i`` halved and the same offset, when that is a change of constants
+        only (:class:`Weighted`); None otherwise."""
+        return None
+
     def ibp(self, *bounds: Interval) -> Interval:
-        """Centre and radius: ``y = J c + c0 +- |J| r`` contains ``J x + c0`` for every x in the box."""
-        centre = self.forward(*[(lo + hi) * 0.5 for lo, hi in bounds])  # exact halving, as / 2
-        radius = sum(self.abs_linear(i, (hi - lo) * 0.5) for i, (lo, hi) in enumerate(bounds))
+        """Centre and radius: ``y = J c + c0 +- |J| r`` contains ``J x + c0`` for every x in the box, with
+        ``c = (lo + hi) / 2`` and ``r = (hi - lo) / 2``. The halving goes into the constants when the
+        operator allows (``halved``): exact either way (a power of two), and it saves two passes over the
+        activations, forward and backward."""
+        half = self.halved()
+        if half is None:
+            half, bounds = self, [(lo * 0.5, hi * 0.5) for lo, hi in bounds]
+        centre = half.forward(*[lo + hi for lo, hi in bounds])
+        radius = sum(half.abs_linear(i, hi - lo) for i, (lo, hi) in enumerate(bounds))
         return unbounded_where_nan(centre - radius, centre + radius)
+
+
+class Weighted:
+    """An :class:`Affine` operator whose maps ``J`` are linear in its one tensor field ``weight`` and whose
+    offset does not depend on it (Linear, Conv, ...)."""
+
+    weight: Tensor
+
+    def halved(self) -> Affine:
+        return dataclasses.replace(self, weight=self.weight * 0.5)
 
 
 def unbounded_where_nan(lo: Tensor, hi: Tensor) -> Interval:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from verifier.ops.base import Affine, register
+from verifier.ops.base import Affine, Weighted, register
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
@@ -93,7 +93,7 @@ def _on_grid(x: Tensor, plan: _PhasePlan) -> Tensor:
 
 @register
 @dataclass(frozen=True)
-class Conv(Affine):
+class Conv(Weighted, Affine):
     """``y = conv(x, W) + b`` with zero padding; the backward step is the transposed convolution."""
 
     weight: Tensor  # [out_channels, in_channels / groups, *kernel]
@@ -180,7 +180,7 @@ class Conv(Affine):
 
 @register
 @dataclass(frozen=True)
-class ConvTranspose(Affine):
+class ConvTranspose(Weighted, Affine):
     """``y = conv_transpose(x, W) + b`` (1-d or 2-d); its backward step is the ordinary convolution with W
     (same stride, padding, dilation and groups: it maps the output's size back to the input's, since the
     output padding is smaller than the stride)."""
