@@ -151,7 +151,13 @@ class LocalPool:
             self._tasks.append(Connection(task_in, readable=False))
             self._results.append(Connection(result_out, writable=False))
             self._processes.append(process)
-            self._tasks[-1].send_bytes(payload)
+        for i, tasks in enumerate(self._tasks):  # once all are started: a write may wait for the imports
+            try:
+                tasks.send_bytes(payload)
+            except OSError:  # the worker is gone
+                crash = self._died(i)
+                self.close()
+                raise crash from None
 
     def submit(self, task: Task) -> None:
         i = min(range(self.size), key=self._queued.__getitem__)
