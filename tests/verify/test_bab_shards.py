@@ -92,6 +92,15 @@ def test_a_cluster_without_ray_installed_says_how_to_install_it(tiny, monkeypatc
         sharded(problem, InputSplit(problem.bounder), cluster="auto")
 
 
+def test_the_command_line_refuses_a_cluster_without_ray_at_once(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    instance = [str(MODELS / "ACASXU_run2a_1_2_batch_2000.onnx"), str(SPECS / "acasxu" / "prop_4.vnnlib")]
+    with pytest.raises(SystemExit) as exit_:
+        main(instance + ["--cluster", "auto"])
+    assert exit_.value.code == 2
+    assert "pip install 'verifier[distributed]'" in capsys.readouterr().err
+
+
 def test_the_command_line_with_two_workers_decides_as_with_one(capsys):
     # ACAS Xu property 4 on net 1_2: unsat, a few hundred input splits
     instance = [str(MODELS / "ACASXU_run2a_1_2_batch_2000.onnx"), str(SPECS / "acasxu" / "prop_4.vnnlib")]
