@@ -31,7 +31,7 @@ from verifier.spec.property import Property, check_against_model
 from verifier.spec.vnnlib import load_property
 from verifier.verify import float_semantics
 from verifier.verify.attack import Attack, AttackConfig
-from verifier.verify.bab import driver
+from verifier.verify.bab import driver, shards
 from verifier.verify.bab.input_split import InputSplit, InputSplitConfig
 from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
 from verifier.verify.bounding import Bounder
@@ -253,9 +253,12 @@ def _brancher(model, bounder: Bounder, config: VerifyConfig):
 
 def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack: Attack,
                       config: VerifyConfig, deadline: Deadline) -> driver.BabResult:  # fmt: skip
-    """Branch and bound on the cases the bound methods left open."""
+    """Branch and bound on the cases the bound methods left open, in this process or, for several
+    ``workers`` or a ``cluster``, shared between workers (``shards``)."""
     problem = driver.Problem(bounder, loaded.checker, loaded.prop, attack)
     roots = brancher.roots(np.flatnonzero(~bounder.case_excluded()))
+    if config.workers > 1 or config.cluster is not None:
+        return shards.run(brancher, roots, problem, config.bab, deadline, config.workers, config.cluster)
     return driver.run(brancher, roots, problem, config.bab, deadline)
 
 

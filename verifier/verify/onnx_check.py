@@ -98,6 +98,11 @@ class OnnxChecker:
         self.n_inputs = sum(self.sizes)
         self.n_outputs = self.signature.n_outputs
 
+    def __getstate__(self) -> dict:
+        """Pickled without the onnxruntime session (it cannot be): the copy reopens the file at ``path`` on
+        first use, so a process that unpickles it (a branch and bound worker) needs the file there too."""
+        return self.__dict__ | {"_session": None}
+
     @property
     def session(self):
         """The onnxruntime session, opened on first use; ``ModelLoadError`` if onnxruntime refuses the file."""

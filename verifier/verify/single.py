@@ -12,6 +12,7 @@ import json
 import torch
 
 from verifier.errors import InputError
+from verifier.verify.bab import shards
 from verifier.verify.deadline import Deadline
 from verifier.verify.instance import (
     InstanceResult,
@@ -26,11 +27,14 @@ from verifier.verify.result_file import vnncomp_text
 def settings(ns) -> VerifyConfig:
     """The ``VerifyConfig`` of parsed command-line arguments; sets torch's thread count.
 
-    Raises ``InputError`` for an unknown or unimplemented method, or an unusable device.
+    Raises ``InputError`` for an unknown or unimplemented method, an unusable device, or a cluster
+    without Ray installed.
     """
     torch.set_num_threads(ns.threads)
     bound_methods(ns.method)
     check_device(ns.device)
+    if ns.cluster is not None:
+        shards.import_ray()  # a missing Ray is a usage error now, not after the bound methods
     return VerifyConfig(method=ns.method, timeout=ns.timeout, device=ns.device,
                         extra_attack_seconds=ns.attack_seconds, seed=ns.seed, workers=ns.workers,
                         cluster=ns.cluster)  # fmt: skip

@@ -172,56 +172,121 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
     """Branch and bound from ``roots`` (domains with ``case`` and ``lower``, bounded once more here) until
     every domain is verified (``unsat``), a checked counterexample is found (``sat``),
     ``config.max_domains`` children were bounded (``unknown``) or the deadline passes (``timeout``,
-    within about ``config.iteration_seconds``)."""
-    if deadline.expired():
-        return BabResult("timeout", None, 0, 0)
-    roots = settle(brancher, dict(roots), problem)
-    found = check_points(brancher, roots, problem)
-    if found is not None:
-        return BabResult("sat", found, 0, 0)
-    if brancher.by_disjunct:
-        roots = by_disjunct(brancher, take(roots, roots[BOUND] <= 0), problem)
-    queue = DomainQueue()
-    queue.push(take(roots, roots[BOUND] <= 0))
-    widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
-    size = brancher.max_parents or batch_size(problem.bounder.spec.d.shape[1], widest, config)
-    visited, iteration, shown = 0, 0, time.monotonic()
-    rate = 64 / config.iteration_seconds  # parents per second, measured from the first iteration on
-    while len(queue):
-        if deadline.expired() or visited >= config.max_domains:
-            verdict = "timeout" if deadline.expired() else "unknown"
-            return BabResult(verdict, None, visited, iteration)
-        seconds = min(config.iteration_seconds, deadline.remaining() / 2)
-        parents = _pop(queue, max(1, min(size, int(rate * seconds))), config.sat_share)
-        start = time.monotonic()
-        attack = iteration % config.attack_every == 0
-        bounded, found = _step(brancher, queue, parents, problem, config, deadline, attack)
-        rate = domain_count(parents) / max(time.monotonic() - start, 1e-6)
-        visited, iteration = visited + bounded, iteration + 1
-        if found is not None:
-            return BabResult("sat", found, visited, iteration)
-        if config.progress and time.monotonic() - shown > config.progress_seconds:
-            shown = time.monotonic()
-            print(f"bab {brancher.name}: {len(queue)} domains open, global lower bound "
-                  f"{queue.global_bound():.4g}, lowest margin seen {queue.global_bound(MARGIN):.4g}, "
-                  f"{visited} bounded, {deadline.elapsed():.1f} s", file=sys.stderr, flush=True)  # fmt: skip
-    return BabResult("unsat", None, visited, iteration)
+    within about ``config.iteration_seconds``). ``shards.run`` is the same loop over several workers."""
+    search = Search.start(brancher, roots, problem, config, deadline)
+    while search.result is None:
+        parents, attack = search.next_batch()
+        search.record(bound_batch(brancher, parents, problem, config, deadline, attack))
+    return search.result
 
 
-def _step(brancher: Brancher, queue: DomainQueue, parents: Domains, problem: Problem, config: BabConfig,
-          deadline: Deadline, attack: bool) -> tuple[int, Counterexample | None]:  # fmt: skip
-    """One iteration: PGD in the parents nearest to a counterexample (when ``attack``), then split,
-    bound and check the children, and push the open ones. Returns how many children were bounded and
-    a checked counterexample if one was found."""
+@dataclass
+class Outcome:
+    """What bounding a batch of ``parents`` domains gives: its open children (``BOUND <= 0``), how many
+    children were bounded, a checked counterexample if one was found, and the seconds it took."""
+
+    parents: int
+    children: Domains
+    bounded: int
+    found: Counterexample | None
+    seconds: float
+
+
+def bound_batch(brancher: Brancher, parents: Domains, problem: Problem, config: BabConfig,
+                deadline: Deadline, attack: bool) -> Outcome:  # fmt: skip
+    """One batch of work: PGD in the parents nearest to a counterexample (when ``attack``), then split,
+    bound and check the children; the open ones are returned (to be pushed)."""
+    start = time.monotonic()
     if attack:
         nearest = torch.argsort(parents[MARGIN])[: config.attack_domains]
         found = _attack(brancher, take(parents, nearest), problem, deadline)
         if found is not None:
-            return 0, found
+            none = take(parents, torch.zeros(0, dtype=torch.long))
+            return Outcome(domain_count(parents), none, 0, found, time.monotonic() - start)
     children = expand(brancher, parents, problem)
     found = check_points(brancher, children, problem)
-    queue.push(take(children, children[BOUND] <= 0))
-    return domain_count(children), found
+    open_ = take(children, children[BOUND] <= 0)
+    return Outcome(domain_count(parents), open_, domain_count(children), found, time.monotonic() - start)
+
+
+@dataclass
+class Search:
+    """The state of one search, as the process holding the queue sees it: the open domains, the counts,
+    the batch size rule, and ``result`` once the search is over.
+
+    Batches hold ``size`` parents at most (``batch_size`` or the brancher's cap) and about
+    ``config.iteration_seconds`` of work at the rate the last batch was bounded at (parents per second),
+    so that the deadline, polled between batches, is overrun by about one batch.
+    """
+
+    brancher: Brancher
+    config: BabConfig
+    deadline: Deadline
+    queue: DomainQueue
+    size: int
+    result: BabResult | None = None
+    visited: int = 0
+    iteration: int = 0
+    rate: float = 0.0
+    shown: float = 0.0
+
+    @classmethod
+    def start(cls, brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
+              deadline: Deadline) -> Search:  # fmt: skip
+        """Bound and check the roots and queue the open ones (one per open disjunct for
+        ``by_disjunct``); the search may be over at once (``result``)."""
+        queue = DomainQueue()
+        widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
+        size = brancher.max_parents or batch_size(problem.bounder.spec.d.shape[1], widest, config)
+        search = cls(brancher, config, deadline, queue, size, rate=64 / config.iteration_seconds,
+                     shown=time.monotonic())  # fmt: skip
+        if deadline.expired():
+            search.result = BabResult("timeout", None, 0, 0)
+            return search
+        roots = settle(brancher, dict(roots), problem)
+        found = check_points(brancher, roots, problem)
+        if found is not None:
+            search.result = BabResult("sat", found, 0, 0)
+            return search
+        if brancher.by_disjunct:
+            roots = by_disjunct(brancher, take(roots, roots[BOUND] <= 0), problem)
+        queue.push(take(roots, roots[BOUND] <= 0))
+        search.settle(busy=False)
+        return search
+
+    def next_batch(self, share: int | None = None) -> tuple[Domains, bool]:
+        """The next parents (at most ``share`` of them if given) and whether an attack round is due."""
+        seconds = min(self.config.iteration_seconds, self.deadline.remaining() / 2)
+        count = max(1, min(self.size, int(self.rate * seconds), share or self.size))
+        attack = self.iteration % self.config.attack_every == 0
+        self.iteration += 1
+        return _pop(self.queue, count, self.config.sat_share), attack
+
+    def record(self, outcome: Outcome, busy: bool = False) -> None:
+        """Push a batch's open children and count its work; ``busy``: batches are still being bounded
+        elsewhere (the search is not over when the queue is empty)."""
+        self.queue.push(outcome.children)
+        self.visited += outcome.bounded
+        self.rate = outcome.parents / max(outcome.seconds, 1e-6)
+        if outcome.found is not None:
+            self.result = BabResult("sat", outcome.found, self.visited, self.iteration)
+            return
+        if self.config.progress and time.monotonic() - self.shown > self.config.progress_seconds:
+            self.shown = time.monotonic()
+            print(f"bab {self.brancher.name}: {len(self.queue)} domains open, global lower bound "
+                  f"{self.queue.global_bound():.4g}, lowest margin seen {self.queue.global_bound(MARGIN):.4g}, "
+                  f"{self.visited} bounded, {self.deadline.elapsed():.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+        self.settle(busy)
+
+    def settle(self, busy: bool) -> None:
+        """Set ``result`` when the search is over: the queue is empty and nothing is being bounded
+        (``unsat``), the deadline has passed or the domain budget is spent."""
+        if self.deadline.expired():
+            self.result = BabResult("timeout", None, self.visited, self.iteration)
+        elif self.visited >= self.config.max_domains:
+            self.result = BabResult("unknown", None, self.visited, self.iteration)
+        elif not len(self.queue) and not busy:
+            self.result = BabResult("unsat", None, self.visited, self.iteration)
 
 
 def settle(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
