@@ -35,6 +35,7 @@ from verifier.verify.batch import (
     RESULT_FIELDS,
     BatchRow,
     Instance,
+    Spread,
     budget,
     read_instances,
     result_fields,
@@ -62,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--method", default="auto", help="bound method (default auto: ibp then crown)")
     parser.add_argument("--every", type=int, default=1, help="run every K-th instance only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="--mode batch: instances at a time, each in its own worker (default 1)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench_vnncomp.json"), help="JSON output file")
     parser.add_argument("--results-dir", type=Path, help="write <benchmark>.csv per-instance results here")
     parser.add_argument("--mode", choices=("batch", "process"), default="batch",
@@ -81,9 +84,9 @@ def run_benchmark(folder: Path, config: VerifyConfig, args) -> tuple[BenchmarkSu
         results.unlink(missing_ok=True)
     start = time.monotonic()
     if args.mode == "batch":
-        rows = run_batch(
-            instances, config, results, args.timeout_scale, args.timeout_cap, not args.no_progress
-        )
+        spread = Spread(args.workers, None, args.threads)
+        rows = run_batch(instances, config, results, args.timeout_scale, args.timeout_cap,
+                         not args.no_progress, spread)  # fmt: skip
     else:
         rows = [
             run_process(inst, budget(inst, args.timeout_scale, args.timeout_cap), args) for inst in instances
