@@ -15,6 +15,7 @@ from tests.cli.test_cli import run
 from tests.verify.paths import REPO, TEST_NANO, TEST_SAT, TEST_UNSAT, shared
 from verifier.verify import batch
 from verifier.verify.batch import RESULT_FIELDS, read_instances
+from verifier.verify.distributed import MISSING_RAY
 
 _run_one = batch.run_one  # the real job, for the stand-ins below (also when Ray pickles them by value)
 
@@ -195,9 +196,10 @@ def test_a_worker_dying_mid_instance_is_an_error_row_and_the_run_goes_on(
 
 def test_cluster_without_ray_is_a_one_line_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # ``import ray`` raises ImportError
-    status, out, err = run(capsys, "--instances", _bench(tmp_path, "mini", BUNDLED[:1]), "--cluster", "auto")
-    assert (status, out) == (1, "")
-    assert err == "verify-model: error: --cluster needs Ray: pip install 'verifier[distributed]'\n"
+    with pytest.raises(SystemExit) as exit_:  # a usage error, before any instance runs
+        run(capsys, "--instances", _bench(tmp_path, "mini", BUNDLED[:1]), "--cluster", "auto")
+    assert exit_.value.code == 2
+    assert capsys.readouterr() == ("", f"verify-model: error: {MISSING_RAY} (see --help)\n")
 
 
 def test_cluster_without_a_cluster_there_is_a_one_line_error(monkeypatch, tmp_path, capsys):

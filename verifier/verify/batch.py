@@ -208,7 +208,7 @@ class Spread:
             return LocalPool(job, self.workers)
         from verifier.verify.cluster import RayPool  # imports Ray, which only --cluster needs
 
-        return RayPool(job, self.cluster, self.workers if self.workers > 1 else None, self.threads)
+        return RayPool(job, self.cluster, self.workers, self.threads)
 
 
 def run_batch(

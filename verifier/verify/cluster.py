@@ -14,13 +14,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-from verifier.errors import InputError
+from verifier.verify import distributed
 from verifier.verify.batch import BatchRow, Instance, error_row, run_in
 from verifier.verify.deadline import Deadline
 from verifier.verify.worker import Worker
-
-MISSING_RAY = "--cluster needs Ray: pip install 'verifier[distributed]'"
-
 
 _kept: dict[str, Worker] = {}  # in a Ray worker process: the Worker of the batch it serves now
 
@@ -43,21 +40,13 @@ def _task(job: Callable[[Instance, Deadline], BatchRow], batch: str, instance: I
 
 class RayPool:
     """A ``batch.Pool`` of Ray tasks on the cluster at ``address`` (``"auto"``: the one this machine
-    belongs to); ``slots`` tasks in flight, by default one per CPU of the cluster. Connects on creation,
+    belongs to); ``workers`` tasks in flight if above 1, else one per CPU of the cluster. Connects on creation,
     disconnects on ``close``."""
 
-    def __init__(self, job: Callable[[Instance, Deadline], BatchRow], address: str, slots: int | None,
+    def __init__(self, job: Callable[[Instance, Deadline], BatchRow], address: str, workers: int,
                  threads: int):  # fmt: skip
-        try:
-            import ray
-        except ImportError:
-            raise InputError(MISSING_RAY) from None
-        self._ray = ray
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        except ConnectionError as error:  # no cluster at that address (an unanswered one: Ray keeps trying)
-            raise InputError(f"--cluster {address}: {str(error).splitlines()[0]}") from None
-        self.slots = slots or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._ray = ray = distributed.connect(address)
+        self.slots = distributed.slots(ray, workers)
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_task)
         self._job = ray.put(job)
         self._threads, self._batch = threads, uuid.uuid4().hex

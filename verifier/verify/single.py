@@ -12,7 +12,7 @@ import json
 import torch
 
 from verifier.errors import InputError
-from verifier.verify.bab import shards
+from verifier.verify import distributed
 from verifier.verify.deadline import Deadline
 from verifier.verify.instance import (
     InstanceResult,
@@ -34,7 +34,7 @@ def settings(ns) -> VerifyConfig:
     bound_methods(ns.method)
     check_device(ns.device)
     if ns.cluster is not None:
-        shards.import_ray()  # a missing Ray is a usage error now, not after the bound methods
+        distributed.import_ray()  # a missing Ray is a usage error now, not after the bound methods
     return VerifyConfig(method=ns.method, timeout=ns.timeout, device=ns.device,
                         extra_attack_seconds=ns.attack_seconds, seed=ns.seed, workers=ns.workers,
                         cluster=ns.cluster)  # fmt: skip

@@ -44,7 +44,7 @@ from typing import Protocol
 import torch
 
 import verifier
-from verifier.errors import InputError
+from verifier.verify import distributed
 from verifier.verify.bab import driver
 from verifier.verify.deadline import Deadline
 from verifier.verify.worker import WorkerCrash, die_with_parent, died, reply, unpack
@@ -222,10 +222,9 @@ class RayPool:
     """Ray actors, one CPU each, on the cluster at ``address``; ``ray.shutdown()`` at ``close``."""
 
     def __init__(self, payload: bytes, workers: int, address: str):
-        self._ray = ray = import_ray()
-        ray.init(address=address, logging_level="warning", log_to_driver=False)
+        self._ray = ray = distributed.connect(address)
         try:
-            self.size = workers if workers > 1 else max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self.size = distributed.slots(ray, workers)
             actor = ray.remote(num_cpus=1)(_RayShard)
             shared = ray.put(payload)
             self._actors = [actor.remote(shared) for _ in range(self.size)]
@@ -275,14 +274,3 @@ class _RayShard:
 def _finite(seconds: float) -> float | None:
     """A wait's timeout: ``None`` (no limit) for an infinite budget, never negative."""
     return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
-def import_ray():
-    """The ``ray`` module, or ``InputError`` saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise InputError(
-            "--cluster needs Ray, which is not installed: pip install 'verifier[distributed]'"
-        ) from None
-    return ray
