@@ -62,11 +62,13 @@ def test_output_map_and_gradients_equal_the_statistics_formula(name):
     weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in fused]
     for got, want in zip(fused, formula):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    # a loss that reaches x and the parameters through the output and through the map's scale and shift
-    got = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, fused)), inputs)
-    want = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, formula)), inputs)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    # losses that reach x and the parameters through the output, the map's scale or shift, or all three
+    for used in ((0,), (1,), (2,), (0, 1, 2)):
+        loss = (sum((weights[k] * t[k]).sum() for k in used) for t in (fused, formula))
+        got, want = (torch.autograd.grad(f, inputs, retain_graph=True, allow_unused=True, materialize_grads=True)
+                     for f in loss)  # fmt: skip
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(lambda *inputs: _fused(module, inputs[0]), inputs)
 
 

@@ -236,6 +236,7 @@ class _BatchStatistics(torch.autograd.Function):
         y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.eps = eps
+        ctx.set_materialize_grads(False)  # statistics unused (no bounds, as at eps = 0): no pass over x
         return y, mean, invstd
 
     @staticmethod
@@ -243,10 +244,15 @@ class _BatchStatistics(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor, grad_mean: Tensor, grad_invstd: Tensor):
         x, weight, mean, invstd = ctx.saved_tensors
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_y = torch.zeros_like(x) if grad_y is None else grad_y
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad_y, x, weight, None, None, mean, invstd, True, ctx.eps, [need_x, need_weight, need_bias]
         )
-        if need_x:  # plus the statistics' part, affine in x per channel: grad_x += a + b x
+        if need_x and (grad_mean is not None or grad_invstd is not None):
+            # plus the statistics' part, affine in x per channel: grad_x += a + b x
+            grad_mean, grad_invstd = (
+                torch.zeros_like(mean) if g is None else g for g in (grad_mean, grad_invstd)
+            )
             count, shape = x.numel() / x.shape[1], (-1,) + (1,) * (x.dim() - 2)
             b = grad_invstd * invstd.pow(3) / -count
             a = grad_mean / count - b * mean
