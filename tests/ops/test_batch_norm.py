@@ -91,3 +91,17 @@ def test_running_statistics_follow_torch(name, training):
         fresh = _module(name)[0]
         for ours, theirs in zip(module.buffers(), fresh.buffers()):
             assert torch.equal(ours, theirs)
+
+
+def test_running_variance_of_a_constant_channel_stays_nonnegative():
+    """float32, a channel constant over the batch and others of tiny variance: the running variance (from
+    the inverse standard deviation) matches torch's to the rounding of var + eps and is never negative."""
+    gen = torch.Generator().manual_seed(0)
+    module = nn.BatchNorm2d(4, eps=3e-5, momentum=1.0)  # (fl((0 + eps)^(-1/2)))^(-2) < eps: clamped at 0
+    reference = copy.deepcopy(module)
+    for _ in range(20):
+        x = 1e-4 * torch.rand(8, 4, 3, 3, generator=gen) + torch.rand(1, 4, 1, 1, generator=gen)
+        x[:, 0] = torch.rand((), generator=gen)
+        _fused(module, x), reference(x)
+        assert (module.running_var >= 0).all()
+        torch.testing.assert_close(module.running_var, reference.running_var, rtol=0, atol=1e-6 * module.eps)

@@ -213,9 +213,10 @@ class BatchNorm(Affine):
                 m.num_batches_tracked.add_(1)
                 momentum = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
                 n = x.numel() / x.shape[1]
-                # the variance back from (var + eps)^(-1/2), to a few ulps of var + eps; torch's own update
-                # (running statistics passed to the kernel) would give nan for n = 1
-                var = invstd.detach().pow(-2) - m.eps
+                # the variance back from (var + eps)^(-1/2): to a few ulps of var + eps, the only way the
+                # running variance is used (torch's own update, the running statistics passed to the kernel,
+                # would give nan for n = 1)
+                var = (invstd.detach().pow(-2) - m.eps).clamp_(min=0)
                 m.running_mean.lerp_(mean.detach(), momentum)
                 m.running_var.lerp_(var * n / max(n - 1, 1), momentum)
         return y, self._channels(self._affine(mean, invstd))
