@@ -11,8 +11,10 @@ import torch
 from torch import nn
 
 import verifier
+from tests.ops.test_batch_norm import batch_statistics_formula
 from verifier.api import margin_rows
 from verifier.errors import InputError
+from verifier.ops.linear import BatchNorm, ScaleShift
 from verifier.training import loss as loss_module
 from verifier.training.loss import METHODS, _drop_negligible, certified_loss
 
@@ -207,6 +209,31 @@ def test_dropping_negligible_gradients_keeps_the_loss_and_the_parameter_gradient
     assert torch.equal(loss, plain_loss)
     for g, p in zip(grads, plain_grads):
         torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-6 * float(p.abs().max()))
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_training_mode_loss_and_gradients_equal_the_statistics_formula(method, monkeypatch):
+    """Training mode (float64): the loss and every parameter gradient with BatchNorm through torch's fused
+    kernels equal those with the batch's statistics and affine map written out as formulas."""
+    x = torch.rand(24, 1, 10, 10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.randint(0, 5, (24,), generator=torch.Generator().manual_seed(4))
+
+    def formula(op, x):
+        y, scale, shift = batch_statistics_formula(op.module, x)
+        return y, ScaleShift(scale, shift)
+
+    results = []
+    for patch in (False, True):
+        if patch:
+            monkeypatch.setattr(BatchNorm, "with_batch_statistics", formula)
+        net = _small_cnn(5).double()
+        terms = certified_loss(verifier.load(net, x, live=True), x, y, 0.1, method, kappa=0.3)
+        results.append((terms.loss, torch.autograd.grad(terms.loss, list(net.parameters()))))
+    (loss, grads), (want_loss, want_grads) = results
+    torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=0)
+    largest = max(float(g.abs().max()) for g in want_grads)  # biases before BatchNorm: zero up to rounding
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12 * largest)
 
 
 def test_batch_norm_statistics_choice():

@@ -154,9 +154,9 @@ class BatchNorm(Affine):
     module: nn.Module  # nn.BatchNorm1d / 2d / 3d with running statistics
     rank: int  # per-sample input rank (channels first)
 
-    def _affine(self, mean: Tensor, var: Tensor) -> ScaleShift:
+    def _affine(self, mean: Tensor, invstd: Tensor) -> ScaleShift:
         m = self.module
-        scale = torch.rsqrt(var + m.eps)
+        scale = invstd
         if m.weight is not None:
             scale = scale * m.weight
         shift = -mean * scale if m.bias is None else m.bias - mean * scale
@@ -179,7 +179,8 @@ class BatchNorm(Affine):
         return ScaleShift(op.scale.reshape(shape), op.shift.reshape(shape))
 
     def _map(self) -> ScaleShift:
-        return self._channels(self._affine(self.module.running_mean, self.module.running_var))
+        m = self.module
+        return self._channels(self._affine(m.running_mean, torch.rsqrt(m.running_var + m.eps)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self._map().forward(x)
@@ -201,21 +202,60 @@ class BatchNorm(Affine):
 
     def with_batch_statistics(self, x: Tensor) -> tuple[Tensor, ScaleShift]:
         """Training-mode BatchNorm of the batch x: ``(y, op)`` with op the per-channel affine map of the
-        batch's mean and (biased) variance, differentiable with respect to x and the module's parameters.
-        Updates the module's running statistics as torch does, when the module is in training mode."""
+        batch's mean and (biased) variance, ``y = op(x)``, both differentiable with respect to x and the
+        module's parameters (through torch's fused kernels, see ``_BatchStatistics``). Updates the module's
+        running statistics as torch does (running_var with the unbiased variance), when the module is in
+        training mode."""
         m = self.module
-        dims = [0, *range(2, x.dim())]
-        # two passes, mean then mean square of the deviations: as accurate as torch.var_mean over these
-        # dimensions, and measured ~1.4x faster forward and backward on CPU
-        mean = x.mean(dims, keepdim=True)
-        var = (x - mean).square().mean(dims)
-        mean = mean.reshape(-1)
+        y, mean, invstd = _BatchStatistics.apply(x, m.weight, m.bias, m.eps)
         if m.training and m.track_running_stats:
             with torch.no_grad():
                 m.num_batches_tracked.add_(1)
                 momentum = 1.0 / float(m.num_batches_tracked) if m.momentum is None else m.momentum
                 n = x.numel() / x.shape[1]
+                # the variance back from (var + eps)^(-1/2): to a few ulps of var + eps, the only way the
+                # running variance is used (torch's own update, the running statistics passed to the kernel,
+                # would give nan for n = 1)
+                var = (invstd.detach().pow(-2) - m.eps).clamp_(min=0)
                 m.running_mean.lerp_(mean.detach(), momentum)
-                m.running_var.lerp_(var.detach() * n / max(n - 1, 1), momentum)
-        op = self._channels(self._affine(mean, var))
-        return op.forward(x), op
+                m.running_var.lerp_(var * n / max(n - 1, 1), momentum)
+        return y, self._channels(self._affine(mean, invstd))
+
+
+class _BatchStatistics(torch.autograd.Function):
+    """``(y, mean, invstd)`` of training-mode BatchNorm of x [B, C, *]: the normalised output
+    ``y = (x - mean) * invstd * weight + bias`` and the batch's per-channel mean and inverse standard
+    deviation ``invstd = (var + eps)^(-1/2)`` (var biased), all three differentiable: the output and its
+    gradient come from torch's fused kernels (one pass each way instead of the four of the formula), and
+    the gradients arriving through the statistics (a bounded view's affine maps) are added analytically.
+    With M = B * prod(*) values per channel: d mean / d x_i = 1 / M, and since d var / d x_i =
+    2 (x_i - mean) / M (the mean's own variation sums to zero), d invstd / d x_i = -invstd^3 (x_i - mean) / M.
+    Once differentiable."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+        y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps
+        ctx.set_materialize_grads(False)  # statistics unused (no bounds, as at eps = 0): no pass over x
+        return y, mean, invstd
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor, grad_mean: Tensor, grad_invstd: Tensor):
+        x, weight, mean, invstd = ctx.saved_tensors
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_y = torch.zeros_like(x) if grad_y is None else grad_y
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_y, x, weight, None, None, mean, invstd, True, ctx.eps, [need_x, need_weight, need_bias]
+        )
+        if need_x and (grad_mean is not None or grad_invstd is not None):
+            # plus the statistics' part, affine in x per channel: grad_x += a + b x
+            grad_mean, grad_invstd = (
+                torch.zeros_like(mean) if g is None else g for g in (grad_mean, grad_invstd)
+            )
+            count, shape = x.numel() / x.shape[1], (-1,) + (1,) * (x.dim() - 2)
+            b = grad_invstd * invstd.pow(3) / -count
+            a = grad_mean / count - b * mean
+            grad_x = grad_x.addcmul_(x, b.reshape(shape)).add_(a.reshape(shape))
+        return grad_x, grad_weight, grad_bias, None
