@@ -52,8 +52,9 @@ class ReLU(Nonlinear):
         return min(self.negative_slope, 1.0), max(self.negative_slope, 1.0)
 
     def _origin_slope(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | float:
-        """CROWN's slope of the line through the origin (a scalar for "zero"): the piece holding the larger
-        part of the box, which minimises the area between line and f."""
+        """CROWN's slope of the line through the origin: the larger of the pieces' slopes where ``u > -l``
+        (below a slope of 1, the piece holding the larger part of the box, which minimises the area between
+        line and f), the smaller elsewhere; for "zero", the smaller (a scalar)."""
         small, large = self._slope_range()
         if cfg.relu_lower == "zero":
             return small
