@@ -20,20 +20,23 @@ def _plain(a, a_lo, b_lo, a_up, b_up):
     return new, const
 
 
-def _case(dtype, per_row: bool):
-    gen = torch.Generator().manual_seed(7 if per_row else 8)
-    s, b, shape = 3, 4, (2, 5)
-    lead = (s, b) if per_row else (b,)
-    a = torch.randn(s, b, *shape, generator=gen, dtype=dtype)
+# how the lines are laid out against coefficients [S, B, 2, 5]: shared by the rows, one set per row, or
+# with a size-1 dimension that broadcasts (their gradients are then sums over the copies)
+LAYOUTS = {"shared": (4, 2, 5), "per_row": (3, 4, 2, 5), "broadcast": (4, 2, 1)}
+
+
+def _case(dtype, layout: str = "shared"):
+    gen = torch.Generator().manual_seed(7 + list(LAYOUTS).index(layout))
+    a = torch.randn(3, 4, 2, 5, generator=gen, dtype=dtype)
     a[0, 0, 0] = 0.0  # zero coefficients: the tie of the two lines
-    lines = [torch.randn(*lead, *shape, generator=gen, dtype=dtype) for _ in range(4)]
+    lines = [torch.randn(*LAYOUTS[layout], generator=gen, dtype=dtype) for _ in range(4)]
     return [t.requires_grad_() for t in (a, *lines)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("per_row", [False, True])
-def test_relaxation_step_is_the_sign_select_with_its_gradient(dtype, per_row):
-    a, a_lo, b_lo, a_up, b_up = inputs = _case(dtype, per_row)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_relaxation_step_is_the_sign_select_with_its_gradient(dtype, layout):
+    a, a_lo, b_lo, a_up, b_up = inputs = _case(dtype, layout)
     new, const = apply_relaxation(a, Relaxation(a_lo, b_lo, a_up, b_up), 10)
     ref_new, ref_const = _plain(*inputs)
     assert torch.equal(new, ref_new)
@@ -49,8 +52,23 @@ def test_relaxation_step_is_the_sign_select_with_its_gradient(dtype, per_row):
         torch.testing.assert_close(g, r, rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=0)
 
 
+@pytest.mark.parametrize("wanted", [(0,), (1, 3), (2, 4)])
+def test_relaxation_step_gives_the_gradients_asked_for(wanted):
+    """Only some inputs carry a gradient (coefficients alone in verification's refinement, lines alone
+    when the coefficients are constant): those get the sign select's."""
+    inputs = [t.detach().requires_grad_(i in wanted) for i, t in enumerate(_case(torch.float64))]
+    a, a_lo, b_lo, a_up, b_up = inputs
+    new, const = apply_relaxation(a, Relaxation(a_lo, b_lo, a_up, b_up), 10)
+    ref_new, ref_const = _plain(*inputs)
+    asked = [inputs[i] for i in wanted]
+    grads = torch.autograd.grad(new.sum() + 2 * const.sum(), asked)
+    ref = torch.autograd.grad(ref_new.sum() + 2 * ref_const.sum(), asked)
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=0)
+
+
 def test_joint_relaxation_step_is_the_sign_select_of_each_input():
-    a, a_lo, b_lo, a_up, b_up = inputs = _case(torch.float64, False)
+    a, a_lo, b_lo, a_up, b_up = inputs = _case(torch.float64)
     op = type("Same", (), {"unbroadcast": staticmethod(lambda i, t: t)})()
     rel = JointRelaxation((a_lo, 2 * a_lo), b_lo, (a_up, 3 * a_up), b_up)
     (first, second), const = apply_joint_relaxation(a, rel, op)
@@ -70,7 +88,7 @@ def test_zero_offsets_give_the_sign_select_and_its_gradient(offsets_require_grad
     """A constant offset that is 0 everywhere (ReLU's lines through the origin) is skipped: the constant is
     still exactly the sign select's and so are the gradients; a zero offset that carries a gradient keeps it
     (``a+`` for the lower line, ``a-`` for the upper)."""
-    a, a_lo, _, a_up, _ = _case(torch.float64, False)
+    a, a_lo, _, a_up, _ = _case(torch.float64)
     b_lo, b_up = (torch.zeros_like(a_lo, requires_grad=offsets_require_grad) for _ in range(2))
     inputs = [a, a_lo, a_up] + ([b_lo, b_up] if offsets_require_grad else [])
     new, const = apply_relaxation(a, Relaxation(a_lo, b_lo, a_up, b_up), 10)

@@ -51,14 +51,20 @@ class ReLU(Nonlinear):
         """Slopes of lines through the origin that stay on one side of f: between the two pieces' slopes."""
         return min(self.negative_slope, 1.0), max(self.negative_slope, 1.0)
 
+    def _origin_slope(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | float:
+        """CROWN's slope of the line through the origin: the larger of the pieces' slopes where ``u > -l``
+        (below a slope of 1, the piece holding the larger part of the box, which minimises the area between
+        line and f), the smaller elsewhere; for "zero", the smaller (a scalar)."""
+        small, large = self._slope_range()
+        if cfg.relu_lower == "zero":
+            return small
+        return torch.where(hi > -lo, lo.new_tensor(large), small)
+
     def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
         """The slope of the line through the origin on unstable neurons (CROWN's choice as the start)."""
         if not self.needs_bounds(lo, hi).any():
             return None
-        small, large = self._slope_range()
-        if cfg.relu_lower == "zero":
-            return torch.full_like(lo, small)
-        return torch.where(hi > -lo, torch.full_like(lo, large), torch.full_like(lo, small))
+        return torch.as_tensor(self._origin_slope(lo, hi, cfg), dtype=lo.dtype).expand_as(lo)
 
     def project(self, param: Tensor) -> Tensor:
         return param.clamp(*self._slope_range())
@@ -66,17 +72,19 @@ class ReLU(Nonlinear):
     def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
         alpha = self.negative_slope
         unstable = self.needs_bounds(lo, hi)
-        # stable neurons: the function is linear on the box, both lines are that piece
-        piece = torch.where(hi <= 0, torch.full_like(lo, alpha), torch.ones_like(lo))
-        width = torch.where(unstable, hi - lo, torch.ones_like(lo))
-        chord_a = (hi - alpha * lo) / width
-        chord_b = alpha * lo - chord_a * lo
+        # stable neurons: the function is linear on the box, both lines are that piece (scalars broadcast by
+        # ``where``: no full-size constants are built)
+        piece, zero = torch.where(hi <= 0, lo.new_tensor(alpha), 1.0), torch.zeros_like(lo)
+        if param is None and not unstable.any():
+            return Relaxation(piece, zero, piece, zero)
+        # the chord through (l, alpha l) and (u, u) on unstable neurons (width 1 elsewhere keeps the division
+        # finite, and its gradient 0); ReLU's alpha l = 0 is left out of the sums, where it adds nothing
+        width = torch.where(unstable, hi - lo, 1.0)
+        chord_a = (hi - alpha * lo if alpha else hi) / width
+        a_chord = torch.where(unstable, chord_a, piece)
+        b_chord = torch.where(unstable, alpha * lo - chord_a * lo if alpha else -(chord_a * lo), 0.0)
         # any slope between the pieces' slopes gives a line through the origin on the far side of the chord
-        through_origin = self.initial_param(lo, hi, cfg) if param is None else param
-        zero = torch.zeros_like(lo)
-        a_chord, b_chord = torch.where(unstable, chord_a, piece), torch.where(unstable, chord_b, zero)
-        if through_origin is None:  # no unstable neuron: both lines are the pieces
-            return Relaxation(a_chord, b_chord, a_chord, b_chord)
+        through_origin = self._origin_slope(lo, hi, cfg) if param is None else param
         a_tangent = torch.where(unstable, through_origin, piece)
         if alpha <= 1.0:  # convex: the chord lies above
             return Relaxation(a_tangent, zero, a_chord, b_chord)
