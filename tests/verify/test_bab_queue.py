@@ -69,7 +69,7 @@ def test_pops_equal_those_of_one_concatenated_batch_over_many_pushes():
     ``topk`` over the open domains concatenated in push order returns (ties included)."""
     generator = torch.Generator().manual_seed(6)
     queue, reference, next_id = DomainQueue(), None, 0
-    for _ in range(60):
+    for _ in range(300):  # past MAX_PARTS pushes: merges too
         n = int(torch.randint(0, 40, (), generator=generator))
         domains = batch(torch.randint(-5, 5, (n,), generator=generator).double().tolist(), next_id)
         domains["margin"] = torch.randint(-3, 3, (n,), generator=generator).double()
