@@ -132,6 +132,25 @@ def test_split_children_are_sound_on_their_side_and_never_looser_than_the_parent
         assert torch.minimum(lower[0, 2 * b], lower[0, 2 * b + 1]) >= parent[0, b] - 1e-5, "children looser"
 
 
+def test_the_record_of_an_optimisation_is_that_of_a_pass_with_its_final_parameters():
+    """Branch and bound scores its next split from the optimiser's last pass instead of another one."""
+    module = _mlp(3)
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(3))
+    model = verifier.load(module, x)
+    rows = torch.tensor([[1.0, -1.0, 0.0]]).reshape(1, 1, 3).expand(1, 2, 3)
+    _, _, child, _, nodes, _, _ = _split_once(model, x, 0.4, rows)
+    rows = rows.repeat_interleave(2, 1)
+    params = Params()
+    with torch.no_grad():
+        alpha.optimise(child, rows, params=params)  # multipliers on the split nodes, slopes off default
+        seen, again = {}, {}
+        alpha.optimise(child, rows, params=params, record=seen)
+        crown.backward(child, model.graph.output, rows, params, ("out",), True, again)
+    assert set(child.splits) == {int(k) for k in nodes.unique()} and seen.keys() == again.keys()
+    for j, a in again.items():
+        assert torch.equal(seen[j], a), j
+
+
 def test_contradictory_splits_mark_the_domain_infeasible():
     module = _mlp(5)
     x = torch.randn(1, 4, generator=torch.Generator().manual_seed(5))

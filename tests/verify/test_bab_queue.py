@@ -62,3 +62,35 @@ def test_pop_by_another_key_takes_its_lowest_and_leaves_the_rest():
     assert queue.global_bound("margin") == -1.0
     assert queue.pop(2, key="margin")["id"].tolist() == [2, 0]
     assert queue.pop(1)["id"].tolist() == [1]
+
+
+def test_pops_equal_those_of_one_concatenated_batch_over_many_pushes():
+    """The queue keeps pushed batches apart and merges them lazily; every pop must still return what
+    ``topk`` over the open domains concatenated in push order returns (ties included)."""
+    generator = torch.Generator().manual_seed(6)
+    queue, reference, next_id = DomainQueue(), None, 0
+    for _ in range(300):  # past MAX_PARTS pushes: merges too
+        n = int(torch.randint(0, 40, (), generator=generator))
+        domains = batch(torch.randint(-5, 5, (n,), generator=generator).double().tolist(), next_id)
+        domains["margin"] = torch.randint(-3, 3, (n,), generator=generator).double()
+        next_id += n
+        queue.push(domains)
+        if n:
+            old = reference or {k: v[:0] for k, v in domains.items()}
+            reference = {k: torch.cat([old[k], v]) for k, v in domains.items()}
+        key = "margin" if int(torch.randint(0, 3, (), generator=generator)) == 0 else BOUND
+        count = int(torch.randint(1, 30, (), generator=generator))
+        if reference is None or not len(reference[BOUND]):
+            continue
+        values = reference[key]
+        first = torch.topk(values, min(count, len(values)), largest=False, sorted=True).indices
+        rest = torch.ones(len(values), dtype=torch.bool)
+        rest[first] = False
+        expected = {k: v[first] for k, v in reference.items()}
+        reference = {k: v[rest] for k, v in reference.items()}
+        popped = queue.pop(count, key=key)
+        assert popped.keys() == expected.keys()
+        for k, value in expected.items():
+            assert torch.equal(popped[k], value), k
+        assert len(queue) == len(reference[BOUND])
+        assert queue.global_bound() == min(reference[BOUND].tolist(), default=math.inf)

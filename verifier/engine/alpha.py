@@ -23,13 +23,15 @@ LR_END = 0.1  # the learning rate decays geometrically to this fraction of cfg.a
 
 
 def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object] | None = None,
-             params: Params | None = None, steps: int | None = None) -> Tensor:  # fmt: skip
+             params: Params | None = None, steps: int | None = None,
+             record: dict[int, Tensor] | None = None) -> Tensor:  # fmt: skip
     """Lower bounds [S, B] of ``<rows_s, f(x)>`` (rows: [S, B, *out]) with optimised parameters.
 
     ``refresh(params)`` recomputes the intermediate bounds with the same store each iterate (full
     alpha-CROWN); without it the state's intermediate bounds are used as they are (branch and bound reuses a
     parent's). ``params`` warm-starts from an earlier optimisation and receives the final values. Under
-    grad mode the last iterate is returned (differentiable); otherwise the best one."""
+    grad mode the last iterate is returned (differentiable); otherwise the best one. ``record`` receives the
+    coefficients of the last pass, the one with the final ``params`` (``crown.backward``'s ``record``)."""
     params = Params() if params is None else params
     steps = state.cfg.alpha_steps if steps is None else steps
     keep_graph = torch.is_grad_enabled()
@@ -40,7 +42,8 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
             if refresh is not None:
                 refresh(params)
                 _keep_tightest(state)
-            lower = crown.backward(state, out, rows if keep_graph else rows.detach(), params, ("out",), True)
+            a = rows if keep_graph else rows.detach()
+            lower = crown.backward(state, out, a, params, ("out",), True, record)
             objective = lower.sum()
         params.freeze()
         best = lower.detach() if best is None else torch.maximum(best, lower.detach())

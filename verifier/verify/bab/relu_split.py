@@ -141,9 +141,10 @@ class ReluSplit:
         stores the updated parameters and the next neuron to split."""
         state, params = self._unpack(domains)
         rows = self._rows(domains)
+        record: dict[int, Tensor] = {}
         with torch.no_grad():
-            lower = alpha.optimise(state, rows, params=params)
-        self._choose(domains, state, params)
+            lower = alpha.optimise(state, rows, params=params, record=record)
+        self._choose(domains, state, params, record)
         exact = (domains["branch_node"] < 0).nonzero().flatten()
         if len(exact):  # nothing left to split: the exact minimum is a linear program
             with torch.no_grad():
@@ -197,13 +198,15 @@ class ReluSplit:
             wanted = wanted.gather(1, domains[driver.ROWS])
         return wanted.to(torch.float32).T
 
-    def _choose(self, domains: Domains, state: BoundState, params: Params) -> None:
+    def _choose(self, domains: Domains, state: BoundState, params: Params,
+                record: dict[int, Tensor] | None = None) -> None:  # fmt: skip
         """Store each domain's next neuron to split (``branch_node`` / ``branch_pos``, -1 if none is
-        left)."""
-        record: dict[int, Tensor] = {}
-        rows = self._rows(domains)
-        with torch.no_grad():
-            crown.backward(state, self.graph.output, rows, params, ("out",), True, record)
+        left), scored by the output pass's coefficients with ``params`` (``record``, when that pass has
+        been made already)."""
+        if record is None:
+            record = {}
+            with torch.no_grad():
+                crown.backward(state, self.graph.output, self._rows(domains), params, ("out",), True, record)
         scores = branching.split_scores(state, record, self._weights(domains))
         count = self.config.candidates if self.config.branching == "fsb" else 1
         nodes, pos, ok = branching.top_candidates(scores, count)
