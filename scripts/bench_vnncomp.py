@@ -64,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=1, help="run every K-th instance only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--workers", type=int, default=1,
-                        help="--mode batch: instances at a time, each in its own worker (default 1)")  # fmt: skip
+                        help="--mode batch: instances at a time, each in its own worker; --mode process: "
+                             "the processes' --workers (branch and bound over N processes) (default 1)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("bench_vnncomp.json"), help="JSON output file")
     parser.add_argument("--results-dir", type=Path, help="write <benchmark>.csv per-instance results here")
     parser.add_argument("--mode", choices=("batch", "process"), default="batch",
@@ -106,7 +107,7 @@ def run_process(instance: Instance, seconds: float, args) -> BatchRow:
         command = [sys.executable, "-m", "verifier.cli", str(instance.base / instance.onnx),
                    str(instance.base / instance.vnnlib), "--timeout", f"{seconds:g}", "--out", str(out),
                    "--method", args.method, "--attack-seconds", f"{args.attack_seconds:g}",
-                   "--threads", str(args.threads)]  # fmt: skip
+                   "--threads", str(args.threads), "--workers", str(args.workers)]  # fmt: skip
         command += ["--server", args.server] if args.server else []
         start = time.monotonic()
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)

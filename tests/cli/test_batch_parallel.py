@@ -234,6 +234,11 @@ def test_a_ray_cluster_gives_the_local_verdicts_and_survives_a_dead_task(
     )
     assert status == 0 and err == ""
     assert out.splitlines()[1].split()[:-1] == ["test", "5", "1", "4", "0", "0", "0", "5", "5", "5", "0"]
+    rl = _bench(tmp_path, "rl_benchmarks", _rl_slice())
+    for where in (["--cluster", ray_cluster], ["--workers", "1"]):
+        results = tmp_path / f"rl{where[0]}.csv"
+        assert run(capsys, "--instances", rl, "--results", results, *where, "--no-progress")[0] == 0
+    assert _verdicts(tmp_path / "rl--cluster.csv") == _verdicts(tmp_path / "rl--workers.csv")
 
     # the stand-in job travels to the cluster's workers by value (they need not import the tests)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
