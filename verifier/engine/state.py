@@ -175,7 +175,11 @@ def apply_relaxation(a: Tensor, rel: Relaxation, in_numel: int) -> tuple[Tensor,
     coefficients takes the lower line, the negative part the upper line. Lines may carry a leading row
     dimension (parameterised per row). Returns the coefficients on the operator's input,
     [S, B, in_numel], and the constant term [S, B]."""
-    new, const = _RelaxationStep.apply(a, rel.a_lo, rel.a_up, _nonzero(rel.b_lo), _nonzero(rel.b_up))
+    lines = (rel.a_lo, rel.a_up, _nonzero(rel.b_lo), _nonzero(rel.b_up))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, *lines)):
+        new, const = _RelaxationStep.apply(a, *lines)
+    else:  # no gradient wanted: the same values, without the autograd Function's bookkeeping
+        new, const = _relaxed(sign_split(a), *lines)
     new = new.flatten(2)
     if rel.index is not None:
         index = rel.index.unsqueeze(0).expand(new.shape[0], -1, -1)
@@ -197,8 +201,7 @@ class _RelaxationStep(torch.autograd.Function):
     def forward(ctx, a, a_lo, a_up, b_lo, b_up):
         pos, neg = sign_split(a)
         ctx.save_for_backward(pos, neg, a_lo, a_up, b_lo, b_up)
-        # in place: autograd does not see inside forward
-        return (pos * a_lo).addcmul_(neg, a_up), _offset_sum(pos, b_lo, neg, b_up)
+        return _relaxed((pos, neg), a_lo, a_up, b_lo, b_up)
 
     @staticmethod
     def backward(ctx, g, g_const):
@@ -215,6 +218,14 @@ class _RelaxationStep(torch.autograd.Function):
             for need, w, part, line in zip(ctx.needs_input_grad[1:], weights, parts, lines)
         ]
         return grad_a, *grad_lines
+
+
+def _relaxed(parts: tuple[Tensor, Tensor], a_lo: Tensor, a_up: Tensor, b_lo: Tensor | None,
+             b_up: Tensor | None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The step's values from the sign split ``parts`` of the coefficients (``_RelaxationStep``)."""
+    pos, neg = parts
+    # in place: autograd does not see inside the Function's forward, and no gradient is wanted elsewhere
+    return (pos * a_lo).addcmul_(neg, a_up), _offset_sum(pos, b_lo, neg, b_up)
 
 
 def _selected(pos: Tensor, lower: Tensor | None, upper: Tensor | None) -> Tensor:
