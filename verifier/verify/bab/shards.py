@@ -131,9 +131,9 @@ def open_pool(brancher, problem: driver.Problem, config: driver.BabConfig, worke
 
 class LocalPool:
     """``size`` worker processes, each a fresh interpreter (``serve``; not ``multiprocessing``: the
-        command line's own worker is a daemon process, which may not start those). Each has a pipe for tasks
-        (drained by a thread in the worker, so that queueing a task never waits for the batch in progress)
-        and one for results; a worker that dies closes the latter, which ``results`` notices. Messages are
+    command line's own worker is a daemon process, which may not start those). Each has a pipe for tasks
+    (drained by a thread in the worker, so that queueing a task never waits for the batch in progress)
+    and one for results; a worker that dies closes the latter, which ``results`` notices. Messages are
     plain pickles (``Connection.send`` would share tensors' memory through a server the workers cannot
     reach)."""
 
