@@ -43,14 +43,22 @@ class Rearrange(Affine):
         return (self.index - start).clamp(0, self.sizes[i] - 1), valid
 
     def forward(self, *xs: Tensor) -> Tensor:
-        y = sum(self.linear(i, x) for i, x in enumerate(xs))
+        y = self.linear(0, xs[0])  # a pure reshape is a view: no pass over the data
+        for i, x in enumerate(xs[1:], start=1):
+            y = y + self.linear(i, x)
         return y if self.fill is None else y + self.offset()
+
+    def ibp(self, *bounds: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Exact and coordinatewise: every output is a copy of one input coordinate or a constant, so the
+        map of the lower ends and that of the upper ends bound it (no centre and radius passes)."""
+        return self.forward(*(lo for lo, _ in bounds)), self.forward(*(hi for _, hi in bounds))
 
     def linear(self, i: int, x: Tensor) -> Tensor:
         flat = x.reshape(x.shape[0], -1)
         if self.index is not None:
             local, valid = self._local(i)
-            flat = flat[:, local] * valid.to(flat.dtype)
+            flat = torch.where(valid, flat[:, local], 0.0)  # not a product: an infinite end stays out of
+            # the positions that other inputs (or constants) fill, instead of becoming inf * 0 = nan there
         return flat.reshape(x.shape[0], *self.out_shape)
 
     def abs_linear(self, i: int, x: Tensor) -> Tensor:
