@@ -175,10 +175,10 @@ def test_a_failing_relaxation_names_its_node(monkeypatch):
     model = verifier.load(module, x)
     from verifier.ops.activations import ReLU
 
-    def broken(self, lo, hi, cfg, param=None):
+    def broken(self, lo, hi, cfg):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(ReLU, "relax", broken)
+    monkeypatch.setattr(ReLU, "relaxer", broken)
     relu_names = [n.name for n in model.graph.nodes if isinstance(n.op, ReLU)]
     with pytest.raises(BoundComputationError, match="boom") as info:
         model.bounds(verifier.LinfBall(x, 0.1), method="crown")

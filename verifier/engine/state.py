@@ -9,6 +9,7 @@ is bounded; ``PLANS`` lists them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -77,7 +78,9 @@ class BoundState:
     splits: dict[int, Tensor] = field(default_factory=dict)
     best: dict[int, Interval] = field(default_factory=dict)
     selections: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
-    _relaxations: dict[int, Relaxation | JointRelaxation] = field(default_factory=dict, repr=False)
+    _relaxers: dict[int, Callable[[Tensor | None], Relaxation | JointRelaxation]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def batch(self) -> int:
@@ -93,7 +96,7 @@ class BoundState:
             hi = torch.where(split < 0, hi.clamp(max=0), hi)
         self.bounds[k] = (lo, hi)
         for j in self.graph.nonlinear_consumers(k):
-            self._relaxations.pop(j, None)
+            self._relaxers.pop(j, None)
 
     def input_bounds(self, j: int) -> list[Tensor]:
         """The bounds of node j's inputs, flattened in order (``lo_0, hi_0, lo_1, hi_1, ...``): what
@@ -101,14 +104,13 @@ class BoundState:
         return [t for i in self.graph.nodes[j].inputs for t in self.bounds[i]]
 
     def relaxation(self, j: int, param: Tensor | None = None) -> Relaxation | JointRelaxation:
-        """The relaxation of nonlinear node j from the current bounds of its inputs (cached unless
-        parameterised)."""
-        op = self.graph.nodes[j].op
-        if param is not None:
-            return op.relax(*self.input_bounds(j), self.cfg.relax, param)
-        if j not in self._relaxations:
-            self._relaxations[j] = op.relax(*self.input_bounds(j), self.cfg.relax)
-        return self._relaxations[j]
+        """The relaxation of nonlinear node j from the current bounds of its inputs, with ``param`` (its
+        operator's ``relaxer`` is kept until those bounds change: what does not depend on the parameter
+        is built once per bounds, not once per optimiser step)."""
+        if j not in self._relaxers:
+            op = self.graph.nodes[j].op
+            self._relaxers[j] = op.relaxer(*self.input_bounds(j), cfg=self.cfg.relax)
+        return self._relaxers[j](param)
 
     def exact_relaxations(self) -> Tensor:
         """[B] bool: domains where every nonlinear node's two lines coincide (the network is then one

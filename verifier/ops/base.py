@@ -20,6 +20,7 @@ Two kinds cover every operator:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -232,6 +233,22 @@ class Nonlinear(Op):
         """Lines valid on the box ``[lo, hi]`` ([B, *shape]); with ``param`` ([R, B, *shape] or [B, *shape],
         already projected) the parameterised lines, whose fields then carry the leading R dimension."""
         raise NotImplementedError
+
+    def relaxer(self, *bounds: Tensor, cfg: RelaxConfig) -> Callable[[Tensor | None], Relaxation]:
+        """``relax`` on fixed bounds as a function of the parameter alone (``None``: the default lines),
+        for an optimiser that moves the parameter while the bounds stay: an operator whose lines depend
+        on the parameter through a cheap final step overrides it to build the rest once. Default: the
+        parameter-free lines once, parameterised ones anew at each call."""
+        default: list[Relaxation] = []
+
+        def lines(param: Tensor | None = None) -> Relaxation:
+            if param is not None:
+                return self.relax(*bounds, cfg, param)
+            if not default:
+                default.append(self.relax(*bounds, cfg))
+            return default[0]
+
+        return lines
 
     def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
         """The default value of the relaxation's free parameters ([B, *shape]); None when there are none

@@ -1,0 +1,57 @@
+"""Relaxations kept per bounds (``BoundState.relaxation`` through ``Nonlinear.relaxer``): what does not depend
+on the parameter is built once per bounds, and bounds that change are never met with stale lines."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import verifier
+from verifier.engine.state import BoundConfig, BoundState
+from verifier.ops.activations import ReLU
+from verifier.ops.base import RelaxConfig
+
+
+def _state():
+    torch.manual_seed(3)
+    module = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    x = torch.randn(2, 4)
+    model = verifier.load(module, x)
+    state = BoundState(model.graph, verifier.LinfBall(x, 0.5), BoundConfig(method="crown"))
+    relu = next(j for j, n in enumerate(model.graph.nodes) if isinstance(n.op, ReLU))
+    (pre,) = model.graph.nodes[relu].inputs
+    return state, relu, pre
+
+
+def test_parameterised_lines_follow_the_bounds_they_are_asked_with():
+    state, relu, pre = _state()
+    op = state.graph.nodes[relu].op
+    lo = torch.tensor([[-1.0, -2.0, 0.5, -3.0, -0.5, 1.0], [-1.0, 1.0, -4.0, -2.0, -1.0, -1.0]])
+    hi = torch.tensor([[1.0, 3.0, 2.0, -1.0, 0.5, 2.0], [2.0, 2.0, 1.0, 1.0, 3.0, 1.0]])
+    param = torch.full((3, 2, 6), 0.25)
+    state.set_bounds(pre, (lo, hi))
+    first = state.relaxation(relu, param)
+    expected = op.relax(lo, hi, RelaxConfig(), param)
+    assert all(
+        torch.equal(x, y) for x, y in zip(vars(first).values(), vars(expected).values()) if x is not None
+    )
+    # new bounds (as the next iterate of full alpha-CROWN sets them): the lines must be rebuilt on them
+    state.set_bounds(pre, (lo - 1.0, hi + 1.0))
+    second = state.relaxation(relu, param)
+    expected = op.relax(lo - 1.0, hi + 1.0, RelaxConfig(), param)
+    assert torch.equal(second.a_up, expected.a_up) and torch.equal(second.b_up, expected.b_up)
+    assert not torch.equal(second.a_up, first.a_up)
+
+
+def test_chord_is_built_once_per_bounds(monkeypatch):
+    state, relu, pre = _state()
+    lo = torch.tensor([[-1.0] * 6, [-2.0] * 6])
+    hi = torch.tensor([[1.0] * 6, [0.5] * 6])
+    state.set_bounds(pre, (lo, hi))
+    calls = []
+    original = ReLU.needs_bounds
+    monkeypatch.setattr(ReLU, "needs_bounds", lambda self, lo, hi: calls.append(1) or original(self, lo, hi))
+    for step in range(5):  # an optimiser's steps: only the parameter moves
+        rel = state.relaxation(relu, torch.full((2, 6), 0.2 * step))
+        assert torch.equal(rel.a_lo, torch.full((2, 6), 0.2 * step))  # every neuron is unstable
+    assert len(calls) == 1
