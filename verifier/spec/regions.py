@@ -9,6 +9,7 @@ functions: ``concretize(A, c)`` returns ``min over x in X of <A, x> + c`` for co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -91,16 +92,32 @@ class Box(Region):
         return True
 
     def concretize(self, a: Tensor, c: Tensor) -> Tensor:
-        """``<A, centre> - <|A|, radius>``: the minimum of a linear function over a box."""
-        centre, radius = (self.upper + self.lower) / 2, (self.upper - self.lower) / 2
+        """``<A, centre> - <|A|, radius>``: the minimum of a linear function over a box (dot products that
+        reduce while they multiply: no product laid out per coefficient)."""
+        centre, radius = self._centre_radius()
         a = a.flatten(2)
-        return c + (a * centre.flatten(1)).sum(-1) - (a.abs() * radius.flatten(1)).sum(-1)
+        return c + torch.linalg.vecdot(a, centre) - torch.linalg.vecdot(a.abs(), radius)
+
+    def _centre_radius(self) -> tuple[Tensor, Tensor]:
+        """``(centre, radius)``, flat per batch row: kept with the box (an optimiser concretises over it at
+        every step), unless the ends carry gradients, which each use's graph must then own."""
+        if self.lower.requires_grad or self.upper.requires_grad:
+            return _centre_radius(self.lower, self.upper)
+        return self._kept_centre_radius
+
+    @cached_property
+    def _kept_centre_radius(self) -> tuple[Tensor, Tensor]:
+        return _centre_radius(self.lower, self.upper)
 
     def to(self, device=None, dtype=None) -> Box:
         return Box(self.lower.to(device, dtype), self.upper.to(device, dtype))
 
     def select(self, index: Tensor) -> Box:
         return Box(self.lower[index], self.upper[index])
+
+
+def _centre_radius(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    return ((upper + lower) / 2).flatten(1), ((upper - lower) / 2).flatten(1)
 
 
 def LinfBall(x: Tensor, eps, clip: tuple[float, float] | None = None) -> Box:
