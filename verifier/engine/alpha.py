@@ -53,7 +53,7 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
         if step == steps or not params.leaves() or stale >= PATIENCE:
             break
         if optimiser is None:
-            optimiser = torch.optim.Adam(params.leaves(), lr=state.cfg.alpha_lr, maximize=True)
+            optimiser = _adam(params.leaves(), state.cfg.alpha_lr)
             # Adam's steps are about lr whatever the gradient: shrink them, so that the last iterates can
             # settle within a small fraction of lr of the optimum (near-zero margins need it)
             decay = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=LR_END ** (1 / max(steps, 1)))
@@ -66,6 +66,16 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
         for k, bounds in state.best.items():
             state.set_bounds(k, bounds)
     return lower if keep_graph else best
+
+
+def _adam(leaves: list[Tensor], lr: float) -> torch.optim.Adam:
+    """Adam, maximising: torch's fused kernel where the parameters' device has one (on CPU since torch 2.4;
+    one pass per tensor instead of about ten, 15-20% of a branch-and-bound run on mnist_fc), else the plain
+    loop. The two differ only in rounding."""
+    try:
+        return torch.optim.Adam(leaves, lr=lr, maximize=True, fused=True)
+    except RuntimeError:  # no fused kernel for this device (or torch version)
+        return torch.optim.Adam(leaves, lr=lr, maximize=True)
 
 
 def full_fits(graph, batch: int, cfg) -> bool:
