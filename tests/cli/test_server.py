@@ -123,6 +123,13 @@ def test_the_child_takes_the_clients_directory_environment_settings_and_stderr(s
         assert probe["threads"] == 2 and probe["product"] == 256.0**3 and probe["seed"] == 7
         assert probe["cwd"] == str(tmp_path) and probe["probe_env"] == "hello"
         assert probe["calls"] == 1  # each request a fresh fork: nothing of the previous one is left
+    # without --threads a single run takes the cores it may use; with --workers they are shared
+    cores = len(os.sched_getaffinity(0))
+    for extra, expected in (((), cores), (("--workers", "2"), max(1, cores // 2))):
+        command = [*CLI, *map(str, TEST_NANO), "--method", "probe", "--server", str(sockets[1]), *extra]
+        done = subprocess.run(command, check=False, cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 0 and json.loads(done.stdout)["threads"] == expected
 
 
 def test_the_deadline_holds_through_the_server_and_the_child_is_killed(sockets, tmp_path, capsys):
