@@ -3,6 +3,7 @@ on the parameter is built once per bounds, and bounds that change are never met 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -55,3 +56,32 @@ def test_chord_is_built_once_per_bounds(monkeypatch):
         rel = state.relaxation(relu, torch.full((2, 6), 0.2 * step))
         assert torch.equal(rel.a_lo, torch.full((2, 6), 0.2 * step))  # every neuron is unstable
     assert len(calls) == 1
+
+
+def test_sshaped_searches_its_tangent_points_once_per_bounds(monkeypatch):
+    from verifier.ops import activations
+    from verifier.ops.activations import SShaped
+
+    op = SShaped("sigmoid")
+    lo = torch.tensor([[-3.0, -1.0, 0.5, -2.0]])
+    hi = torch.tensor([[2.0, 4.0, 1.5, -0.5]])
+    calls = []
+    search = activations._CrossLine.search
+    monkeypatch.setattr(activations._CrossLine, "search", lambda *a, **k: calls.append(1) or search(*a, **k))
+    lines = op.relaxer(lo, hi, cfg=RelaxConfig())
+    assert len(calls) == 2  # the upper and the lower crossing line
+    h = lo + (hi - lo) * torch.linspace(0, 1, 101).reshape(-1, 1, 1)  # points of each box
+    for p in (0.0, 0.3, 1.0):
+        rel = lines(torch.full((1, 4, 2), p))
+        assert (rel.a_lo * h + rel.b_lo <= torch.sigmoid(h)).all() and (
+            torch.sigmoid(h) <= rel.a_up * h + rel.b_up
+        ).all()
+    assert len(calls) == 2
+
+
+def test_an_override_of_relax_alone_is_refused_where_it_would_be_bypassed():
+    with pytest.raises(TypeError, match="relaxer"):
+
+        class Shifted(ReLU):  # defining it is the test
+            def relax(self, lo, hi, cfg, param=None):
+                return super().relax(lo, hi, cfg, param)

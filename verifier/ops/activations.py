@@ -262,14 +262,13 @@ class SShaped(Nonlinear):
         return param.clamp(0.0, 1.0)
 
     def relax(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig, param: Tensor | None = None) -> Relaxation:
+        return self.relaxer(lo, hi, cfg=cfg)(param)
+
+    def relaxer(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Callable[[Tensor | None], Relaxation]:
+        """The chords and the tangent-point searches (``_SEARCH_STEPS`` bisection steps per crossing line)
+        depend on the bounds alone: built once, while each parameter value costs only its tangents."""
         f, df = _FUNCTIONS[self.function]
         l, u = lo.double(), hi.double()
-        if param is None:
-            param = self.initial_param(lo, hi, cfg)
-        if param is None:  # every box is a point: constant lines below
-            p_lo = p_up = torch.zeros_like(l)
-        else:
-            p_lo, p_up = param[..., 0].double(), param[..., 1].double()
         fl, fu = f(l), f(u)
         degenerate = (u - l) < 1e-9
         chord_a = torch.where(
@@ -277,27 +276,54 @@ class SShaped(Nonlinear):
         )
         chord_lo = (chord_a, fl - chord_a * l)  # through (l, f(l)): an upper line on a convex box
         chord_up = (chord_a, fu - chord_a * u)  # through (u, f(u)): the same line, anchored at u
-        tangent_lo = _tangent(f, df, l + p_lo * (u - l))  # below f on a convex box
-        tangent_up = _tangent(f, df, l + p_up * (u - l))  # above f on a concave box
-        upper_cross = self._cross_line(f, df, l, u, upper=True, shift=p_up)
-        lower_cross = self._cross_line(f, df, u, l, upper=False, shift=p_lo)
+        upper_cross = _CrossLine.search(f, df, l, u, upper=True)
+        lower_cross = _CrossLine.search(f, df, u, l, upper=False)
         convex, concave = u <= 0, l >= 0
-        a_up = torch.where(convex, chord_lo[0], torch.where(concave, tangent_up[0], upper_cross[0]))
-        b_up = torch.where(convex, chord_lo[1], torch.where(concave, tangent_up[1], upper_cross[1]))
-        a_lo = torch.where(convex, tangent_lo[0], torch.where(concave, chord_up[0], lower_cross[0]))
-        b_lo = torch.where(convex, tangent_lo[1], torch.where(concave, chord_up[1], lower_cross[1]))
-        # a flat box: the constant lines f(l) <= f(h) <= f(u) (f is increasing)
-        zero = torch.zeros_like(a_lo)
-        a_lo, b_lo = torch.where(degenerate, zero, a_lo), torch.where(degenerate, fl, b_lo)
-        a_up, b_up = torch.where(degenerate, zero, a_up), torch.where(degenerate, fu, b_up)
-        return _widened(a_lo, b_lo, a_up, b_up, l, u, lo.dtype)
+        default = self.initial_param(lo, hi, cfg)
+
+        def lines(param: Tensor | None = None) -> Relaxation:
+            if param is None:
+                param = default
+            if param is None:  # every box is a point: constant lines below
+                p_lo = p_up = torch.zeros_like(l)
+            else:
+                p_lo, p_up = param[..., 0].double(), param[..., 1].double()
+            tangent_lo = _tangent(f, df, l + p_lo * (u - l))  # below f on a convex box
+            tangent_up = _tangent(f, df, l + p_up * (u - l))  # above f on a concave box
+            a_cross_up, b_cross_up = upper_cross.line(f, df, p_up)
+            a_cross_lo, b_cross_lo = lower_cross.line(f, df, p_lo)
+            a_up = torch.where(convex, chord_lo[0], torch.where(concave, tangent_up[0], a_cross_up))
+            b_up = torch.where(convex, chord_lo[1], torch.where(concave, tangent_up[1], b_cross_up))
+            a_lo = torch.where(convex, tangent_lo[0], torch.where(concave, chord_up[0], a_cross_lo))
+            b_lo = torch.where(convex, tangent_lo[1], torch.where(concave, chord_up[1], b_cross_lo))
+            # a flat box: the constant lines f(l) <= f(h) <= f(u) (f is increasing)
+            zero = torch.zeros_like(a_lo)
+            a_lo, b_lo = torch.where(degenerate, zero, a_lo), torch.where(degenerate, fl, b_lo)
+            a_up, b_up = torch.where(degenerate, zero, a_up), torch.where(degenerate, fu, b_up)
+            return _widened(a_lo, b_lo, a_up, b_up, l, u, lo.dtype)
+
+        return lines
+
+
+@dataclass(frozen=True)
+class _CrossLine:
+    """Line through (anchor, f(anchor)) tangent to f on the other side of zero (sign s = +1 for the upper
+    line with anchor l < 0; -1 for the lower line with anchor u > 0); the chord when the tangent point
+    lies beyond ``far``. Sound side of the search: tangent points farther from zero, so the tangent point
+    may move from the sound end of the bracket towards ``far`` by a fraction ``shift`` in [0, 1]
+    (``line``). ``search`` runs the bisection, which depends on the bounds alone."""
+
+    s: float
+    anchor: Tensor
+    far: Tensor
+    t: Tensor  # the sound end of the bracket, signed
+    use_chord: Tensor  # even the unsound end lies beyond far: so does the exact tangent point
+    found: Tensor  # a sound tangent point lies in the span
+    chord: tuple[Tensor, Tensor]
+    f_far: Tensor
 
     @staticmethod
-    def _cross_line(f, df, anchor: Tensor, far: Tensor, upper: bool, shift: Tensor) -> tuple[Tensor, Tensor]:
-        """Line through (anchor, f(anchor)) tangent to f on the other side of zero (sign s = +1 for the upper
-        line with anchor l < 0; -1 for the lower line with anchor u > 0); the chord when the tangent point
-        lies beyond ``far``. Sound side of the search: tangent points farther from zero, so the tangent point
-        may move from the sound end of the bracket towards ``far`` by the fraction ``shift`` in [0, 1]."""
+    def search(f, df, anchor: Tensor, far: Tensor, upper: bool) -> _CrossLine:
         s = 1.0 if upper else -1.0
         f_anchor = f(anchor)
 
@@ -311,18 +337,22 @@ class SShaped(Nonlinear):
             ok = sound(mid)
             far_t, near = torch.where(ok, mid, far_t), torch.where(ok, near, mid)
         found = sound(far_t)
-        t = s * far_t
-        tangent = _tangent(f, df, t + shift * s * (s * (far - t)).clamp(min=0))  # only ever away from zero
         span = far - anchor
-        chord_a = (f(far) - f_anchor) / torch.where(span == 0, 1.0, span)
-        chord = (chord_a, f_anchor - chord_a * anchor)
-        use_chord = near >= s * far  # even the unsound end of the bracket lies beyond far: so does d
-        a = torch.where(use_chord, chord[0], tangent[0])
-        b = torch.where(use_chord, chord[1], tangent[1])
+        f_far = f(far)
+        chord_a = (f_far - f_anchor) / torch.where(span == 0, 1.0, span)
+        return _CrossLine(s, anchor, far, s * far_t, near >= s * far, found, (chord_a, f_anchor - chord_a * anchor),
+                          f_far)  # fmt: skip
+
+    def line(self, f, df, shift: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self.s, self.t
+        tangent = _tangent(
+            f, df, t + shift * s * (s * (self.far - t)).clamp(min=0)
+        )  # only ever away from zero
+        a = torch.where(self.use_chord, self.chord[0], tangent[0])
+        b = torch.where(self.use_chord, self.chord[1], tangent[1])
         # no sound tangent point found in the span: fall back to the constant line through f(far)
-        a = torch.where(found | use_chord, a, torch.zeros_like(a))
-        b = torch.where(found | use_chord, b, f(far))
-        return a, b
+        usable = self.found | self.use_chord
+        return torch.where(usable, a, torch.zeros_like(a)), torch.where(usable, b, self.f_far)
 
 
 def _tangent(f, df, t: Tensor) -> tuple[Tensor, Tensor]:

@@ -225,6 +225,14 @@ class Nonlinear(Op):
     per bound being computed) and ``project`` maps any tensor onto the values for which ``relax`` stays
     sound, so an optimiser may move them freely between projections (alpha-CROWN)."""
 
+    def __init_subclass__(cls, **kwargs):
+        """An operator whose ``relax`` is its own but whose ``relaxer`` is inherited from a class that has
+        its own would have the engine (which asks ``relaxer``) bypass that ``relax``: refused."""
+        super().__init_subclass__(**kwargs)
+        if "relax" in vars(cls) and "relaxer" not in vars(cls) and cls.relaxer is not Nonlinear.relaxer:
+            raise TypeError(f"{cls.__name__} overrides relax but inherits a relaxer that ignores it: give it "
+                            f"a relaxer too")  # fmt: skip
+
     linear_on_each_side_of_zero: ClassVar[bool] = False  # a split at zero makes the relaxation exact
     # a split at zero makes it tighter: each side convex or concave (S-shaped functions)
     curved_on_each_side_of_zero: ClassVar[bool] = False
