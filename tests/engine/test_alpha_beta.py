@@ -340,3 +340,30 @@ def test_full_alpha_too_large_for_its_memory_budget_optimises_the_output_only():
     pts = samples(x - 0.3, x + 0.3, 500, torch.Generator().manual_seed(7))
     y = model(pts.flatten(0, 1)).reshape(pts.shape[0], 2, 3)
     assert (y >= small.T.unsqueeze(0) - 1e-5).all()
+
+
+def test_an_answered_question_ends_the_optimisation(monkeypatch):
+    model = verifier.load(_mlp(1), torch.zeros(1, 4))
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1))
+    rows = torch.eye(3).expand(2, 3, 3).transpose(0, 1)
+    passes = []
+    backward = crown.backward
+    monkeypatch.setattr(crown, "backward", lambda *a, **k: passes.append(1) or backward(*a, **k))
+
+    def run(enough):
+        state = _state(model, x, 0.3, "alpha-crown")
+        with torch.no_grad():
+            intermediate_bounds(state)
+            passes.clear()  # the optimisation's passes only
+            return alpha.optimise(state, rows, steps=20, enough=enough), len(passes)
+
+    full, count = run(None)
+    assert count > 3  # this net's bounds keep improving for several steps
+    for answered_at in (1, 3):  # the question answered by the bounds of the first / third pass
+        seen = []
+        early, early_count = run(
+            lambda best, seen=seen, at=answered_at: seen.append(best.clone()) or len(seen) >= at
+        )
+        assert early_count == answered_at and torch.equal(early, seen[-1])
+    never, never_count = run(lambda best: False)
+    assert never_count == count and torch.equal(never, full)

@@ -23,15 +23,18 @@ LR_END = 0.1  # the learning rate decays geometrically to this fraction of cfg.a
 
 
 def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object] | None = None,
-             params: Params | None = None, steps: int | None = None,
-             record: dict[int, Tensor] | None = None) -> Tensor:  # fmt: skip
+             params: Params | None = None, steps: int | None = None, record: dict[int, Tensor] | None = None,
+             enough: Callable[[Tensor], bool] | None = None) -> Tensor:  # fmt: skip
     """Lower bounds [S, B] of ``<rows_s, f(x)>`` (rows: [S, B, *out]) with optimised parameters.
 
     ``refresh(params)`` recomputes the intermediate bounds with the same store each iterate (full
     alpha-CROWN); without it the state's intermediate bounds are used as they are (branch and bound reuses a
     parent's). ``params`` warm-starts from an earlier optimisation and receives the final values. Under
     grad mode the last iterate is returned (differentiable); otherwise the best one. ``record`` receives the
-    coefficients of the last pass, the one with the final ``params`` (``crown.backward``'s ``record``)."""
+    coefficients of the last pass, the one with the final ``params`` (``crown.backward``'s ``record``).
+    ``enough(best)`` ([S, B], the best bounds so far) ends the optimisation early when it returns True:
+    a verifier stops once its question is answered (on the ERAN sigmoid 6x200 net, one step of the 20
+    already proves mnist_spec_idx_5087)."""
     params = Params() if params is None else params
     steps = state.cfg.alpha_steps if steps is None else steps
     keep_graph = torch.is_grad_enabled()
@@ -50,7 +53,7 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
         total = float(best.sum())
         stale = 0 if total > best_total + IMPROVEMENT * (1 + abs(best_total)) else stale + 1
         best_total = max(best_total, total)
-        if step == steps or not params.leaves() or stale >= PATIENCE:
+        if step == steps or not params.leaves() or stale >= PATIENCE or (enough is not None and enough(best)):
             break
         if optimiser is None:
             optimiser = _adam(params.leaves(), state.cfg.alpha_lr)

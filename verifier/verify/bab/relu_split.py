@@ -88,13 +88,14 @@ class ReluSplit:
         )
         params = Params()
         rows = self._rows({"case": case})
+        enough = self._closes({"case": case, "lower": torch.as_tensor(self.bounder.lower[cases])})
         with torch.no_grad():
             if alpha.full_fits(self.graph, len(cases), state.cfg):
                 lower = alpha.optimise(state, rows, refresh=lambda p: intermediate_bounds(state, p),
-                                       params=params)  # fmt: skip
+                                       params=params, enough=enough)  # fmt: skip
             else:  # too large to optimise every intermediate bound: CROWN's, and the output's slopes
                 intermediate_bounds(state)
-                lower = alpha.optimise(state, rows, params=params)
+                lower = alpha.optimise(state, rows, params=params, enough=enough)
         keep = Params()
         keep.tensors = {k: v for k, v in params.tensors.items() if k[1] == "out"}
         keep.projections = {k: params.projections[k] for k in keep.tensors}
@@ -143,7 +144,7 @@ class ReluSplit:
         rows = self._rows(domains)
         record: dict[int, Tensor] = {}
         with torch.no_grad():
-            lower = alpha.optimise(state, rows, params=params, record=record)
+            lower = alpha.optimise(state, rows, params=params, record=record, enough=self._closes(domains))
         self._choose(domains, state, params, record)
         exact = (domains["branch_node"] < 0).nonzero().flatten()
         if len(exact):  # nothing left to split: the exact minimum is a linear program
@@ -188,6 +189,17 @@ class ReluSplit:
             return lower
         full = torch.full((lower.shape[0], self.bounder.spec.d.shape[1]), -torch.inf, dtype=torch.float64)
         return full.scatter(1, domains[driver.ROWS], lower)
+
+    def _closes(self, domains: Domains):
+        """``enough`` for ``alpha.optimise`` on ``domains``: whether bounds [R, N] of their ``_rows`` close
+        every one of them (with the bounds they carry, as ``driver.settle`` will combine them)."""
+
+        def closed(best: Tensor) -> bool:
+            lower = torch.maximum(domains["lower"], self._spread(domains, best))
+            rows = domains.get(driver.ROWS)
+            return bool((driver.scores(self.bounder, domains["case"], lower, rows) > 0).all())
+
+        return closed
 
     def _weights(self, domains: Domains) -> Tensor:
         """[R, N]: 1 on the bounded rows not yet above ``d`` plus the margin (the ones splitting must help)."""
