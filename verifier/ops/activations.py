@@ -314,7 +314,6 @@ class _CrossLine:
     (``line``). ``search`` runs the bisection, which depends on the bounds alone."""
 
     s: float
-    anchor: Tensor
     far: Tensor
     t: Tensor  # the sound end of the bracket, signed
     use_chord: Tensor  # even the unsound end lies beyond far: so does the exact tangent point
@@ -340,14 +339,13 @@ class _CrossLine:
         span = far - anchor
         f_far = f(far)
         chord_a = (f_far - f_anchor) / torch.where(span == 0, 1.0, span)
-        return _CrossLine(s, anchor, far, s * far_t, near >= s * far, found, (chord_a, f_anchor - chord_a * anchor),
-                          f_far)  # fmt: skip
+        chord = (chord_a, f_anchor - chord_a * anchor)
+        return _CrossLine(s, far, s * far_t, near >= s * far, found, chord, f_far)
 
     def line(self, f, df, shift: Tensor) -> tuple[Tensor, Tensor]:
         s, t = self.s, self.t
-        tangent = _tangent(
-            f, df, t + shift * s * (s * (self.far - t)).clamp(min=0)
-        )  # only ever away from zero
+        # the tangent point only ever moves away from zero
+        tangent = _tangent(f, df, t + shift * s * (s * (self.far - t)).clamp(min=0))
         a = torch.where(self.use_chord, self.chord[0], tangent[0])
         b = torch.where(self.use_chord, self.chord[1], tangent[1])
         # no sound tangent point found in the span: fall back to the constant line through f(far)

@@ -17,6 +17,7 @@ counterexamples come from its attack on the case's box (``boxes``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,8 +88,8 @@ class ReluSplit:
             self.graph, self._box(case), BoundConfig(method="alpha-crown", alpha_steps=self.config.root_steps)
         )
         params = Params()
-        rows = self._rows({"case": case})
-        enough = self._closes({"case": case, "lower": torch.as_tensor(self.bounder.lower[cases])})
+        domains = {"case": case, "lower": torch.as_tensor(self.bounder.lower[cases])}
+        rows, enough = self._rows(domains), self._closes(domains)
         with torch.no_grad():
             if alpha.full_fits(self.graph, len(cases), state.cfg):
                 lower = alpha.optimise(state, rows, refresh=lambda p: intermediate_bounds(state, p),
@@ -103,8 +104,7 @@ class ReluSplit:
         for k in self.nodes:  # every domain carries the same keys (the queue concatenates them)
             keep.tensors[("beta", k)] = torch.zeros(rows, len(cases), *self.graph.nodes[k].shape)
             keep.projections[("beta", k)] = self._projection(("beta", k))
-        domains = {"case": case, "lower": torch.maximum(torch.as_tensor(self.bounder.lower[cases]),
-                                                         lower.T.double())}  # fmt: skip
+        domains["lower"] = torch.maximum(domains["lower"], lower.T.double())
         domains.update(self._pack(state, keep))
         self._choose(domains, state, keep)
         return domains
@@ -190,7 +190,7 @@ class ReluSplit:
         full = torch.full((lower.shape[0], self.bounder.spec.d.shape[1]), -torch.inf, dtype=torch.float64)
         return full.scatter(1, domains[driver.ROWS], lower)
 
-    def _closes(self, domains: Domains):
+    def _closes(self, domains: Domains) -> Callable[[Tensor], bool]:
         """``enough`` for ``alpha.optimise`` on ``domains``: whether bounds [R, N] of their ``_rows`` close
         every one of them (with the bounds they carry, as ``driver.settle`` will combine them)."""
 
