@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -262,3 +264,29 @@ def test_relu_splitting_roots_proved_at_once_leave_nothing_to_branch_on(tiny):
     assert driver.domain_count(driver.by_disjunct(brancher, roots, problem)) == 0
     result = driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(30))
     assert result.verdict == "unsat" and result.domains == 0
+
+
+def _search_with_attack_time(attack_seconds: float, searched_for: float) -> driver.Search:
+    """A search ``searched_for`` seconds old whose attack rounds took ``attack_seconds``, with open domains."""
+    queue = driver.DomainQueue()
+    n = 64
+    queue.push({driver.BOUND: -torch.arange(n, dtype=torch.float64), driver.MARGIN: torch.zeros(n)})
+    config = driver.BabConfig(attack_every=1, attack_share=0.25)
+    began = time.monotonic() - searched_for
+    return driver.Search(None, config, Deadline(60), queue, size=4, rate=1e6, began=began,
+                         attack_seconds=attack_seconds)  # fmt: skip
+
+
+def test_attack_rounds_keep_to_their_share_of_the_search_time():
+    assert _search_with_attack_time(0.0, 0.0).next_batch()[1]  # the first round always runs
+    assert _search_with_attack_time(2.0, 10.0).next_batch()[1]
+    assert not _search_with_attack_time(3.0, 10.0).next_batch()[1]
+
+
+def test_a_batch_after_an_attack_round_is_sized_on_the_bounding_rate_alone():
+    search = _search_with_attack_time(0.0, 0.0)
+    empty = {driver.BOUND: torch.zeros(0, dtype=torch.float64), driver.MARGIN: torch.zeros(0)}
+    search.record(driver.Outcome(parents=10, children=empty, bounded=20, found=None, seconds=5.0,
+                                 attack_seconds=4.0))  # fmt: skip
+    assert search.rate == pytest.approx(10.0)
+    assert search.attack_seconds == 4.0
