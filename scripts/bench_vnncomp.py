@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from verifier.cli import default_threads
 from verifier.verify.bab.relu_split import BRANCHING, ReluSplitConfig
 from verifier.verify.batch import (
     RESULT_FIELDS,
@@ -62,7 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--method", default="auto", help="bound method (default auto: ibp then crown)")
     parser.add_argument("--every", type=int, default=1, help="run every K-th instance only")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads per instance (default: as verify-model, the cores shared among "
+                             "--workers)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=1,
                         help="--mode batch: instances at a time, each in its own worker; --mode process: "
                              "the processes' --workers (branch and bound over N processes) (default 1)")  # fmt: skip
@@ -74,7 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--branching", choices=BRANCHING, default=ReluSplitConfig().branching,
                         help="ReLU-splitting branching rule (batch mode)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.threads is None:
+        args.threads = default_threads(args.workers, cluster=False)
+    return args
 
 
 def run_benchmark(folder: Path, config: VerifyConfig, args) -> tuple[BenchmarkSummary, float, list[BatchRow]]:
