@@ -14,7 +14,7 @@ from tests.graph.graph_testing import Net
 from verifier.spec.property import Case, Disjunct, Property
 from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
-from verifier.verify.bab.input_split import InputSplit
+from verifier.verify.bab.input_split import InputSplit, joint_gaps
 from verifier.verify.bab.relu_split import ReluSplit
 from verifier.verify.bounding import Bounder, UnsoundBoundError
 from verifier.verify.deadline import Deadline
@@ -290,3 +290,53 @@ def test_a_batch_after_an_attack_round_is_sized_on_the_bounding_rate_alone():
                                  attack_seconds=4.0))  # fmt: skip
     assert search.rate == pytest.approx(10.0)
     assert search.attack_seconds == 4.0
+
+
+def test_joint_gaps_exclude_a_disjunct_whose_rows_take_turns():
+    """Rows ``x`` and ``-x`` over ``[-1, 1]`` against -0.5: each row alone dips to -0.5 below its
+    threshold, but the larger of the two never does: half of each is 0.5 above everywhere."""
+    a = torch.tensor([[[1.0], [-1.0], [2.0]]], dtype=torch.float64)
+    c = torch.zeros(1, 3, dtype=torch.float64)
+    threshold = torch.tensor([[-0.5, -0.5, 0.0]], dtype=torch.float64)
+    member = torch.tensor([[[True, False], [True, False], [False, True]]])  # the third row alone
+    lo, hi = torch.tensor([[-1.0]]), torch.tensor([[1.0]])
+    joint = joint_gaps(a, c, lo, hi, threshold, member)
+    assert joint[0, 0].item() == pytest.approx(0.5, abs=1e-6)
+    assert joint[0, 1].item() == -np.inf  # a single row is what the row bounds already give
+
+
+def test_joint_gaps_never_exceed_the_linear_program_over_the_box():
+    """The joint gap is a lower bound of ``min_x max_s (a_s x + c_s - t_s)`` over the box (the LP), which is
+    what makes it sound; and it gets close to it."""
+    from scipy.optimize import linprog
+
+    g = torch.Generator().manual_seed(0)
+    n, rows, inputs = 100, 4, 5
+    a = torch.randn(n, rows, inputs, generator=g, dtype=torch.float64)
+    c = torch.randn(n, rows, generator=g, dtype=torch.float64)
+    lo, hi = -torch.rand(n, inputs, generator=g), torch.rand(n, inputs, generator=g)
+    threshold = torch.randn(n, rows, generator=g, dtype=torch.float64) * 0.1
+    joint = joint_gaps(a, c, lo, hi, threshold, torch.ones(n, rows, 1, dtype=torch.bool))[:, 0].numpy()
+    optimum = np.empty(n)
+    for i in range(n):  # minimise t subject to a_s x + c_s - t_s <= t
+        res = linprog(np.r_[np.zeros(inputs), 1.0], A_ub=np.c_[a[i].numpy(), -np.ones(rows)],
+                      b_ub=(threshold[i] - c[i]).numpy(),
+                      bounds=[*zip(lo[i].double().tolist(), hi[i].double().tolist()), (None, None)])  # fmt: skip
+        optimum[i] = res.fun
+    assert (joint <= optimum + 1e-9).all()
+    assert (optimum - joint).mean() < 0.03  # 0.020 here; equal weights alone: 0.87
+
+
+def test_input_splitting_proves_a_conjunction_no_row_excludes_at_the_root(tmp_path):
+    """``y = (x, -x)`` on ``[-1, 1]`` is unsafe where ``y0 <= -0.5`` and ``y1 <= -0.5``: nowhere. No row's
+    bound excludes it on the whole box; the joint bound does, so nothing needs splitting."""
+    net = Net([1, 1])
+    weights = net.const(np.array([[1.0, -1.0]]))
+    path = tmp_path / "opposite.onnx"
+    onnx.save(net.model(net.op("Gemm", "x", weights, net.const(np.zeros(2)))), path)
+    both = Disjunct(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([-0.5, -0.5]))
+    problem = problem_for(path, Property(1, 2, (Case(np.array([-1.0]), np.array([1.0]), (both,)),)))
+    brancher = InputSplit(problem.bounder)
+    roots = brancher.roots(np.arange(1))
+    result = driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(60))
+    assert result.verdict == "unsat" and result.domains == 0

@@ -89,10 +89,10 @@ def rounded_box(lower: np.ndarray, upper: np.ndarray, dtype, inward: bool) -> tu
 def disjunct_margins(y: torch.Tensor, C: torch.Tensor, d: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     """``max_{s in j} (C y - d)_s`` per sample and disjunct ``j`` (``(N, D)``; ``-inf`` for a disjunct
     without rows). Arguments as in ``margin``."""
-    return _per_disjunct(torch.einsum("nso,no->ns", C, y) - d, member)
+    return per_disjunct(torch.einsum("nso,no->ns", C, y) - d, member)
 
 
-def _per_disjunct(rows: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+def per_disjunct(rows: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     """``(N, S) -> (N, D)``: the largest row of each disjunct (``-inf`` for one without rows)."""
     return torch.where(member, rows.unsqueeze(-1), float("-inf")).amax(dim=1)
 
@@ -120,4 +120,4 @@ def disjunct_min(rows: torch.Tensor, member: torch.Tensor, valid: torch.Tensor) 
     With ``rows = C y - d`` this is the margin; with rows holding lower bounds of ``C f(x) - d`` minus the
     safety margin, it is ``> 0`` exactly when every disjunct has a row that excludes it.
     """
-    return lowest(_per_disjunct(rows, member), valid)
+    return lowest(per_disjunct(rows, member), valid)

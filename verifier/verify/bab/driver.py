@@ -11,7 +11,8 @@ not positive:
 ``score_n > 0`` says every disjunct has a row whose bound exceeds ``d_s`` by the safety margin ``tol_s`` of
 ``bounding`` (its ``decide_tol``: for a float query, widened by the rounding of the network's
 evaluation): the child is verified. A child keeps ``max(parent, child)`` bound per row -- the parent's bound
-holds on every subset of the parent -- so scores never decrease along a branch. The children of a domain
+holds on every subset of the parent -- so scores never decrease along a branch. A brancher may also
+give a disjunct a bound of a convex combination of its rows (``JOINT``, see ``scores``). The children of a domain
 cover it, so when no open domain is left every case is verified (``unsat``).
 
 A brancher whose cost grows with the rows it bounds (``Brancher.by_disjunct``) gets, after the roots, one
@@ -41,10 +42,11 @@ from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, concat, domai
 from verifier.verify.bounding import Bounder, check_against_samples
 from verifier.verify.deadline import Deadline
 from verifier.verify.onnx_check import Counterexample, OnnxChecker
-from verifier.verify.spec_batch import disjunct_min
+from verifier.verify.spec_batch import disjunct_min, lowest, per_disjunct
 
 MARGIN = "margin"  # per domain: the lowest spec margin of the model at the brancher's points
 ROWS = "rows"  # per domain of one disjunct: the indices of its rows (``by_disjunct``)
+JOINT = "joint"  # per domain and disjunct, (N, D): a lower bound of a convex combination of its rows' gaps
 
 
 class Brancher(Protocol):
@@ -132,15 +134,25 @@ def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
     return int(min(config.max_batch, max(1, config.max_elements // per_parent)))
 
 
-def scores(bounder: Bounder, cases: Tensor, lower: Tensor, rows: Tensor | None = None) -> Tensor:
+def scores(bounder: Bounder, cases: Tensor, lower: Tensor, rows: Tensor | None = None,
+           joint: Tensor | None = None) -> Tensor:  # fmt: skip
     """``score_n`` of the module docstring, ``(N,)``, for domains of ``cases`` with row bounds ``lower``
     (``bounder``: the cases' spec and tolerances). Domains of one disjunct (``rows``, see ``by_disjunct``)
-    score ``max_{s in rows_n} (lower_ns - d_s - tol_s)``."""
+    score ``max_{s in rows_n} (lower_ns - d_s - tol_s)``.
+
+    ``joint`` (``(N, D)``, ``JOINT``): per disjunct j a lower bound of ``sum_{s in j} lam_s (C f(x) - d -
+    tol)_s`` over the domain for some ``lam >= 0`` summing to 1 (``joint_gaps``). Where it is positive, no
+    point of the domain has every row of j at or below its threshold, which is what j's unsafe set needs:
+    j is excluded even when no single row is (the rows take turns being the high one across the domain).
+    A disjunct then scores the larger of the two."""
     spec, c = bounder.spec, cases.numpy()
     gap = lower - torch.as_tensor(spec.d[c] + bounder.decide_tol[c])
     if rows is not None:
         return gap.gather(1, rows).amax(1)
-    return disjunct_min(gap, torch.as_tensor(spec.member[c]), torch.as_tensor(spec.valid[c]))
+    member, valid = torch.as_tensor(spec.member[c]), torch.as_tensor(spec.valid[c])
+    if joint is None:
+        return disjunct_min(gap, member, valid)
+    return lowest(torch.maximum(per_disjunct(gap, member), joint), valid)
 
 
 def by_disjunct(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
@@ -310,7 +322,8 @@ def settle(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
     """Bound ``domains`` in one call; ``lower`` becomes the larger of the new bound and the one they
     carry (both sound on the domain), and ``BOUND`` their score."""
     domains["lower"] = torch.maximum(domains["lower"], brancher.bound(domains))
-    domains[BOUND] = scores(problem.bounder, domains["case"], domains["lower"], domains.get(ROWS))
+    domains[BOUND] = scores(problem.bounder, domains["case"], domains["lower"], domains.get(ROWS),
+                            domains.get(JOINT))  # fmt: skip
     return domains
 
 
