@@ -144,6 +144,24 @@ def test_unsound_child_bounds_raise_instead_of_unsat(tiny):
         run_bab(problem, OverconfidentSplit(problem.bounder))
 
 
+class OverconfidentJoint(InputSplit):
+    """Input splitting whose joint bounds (``driver.JOINT``) are raised by 10: unsound, to be noticed."""
+
+    def bound(self, children):
+        lower = super().bound(children)
+        children[driver.JOINT] = children[driver.JOINT] + 10.0
+        return lower
+
+
+def test_unsound_joint_bounds_raise_instead_of_unsat(tiny):
+    path, _, low, _ = tiny
+    both = Disjunct(np.eye(2), low - 2e-3)  # unsafe where both outputs are below their minimum: nowhere
+    problem = problem_for(path, Property(2, 2, (Case(LOWER, UPPER, (both,)),)))
+    with pytest.raises(UnsoundBoundError, match="bab-input joint lower bound"):
+        run_bab(problem, OverconfidentJoint(problem.bounder))
+    assert run_bab(problem).verdict == "unsat"
+
+
 def test_the_domain_budget_ends_the_search_with_unknown(tiny):
     path, _, low, _ = tiny
     problem = problem_for(path, property_of(*(low - 2e-3)))

@@ -39,7 +39,7 @@ from torch import Tensor
 from verifier.spec.property import Property
 from verifier.verify.attack import Attack
 from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, concat, domain_count, take
-from verifier.verify.bounding import Bounder, check_against_samples
+from verifier.verify.bounding import Bounder, UnsoundBoundError, check_against_samples
 from verifier.verify.deadline import Deadline
 from verifier.verify.onnx_check import Counterexample, OnnxChecker
 from verifier.verify.spec_batch import disjunct_min, lowest, per_disjunct
@@ -358,10 +358,25 @@ def check_points(brancher: Brancher, domains: Domains, problem: Problem) -> Coun
     spec = problem.bounder.spec
     gap = domains["lower"].numpy().repeat(k, axis=0) - spec.d[cases]
     check_against_samples(gap, rows, spec, cases, problem.bounder.tol[cases], brancher.name, "domain")
+    if JOINT in domains:
+        _check_joint(domains[JOINT].repeat_interleave(k, 0), rows, cases, problem.bounder, brancher.name)
     margin = disjunct_min(torch.as_tensor(rows), torch.as_tensor(spec.member[cases]),
                           torch.as_tensor(spec.valid[cases])).numpy()  # fmt: skip
     domains[MARGIN] = torch.as_tensor(margin).reshape(n, k).amin(dim=1)
     return _confirm(x, margin, cases, problem)
+
+
+def _check_joint(joint: Tensor, rows: np.ndarray, cases: np.ndarray, bounder: Bounder, name: str) -> None:
+    """Raise ``UnsoundBoundError`` where a disjunct's ``JOINT`` bound (``(N, D)``, of a convex combination of
+    its rows' ``C f(x) - d - decide_tol``) exceeds the largest of those rows at a point of the domain
+    (``rows``: ``C f(x) - d`` there, ``(N, S)``), beyond the rounding that ``tol`` covers."""
+    member = torch.as_tensor(bounder.spec.member[cases])
+    at = per_disjunct(torch.as_tensor(rows - bounder.decide_tol[cases]), member).numpy()
+    wrong = joint.numpy() > at + bounder.tol[cases].max(axis=1, initial=0)[:, None]
+    if wrong.any():
+        n, j = (int(i) for i in np.argwhere(wrong)[0])
+        raise UnsoundBoundError(f"{name} joint lower bound {joint[n, j].item()!r} of disjunct {j} exceeds "
+                                f"its largest row {at[n, j]!r} at a point of domain {n} (case {cases[n]})")  # fmt: skip
 
 
 def _attack(brancher: Brancher, domains: Domains, problem: Problem, deadline: Deadline):
