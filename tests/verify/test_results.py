@@ -72,15 +72,16 @@ def test_batch_run_writes_one_row_per_instance(tmp_path):
     assert written[1]["method"] == "attack" and float(written[1]["time_s"]) > 0
 
 
-def _row(vnnlib, verdict, seconds=1.0):
-    return BatchRow("b", "net.onnx", vnnlib, verdict, seconds, "", 60)
+def _row(vnnlib, verdict, seconds=1.0, method=""):
+    return BatchRow("b", "net.onnx", vnnlib, verdict, seconds, method, 60)
 
 
 def test_summary_counts_agreement_and_lists_contradictions():
     reference = {
         ("net.onnx", p): r for p, r in [("p1", "sat"), ("p2", "unsat"), ("p3", "unsat"), ("p4", "unknown")]
     }
-    rows = [_row("p1", "sat"), _row("p2", "sat", 3.0), _row("p3", "unknown"), _row("p4", "timeout", 9.0)]
+    rows = [_row("p1", "sat", method="attack"), _row("p2", "sat", 3.0, "bab-relu"), _row("p3", "unknown"),
+            _row("p4", "timeout", 9.0)]  # fmt: skip
     (summary,) = summarise(rows, {"b": reference})
     assert (summary.total, summary.solved, summary.reference_solved, summary.agree) == (4, 2, 3, 1)
     assert summary.contradictions == [("net.onnx", "p2", "sat", "unsat")]
@@ -90,6 +91,7 @@ def test_summary_counts_agreement_and_lists_contradictions():
     header, line = table.splitlines()[:2]
     assert header.split()[:3] == ["benchmark", "total", "sat"] and line.split()[:4] == ["b", "4", "2", "0"]
     assert summary.as_dict()["wrong"] == 1
+    assert summary.as_dict()["decided_by"] == {"attack": 1, "bab-relu": 1}  # unknown and timeout decide nothing
 
 
 def test_summary_without_reference_shows_dashes():

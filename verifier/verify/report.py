@@ -30,6 +30,7 @@ class BenchmarkSummary:
     reference_solved: int = 0
     agree: int = 0
     contradictions: list[tuple[str, str, str, str]] = field(default_factory=list)
+    decided_by: dict[str, int] = field(default_factory=dict)  # solved instances per deciding stage
 
     @property
     def solved(self) -> int:
@@ -44,7 +45,7 @@ class BenchmarkSummary:
         return {
             "total": self.total, "solved": self.solved, **self.counts, "median_time_s": self.median_time,
             "reference": self.has_reference, "reference_solved": self.reference_solved, "agree": self.agree,
-            "wrong": len(self.contradictions),
+            "wrong": len(self.contradictions), "decided_by": dict(sorted(self.decided_by.items())),
             "contradictions": [dict(zip(("onnx", "vnnlib", "ours", "reference"), c)) for c in self.contradictions],
         }  # fmt: skip
 
@@ -76,6 +77,9 @@ def summarise(
         summary.total += 1
         summary.counts[row.verdict] = summary.counts.get(row.verdict, 0) + 1
         summary.times.append(row.seconds)
+        if row.verdict in DECIDED:  # process mode records no stage
+            stage = row.method or "unrecorded"
+            summary.decided_by[stage] = summary.decided_by.get(stage, 0) + 1
         expected = reference.get((row.onnx, row.vnnlib))
         if expected in DECIDED:
             summary.reference_solved += 1
