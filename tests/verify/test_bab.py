@@ -285,7 +285,8 @@ def test_relu_splitting_roots_proved_at_once_leave_nothing_to_branch_on(tiny):
 
 
 def _search_with_attack_time(attack_seconds: float, searched_for: float) -> driver.Search:
-    """A search ``searched_for`` seconds old whose attack rounds took ``attack_seconds``, with open domains."""
+    """A search ``searched_for`` seconds old whose attack rounds took ``attack_seconds``, with open
+    domains."""
     queue = driver.DomainQueue()
     n = 64
     queue.push({driver.BOUND: -torch.arange(n, dtype=torch.float64), driver.MARGIN: torch.zeros(n)})

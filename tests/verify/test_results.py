@@ -91,7 +91,8 @@ def test_summary_counts_agreement_and_lists_contradictions():
     header, line = table.splitlines()[:2]
     assert header.split()[:3] == ["benchmark", "total", "sat"] and line.split()[:4] == ["b", "4", "2", "0"]
     assert summary.as_dict()["wrong"] == 1
-    assert summary.as_dict()["decided_by"] == {"attack": 1, "bab-relu": 1}  # unknown and timeout decide nothing
+    # unknown and timeout decide nothing
+    assert summary.as_dict()["decided_by"] == {"attack": 1, "bab-relu": 1}
 
 
 def test_summary_without_reference_shows_dashes():

@@ -12,8 +12,8 @@ not positive:
 ``bounding`` (its ``decide_tol``: for a float query, widened by the rounding of the network's
 evaluation): the child is verified. A child keeps ``max(parent, child)`` bound per row -- the parent's bound
 holds on every subset of the parent -- so scores never decrease along a branch. A brancher may also
-give a disjunct a bound of a convex combination of its rows (``JOINT``, see ``scores``). The children of a domain
-cover it, so when no open domain is left every case is verified (``unsat``).
+give a disjunct a bound of a convex combination of its rows (``JOINT``, see ``scores``). The children
+of a domain cover it, so when no open domain is left every case is verified (``unsat``).
 
 A brancher whose cost grows with the rows it bounds (``Brancher.by_disjunct``) gets, after the roots, one
 domain per open disjunct of each root (``by_disjunct``): each is closed by its own rows, so the splits one
