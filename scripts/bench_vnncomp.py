@@ -113,7 +113,7 @@ def run_process(instance: Instance, seconds: float, args) -> BatchRow:
         command = [sys.executable, "-m", "verifier.cli", str(instance.base / instance.onnx),
                    str(instance.base / instance.vnnlib), "--timeout", f"{seconds:g}", "--out", str(out),
                    "--method", args.method, "--attack-seconds", f"{args.attack_seconds:g}",
-                   "--threads", str(args.threads), "--workers", str(args.workers)]  # fmt: skip
+                   "--threads", str(args.threads), "--workers", str(args.workers), "--json"]  # fmt: skip
         command += ["--server", args.server] if args.server else []
         start = time.monotonic()
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -121,10 +121,21 @@ def run_process(instance: Instance, seconds: float, args) -> BatchRow:
         text = out.read_text() if out.exists() else ""
     verdict = text.split("\n", 1)[0] if done.returncode == 0 and text else "error"
     note = "" if verdict != "error" else (done.stderr.strip().splitlines() or ["no result file"])[-1]
-    row = BatchRow(instance.benchmark, instance.onnx, instance.vnnlib, verdict, wall, "", seconds, note)
+    row = BatchRow(instance.benchmark, instance.onnx, instance.vnnlib, verdict, wall, _stage(done.stdout), seconds,
+                   note)  # fmt: skip
     if not args.no_progress:
         print(f"{instance.benchmark} {instance.vnnlib}: {verdict} {wall:.2f} s", file=sys.stderr)
     return row
+
+
+def _stage(stdout: str) -> str:
+    """The stage that decided, from ``verify-model --json``'s line ("" when it printed none)."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            return str(json.loads(line).get("method") or "")
+        except (ValueError, AttributeError):
+            continue
+    return ""
 
 
 def main(argv=None) -> int:

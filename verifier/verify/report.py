@@ -77,7 +77,7 @@ def summarise(
         summary.total += 1
         summary.counts[row.verdict] = summary.counts.get(row.verdict, 0) + 1
         summary.times.append(row.seconds)
-        if row.verdict in DECIDED:  # process mode records no stage
+        if row.verdict in DECIDED:  # a row without its stage counts as "unrecorded"
             stage = row.method or "unrecorded"
             summary.decided_by[stage] = summary.decided_by.get(stage, 0) + 1
         expected = reference.get((row.onnx, row.vnnlib))
