@@ -149,10 +149,8 @@ def scores(bounder: Bounder, cases: Tensor, lower: Tensor, rows: Tensor | None =
     gap = lower - torch.as_tensor(spec.d[c] + bounder.decide_tol[c])
     if rows is not None:
         return gap.gather(1, rows).amax(1)
-    member, valid = torch.as_tensor(spec.member[c]), torch.as_tensor(spec.valid[c])
-    if joint is None:
-        return disjunct_min(gap, member, valid)
-    return lowest(torch.maximum(per_disjunct(gap, member), joint), valid)
+    best = per_disjunct(gap, torch.as_tensor(spec.member[c]))
+    return lowest(best if joint is None else torch.maximum(best, joint), torch.as_tensor(spec.valid[c]))
 
 
 def by_disjunct(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
