@@ -57,6 +57,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--eps", type=float, default=0.1, help="test radius (L-inf, pixels in [0, 1])")
     p.add_argument("--train-eps", type=float, help="training radius (default: --eps)")
     p.add_argument("--method", choices=METHODS, default="ibp")
+    p.add_argument(
+        "--fused",
+        action="store_true",
+        help="CROWN part bounds the cross-entropy itself: one backward row, not n - 1 (loss fusion)",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--minutes", type=float, help="training time budget: fewer epochs when they do not fit")
     p.add_argument("--warmup", type=float, default=1, help="epochs at eps 0")
@@ -120,7 +125,9 @@ def train_epoch(args, net, bounded, opt, data, epoch: int, scheds) -> dict:
         idx = order[i * args.batch_size : (i + 1) * args.batch_size]
         xb, yb = x[idx].to(args.device), y[idx].to(args.device)
         eps = eps_s(step)
-        terms = certified_loss(bounded, xb, yb, eps, args.method, kappa=kappa_s(step), beta=beta_s(step))
+        terms = certified_loss(
+            bounded, xb, yb, eps, args.method, kappa=kappa_s(step), beta=beta_s(step), fused=args.fused
+        )
         loss = terms.loss
         if args.reg > 0 and terms.input_bounds is not None and eps < args.train_eps:
             loss = loss + warmup_regulariser(terms.input_bounds, terms.pre_activation, eps, args.train_eps,
@@ -260,6 +267,7 @@ def main(argv=None) -> int:
         "eps": args.eps,
         "train_eps": args.train_eps,
         "method": args.method,
+        "fused": args.fused,
         "epochs": len(history),
         "train_minutes": round(seconds / 60, 1),
         "threads": torch.get_num_threads(),

@@ -47,24 +47,25 @@ def test_margin_rows():
     assert C[1].tolist() == [[-1, 0, 1], [0, -1, 1]]
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_loss_is_finite_and_reaches_every_parameter(method):
+@pytest.mark.parametrize("method, fused", [(m, False) for m in METHODS] + [(m, True) for m in METHODS[1:]])
+def test_loss_is_finite_and_reaches_every_parameter(method, fused):
     net = _mlp(batch_norm=True).train()
     x, y = _batch()
     bounded = verifier.load(net, x, live=True)
-    terms = certified_loss(bounded, x, y, 0.1, method)
+    terms = certified_loss(bounded, x, y, 0.1, method, fused=fused)
     assert torch.isfinite(terms.loss) and terms.robust >= terms.natural - 1e-6
     grads = torch.autograd.grad(terms.loss, list(net.parameters()))
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "crown-lbp"])
-def test_parameter_gradients_match_finite_differences(method):
+@pytest.mark.parametrize("method, fused", [("ibp", False), ("crown-ibp", False), ("crown-lbp", False),
+                                          ("crown-ibp", True)])  # fmt: skip
+def test_parameter_gradients_match_finite_differences(method, fused):
     net = _mlp(seed=3, dtype=torch.float64).eval()
     x, y = _batch(6, seed=4, dtype=torch.float64)
     bounded = verifier.load(net, x, live=True)
     params = list(net.parameters())
-    loss = lambda: certified_loss(bounded, x, y, 0.05, method, kappa=0.3, beta=0.7).loss
+    loss = lambda: certified_loss(bounded, x, y, 0.05, method, kappa=0.3, beta=0.7, fused=fused).loss
     grads = torch.autograd.grad(loss(), params)
     gen = torch.Generator().manual_seed(0)
     h = 1e-6
@@ -112,6 +113,51 @@ def test_margin_bounds_are_sound_at_sampled_and_attacked_points(method, beta):
     bound = terms.margins.detach()
     assert (sampled >= bound - 1e-5).all() and (attacked >= bound - 1e-5).all()
     assert (attacked.min(-1).values < clean.min(-1).values).all()  # the attack does reach inside the set
+
+
+@pytest.mark.parametrize("method", ["crown-ibp", "crown-lbp", "crown"])
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_fused_loss_bounds_the_cross_entropy_at_sampled_and_attacked_points(method, eps):
+    """Loss fusion: each example's robust loss (one CROWN row of the chords of exp) is at least the
+    cross-entropy at every sampled and attacked point of its set."""
+    net = _mlp(seed=2).eval()
+    x, y = _batch(24, seed=5)
+    bounded = verifier.load(net, x, live=True)
+    gen = torch.Generator().manual_seed(6)
+    adversarial = _pgd(net, x, y, eps)
+    for i in range(len(y)):
+        with torch.no_grad():
+            terms = certified_loss(bounded, x[i : i + 1], y[i : i + 1], eps, method, fused=True)
+        lo, hi = terms.input_bounds
+        points = torch.cat(
+            [lo + (hi - lo) * torch.rand(2000, 4, generator=gen), adversarial[i : i + 1], lo, hi]
+        )
+        with torch.no_grad():
+            ce = nn.functional.cross_entropy(net(points), y[i].repeat(len(points)), reduction="none")
+        assert float(terms.robust) >= float(ce.max()) - 1e-6, (i, float(terms.robust), float(ce.max()))
+
+
+def test_fused_loss_takes_one_backward_row_and_beta_mixes_it_with_ibp(monkeypatch):
+    net = _mlp(seed=9).eval()
+    x, y = _batch(8, seed=10)
+    bounded = verifier.load(net, x, live=True)
+    rows = []
+    backward = loss_module.crown.backward
+    monkeypatch.setattr(loss_module.crown, "backward", lambda state, start, a, *r, **k: rows.append(a.shape[0])
+                        or backward(state, start, a, *r, **k))  # fmt: skip
+    ibp = certified_loss(bounded, x, y, 0.1, "ibp")
+    fused = certified_loss(bounded, x, y, 0.1, "crown-ibp", fused=True)
+    assert rows == [1]
+    certified_loss(bounded, x, y, 0.1, "crown-ibp")
+    assert rows == [1, 2]  # n - 1 margin rows
+    torch.testing.assert_close(fused.margins, ibp.margins)  # the margins reported are IBP's
+    none = certified_loss(bounded, x, y, 0.1, "crown-ibp", beta=0.0, fused=True)
+    half = certified_loss(bounded, x, y, 0.1, "crown-ibp", beta=0.5, fused=True)
+    assert rows == [1, 2, 1]
+    torch.testing.assert_close(none.robust, ibp.robust)
+    torch.testing.assert_close(half.robust, (ibp.robust + fused.robust) / 2)
+    with pytest.raises(InputError, match="fused"):
+        certified_loss(bounded, x, y, 0.1, "ibp", fused=True)
 
 
 @pytest.mark.parametrize("eps", [0.2, 1e-3])
