@@ -86,6 +86,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--no-export", action="store_true", help="train (and checkpoint) only")
     args = p.parse_args(argv)
+    if args.fused and args.method == "ibp":
+        p.error("--fused bounds the loss in the CROWN pass: choose a --method other than ibp")
     args.train_eps = args.eps if args.train_eps is None else args.train_eps
     args.name = args.name or f"{args.dataset}_{args.model}_eps{args.eps:g}"
     args.data_root = args.data_root or REPO.parent / "shared" / "data" / args.dataset

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,18 @@ def test_train_resume_export_and_card(tmp_path, capsys):
     net = script.build("mlp", (1, 28, 28), 10, batch_norm=True)
     net.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=False)["model"])
     torch.testing.assert_close(shipped(x), net.eval()(x), atol=1e-5, rtol=1e-4)
+
+
+def test_fused_crown_ibp_trains_and_needs_a_crown_pass(tmp_path):
+    script = _script()
+    common = ["--data-root", str(_data("mnist")), "--model", "mlp", "--eps", "0.05", "--train-n", "256",
+              "--val-n", "64", "--batch-size", "64", "--warmup", "0", "--ramp", "1", "--threads", "1",
+              "--checkpoint", str(tmp_path / "ckpt.pt"), "--no-export", "--epochs", "1"]  # fmt: skip
+    assert script.main([*common, "--method", "crown-ibp", "--fused"]) == 0
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert state["args"]["fused"] and math.isfinite(state["history"][0]["loss"])
+    with pytest.raises(SystemExit):
+        script.parse([*common, "--method", "ibp", "--fused"])
 
 
 def test_time_budget_shortens_the_run():
