@@ -14,7 +14,7 @@ from tests.graph.graph_testing import Net
 from verifier.spec.property import Case, Disjunct, Property
 from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
-from verifier.verify.bab.input_split import InputSplit, joint_gaps
+from verifier.verify.bab.input_split import InputSplit, InputSplitConfig, joint_gaps
 from verifier.verify.bab.relu_split import ReluSplit
 from verifier.verify.bounding import Bounder, UnsoundBoundError
 from verifier.verify.deadline import Deadline
@@ -92,6 +92,29 @@ def test_a_narrow_unsafe_region_gives_a_checked_counterexample(tiny):
     y = load_model(path)[0].run(cex.x)
     case = prop.cases[0]
     assert in_box(cex.x, case.lower, case.upper) and violated_disjunct(case, y) == 1
+
+
+def test_deep_open_domains_get_optimised_slopes_that_stay_sound(tiny):
+    """Open domains at ``alpha_depth`` or deeper are bounded again with optimised output slopes: never
+    lower than CROWN's bounds, higher on some, below the model's values at sampled points; shallower
+    domains keep CROWN's."""
+    path, model, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    crown_only = InputSplit(problem.bounder, InputSplitConfig(alpha_depth=None))
+    domains = driver.settle(crown_only, crown_only.roots(np.arange(1)), problem)
+    for _ in range(3):
+        domains = driver.expand(crown_only, domains, problem)  # depth 3, the open ones
+    lower = {}
+    for name, depth in (("crown", None), ("deep", 3), ("too deep", 4)):
+        brancher = InputSplit(problem.bounder, InputSplitConfig(alpha_depth=depth))
+        lower[name] = brancher.bound(dict(domains))
+    assert torch.equal(lower["too deep"], lower["crown"])
+    assert (lower["deep"] >= lower["crown"]).all() and (lower["deep"] > lower["crown"] + 1e-4).any()
+    lo, hi = domains["lo"], domains["hi"]
+    x = lo + (hi - lo) * torch.rand((512, *lo.shape), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        y = model(x.reshape(-1, 2)).reshape(512, -1, 2).double()
+    assert (y.amin(0) >= lower["deep"] - 1e-5).all()  # C is the identity on (y0, y1) here
 
 
 def test_children_bounds_are_sound_and_never_looser_than_their_parent(tiny):

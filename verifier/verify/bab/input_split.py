@@ -32,6 +32,17 @@ the largest": ``y_j <= y_0`` for every j) is also bounded as a whole: from the r
 positive where no single row's bound is, because different rows are high in different parts of the box.
 Used when the flat input has at most ``max_inputs`` coordinates: splitting halves one coordinate per
 level, which only pays in few dimensions.
+
+Deep domains: a domain still open after ``alpha_depth`` splits is bounded once more with the output's slopes
+optimised (``alpha_steps`` steps of alpha-CROWN from CROWN's slopes, CROWN's intermediate bounds; the
+better of the two bounds is kept, and the split scores and joint bounds stay CROWN's). Near a tie the
+domains get small and CROWN's fixed lower lines of the few unstable neurons are what keeps them open. On
+the 256 worst open domains of ACAS Xu 3_3 property 2 after 40 s (CROWN bounds near -0.009, the exact
+minima 0.002-0.004 by MILP), 10 steps closed 186 of them at 0.5 ms per domain, batched. For the whole search
+(1 thread), 3_3 prop_2 went from a timeout at 116 s to unsat in 61 s, and 4_2 prop_2 from 96 s to 18 s.
+Easy instances stay within noise: 1_1 prop_3 took 2.1 s against 2.0 s, and 1_9 prop_2 1.1 s against 1.0 s.
+Optimising the slopes of every domain costs far more (2_9 prop_1: 97 s against 2 s), and so does a
+triangle-relaxation LP per domain (HiGHS: 3.5-6 ms each).
 """
 
 from __future__ import annotations
@@ -44,6 +55,10 @@ import torch
 from torch import Tensor
 
 import verifier
+from verifier.engine import alpha
+from verifier.engine.bounds import intermediate_bounds
+from verifier.engine.state import BoundConfig, BoundState
+from verifier.verify.bab import driver
 from verifier.verify.bab.driver import JOINT
 from verifier.verify.bab.queue import Domains, concat
 from verifier.verify.bounding import Bounder
@@ -56,6 +71,8 @@ JOINT_STEPS = 16  # exponentiated-gradient steps on the weights of a disjunct's 
 class InputSplitConfig:
     max_inputs: int = 16
     method: str = "crown"
+    alpha_depth: int | None = 18  # open domains split this often get optimised output slopes (None: never)
+    alpha_steps: int = 10
 
 
 class InputSplit:
@@ -165,6 +182,29 @@ class InputSplit:
                 joint[todo] = joint_gaps(a[todo], c[todo], domains["lo"][todo], domains["hi"][todo],
                                          threshold[todo], member[todo])  # fmt: skip
         domains[JOINT] = torch.maximum(domains[JOINT], joint) if JOINT in domains else joint
+        return self._optimise_deep(domains, lower)
+
+    def _optimise_deep(self, domains: Domains, lower: Tensor) -> Tensor:
+        """``lower`` raised, on the domains still open at depth ``alpha_depth`` or more, by CROWN with the
+        output's slopes optimised (``alpha_steps`` steps from CROWN's, intermediate bounds by CROWN)."""
+        b, depth = self.bounder, self.config.alpha_depth
+        if depth is None:
+            return lower
+        score = driver.scores(b, domains["case"], lower, joint=domains[JOINT])
+        todo = ((score <= 0) & (domains["depth"] >= depth)).nonzero().flatten()
+        if not len(todo):
+            return lower
+        shape = (-1,) + b.input_shape
+        box = verifier.Box(
+            b.tensor(domains["lo"][todo]).reshape(shape), b.tensor(domains["hi"][todo]).reshape(shape)
+        )
+        rows = b.tensor(b.spec.C[domains["case"][todo].numpy()]).transpose(0, 1)  # [S, N, n_out]
+        cfg = BoundConfig(method="alpha-crown-final", alpha_steps=self.config.alpha_steps)
+        state = BoundState(b.model.graph, box, cfg)
+        with torch.no_grad():
+            intermediate_bounds(state)
+            tight = alpha.optimise(state, rows)
+        lower[todo] = torch.maximum(lower[todo], tight.T.double().cpu())
         return lower
 
 
