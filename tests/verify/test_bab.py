@@ -11,6 +11,7 @@ import torch
 
 import verifier
 from tests.graph.graph_testing import Net
+from verifier.errors import BoundComputationError
 from verifier.spec.property import Case, Disjunct, Property
 from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
@@ -149,6 +150,21 @@ class OverconfidentSplit(InputSplit):
 
     def bound(self, children):
         return super().bound(children) + 10.0
+
+
+class NanSplit(InputSplit):
+    """Input splitting whose children bounds are NaN: a NaN scores as neither open nor closed."""
+
+    def bound(self, children):
+        return super().bound(children) * torch.nan
+
+
+def test_a_nan_bound_raises_instead_of_closing_the_domain(tiny):
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher = NanSplit(problem.bounder)
+    with pytest.raises(BoundComputationError, match="NaN bound"):
+        driver.settle(brancher, brancher.roots(np.arange(1)), problem)
 
 
 def test_parent_bounds_survive_looser_children(tiny):

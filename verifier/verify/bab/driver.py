@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from verifier.errors import BoundComputationError
 from verifier.spec.property import Property
 from verifier.verify.attack import Attack
 from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, concat, domain_count, take
@@ -318,8 +319,13 @@ class Search:
 
 def settle(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
     """Bound ``domains`` in one call; ``lower`` becomes the larger of the new bound and the one they
-    carry (both sound on the domain), and ``BOUND`` their score."""
-    domains["lower"] = torch.maximum(domains["lower"], brancher.bound(domains))
+    carry (both sound on the domain), and ``BOUND`` their score. A NaN bound raises
+    ``BoundComputationError``: it would score as neither open nor closed, and be dropped as verified."""
+    bound = brancher.bound(domains)
+    if torch.isnan(bound).any():
+        n, s = (int(i) for i in torch.nonzero(torch.isnan(bound))[0])
+        raise BoundComputationError(f"{brancher.name}: NaN bound of spec row {s} on domain {n}")
+    domains["lower"] = torch.maximum(domains["lower"], bound)
     domains[BOUND] = scores(problem.bounder, domains["case"], domains["lower"], domains.get(ROWS),
                             domains.get(JOINT))  # fmt: skip
     return domains

@@ -182,28 +182,25 @@ class InputSplit:
                 joint[todo] = joint_gaps(a[todo], c[todo], domains["lo"][todo], domains["hi"][todo],
                                          threshold[todo], member[todo])  # fmt: skip
         domains[JOINT] = torch.maximum(domains[JOINT], joint) if JOINT in domains else joint
-        return self._optimise_deep(domains, lower)
+        return self._optimise_deep(domains, lower, box, C)
 
-    def _optimise_deep(self, domains: Domains, lower: Tensor) -> Tensor:
+    def _optimise_deep(self, domains: Domains, lower: Tensor, box: verifier.Box, C: Tensor) -> Tensor:
         """``lower`` raised, on the domains still open at depth ``alpha_depth`` or more, by CROWN with the
-        output's slopes optimised (``alpha_steps`` steps from CROWN's, intermediate bounds by CROWN)."""
-        b, depth = self.bounder, self.config.alpha_depth
+        output's slopes optimised (``alpha_steps`` steps from CROWN's, intermediate bounds by CROWN);
+        ``box`` and ``C``: the domains' boxes and spec rows, as ``bound`` bounded them."""
+        depth = self.config.alpha_depth
         if depth is None:
             return lower
-        score = driver.scores(b, domains["case"], lower, joint=domains[JOINT])
+        score = driver.scores(self.bounder, domains["case"], lower, joint=domains[JOINT])
         todo = ((score <= 0) & (domains["depth"] >= depth)).nonzero().flatten()
         if not len(todo):
             return lower
-        shape = (-1,) + b.input_shape
-        box = verifier.Box(
-            b.tensor(domains["lo"][todo]).reshape(shape), b.tensor(domains["hi"][todo]).reshape(shape)
-        )
-        rows = b.tensor(b.spec.C[domains["case"][todo].numpy()]).transpose(0, 1)  # [S, N, n_out]
+        index = todo.to(C.device)
         cfg = BoundConfig(method="alpha-crown-final", alpha_steps=self.config.alpha_steps)
-        state = BoundState(b.model.graph, box, cfg)
+        state = BoundState(self.bounder.model.graph, verifier.Box(box.lower[index], box.upper[index]), cfg)
         with torch.no_grad():
             intermediate_bounds(state)
-            tight = alpha.optimise(state, rows)
+            tight = alpha.optimise(state, C[index].transpose(0, 1))
         lower[todo] = torch.maximum(lower[todo], tight.T.double().cpu())
         return lower
 
