@@ -15,7 +15,8 @@ load average is recorded. JSON out.
 Training rows: one DM-small (BatchNorm) optimiser step on 128 MNIST images with the natural loss and with
 the IBP and CROWN-IBP certified losses at eps 0.1 (CROWN-IBP on the 9 margin rows, and fused into the
 loss: one row), and their ratios to the natural step (denormals flushed,
-as the training script does). A reference row, "ibp (plain torch)", times the same IBP loss written out
+as the training script does), each timed in bursts of back-to-back steps as a training loop runs them
+(``loop_times``). A reference row, "ibp (plain torch)", times the same IBP loss written out
 directly in torch for this one architecture (BatchNorm folded into its layer, centre and radius), without
 the engine: what the formulation costs when nothing is generic.
 """
@@ -146,7 +147,7 @@ def training_rows(args) -> list[dict]:
         opt.step()
 
     torch.set_flush_denormal(True)  # as scripts/train_certified.py trains (tiny gradients: see there)
-    times = {name: median_time(lambda f=loss: step(f), args.repeats)[0] for name, loss in losses.items()}
+    times = loop_times({name: lambda f=loss: step(f) for name, loss in losses.items()}, args.repeats)
     torch.set_flush_denormal(False)
     rows = [{"model": "dm-small+bn training step", "batch": 128, "method": name, "median_ms": round(1000 * t, 2),
              "ratio_to_natural": round(t / times["natural"], 2), "load_1min": os.getloadavg()[0]}
@@ -154,6 +155,27 @@ def training_rows(args) -> list[dict]:
     for row in rows:
         print(json.dumps(row), file=sys.stderr)
     return rows
+
+
+def loop_times(steps: dict, repeats: int, burst: int = 10) -> dict[str, float]:
+    """Median seconds per call of each function in ``steps``, timed as a training loop runs it: in bursts
+    of ``burst`` back-to-back calls (the median call of a burst), the functions taking turns burst by burst
+    so that drift in the machine's speed reaches all alike, the median over ``repeats`` bursts. (Timing one
+    call after a GEMM-rate probe, as ``median_time`` does, finds the model's weights and activations out of
+    cache: that adds about the same few milliseconds to every step and flatters the ratios.)"""
+    for fn in steps.values():
+        for _ in range(3):
+            fn()
+    per_burst: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            times = []
+            for _ in range(burst):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            per_burst[name].append(statistics.median(times))
+    return {name: statistics.median(t) for name, t in per_burst.items()}
 
 
 def plain_ibp_loss(net: torch.nn.Sequential, x, y, eps: float) -> torch.Tensor:
