@@ -211,6 +211,20 @@ def test_the_domain_budget_ends_the_search_with_unknown(tiny):
     assert driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(0)).verdict == "timeout"
 
 
+def test_the_queue_memory_budget_ends_the_search_with_unknown_and_says_why(tiny):
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher = InputSplit(problem.bounder)
+    roots = brancher.roots(np.arange(1))
+    budget = 200  # bytes: one open input-split domain of this net takes 120, and the search reaches 3
+    result = driver.run(brancher, roots, problem, driver.BabConfig(max_queue_bytes=budget), Deadline(60))
+    assert result.verdict == "unknown" and result.domains > 0
+    assert "open domains hold" in result.stopped and "budget" in result.stopped
+    unlimited = driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(60))
+    assert unlimited.verdict == "unsat" and unlimited.stopped == "" and unlimited.domains > result.domains
+    assert driver.queue_budget(driver.BabConfig()) > 2**20  # the default: a share of physical memory
+
+
 def test_the_split_halves_the_coordinate_the_bound_depends_on(tmp_path):
     net = Net([1, 2])
     weights = net.const(np.array([[0.0], [3.0]]))  # y = 3 x1: the bound does not depend on x0 at all
@@ -331,7 +345,7 @@ def _search_with_attack_time(attack_seconds: float, searched_for: float) -> driv
     queue.push({driver.BOUND: -torch.arange(n, dtype=torch.float64), driver.MARGIN: torch.zeros(n)})
     config = driver.BabConfig(attack_every=1, attack_share=0.25)
     began = time.monotonic() - searched_for
-    return driver.Search(None, config, Deadline(60), queue, size=4, rate=1e6, began=began,
+    return driver.Search(None, config, Deadline(60), queue, size=4, budget_bytes=2**30, rate=1e6, began=began,
                          attack_seconds=attack_seconds)  # fmt: skip
 
 

@@ -94,3 +94,17 @@ def test_pops_equal_those_of_one_concatenated_batch_over_many_pushes():
             assert torch.equal(popped[k], value), k
         assert len(queue) == len(reference[BOUND])
         assert queue.global_bound() == min(reference[BOUND].tolist(), default=math.inf)
+
+
+def test_nbytes_counts_every_held_tensor_until_popped_rows_are_compacted_away():
+    queue = DomainQueue()
+    assert queue.nbytes() == 0
+    per_domain = 8 + 8 + 2 * 4  # BOUND float64, id int64, lo two float32
+    queue.push(batch([0.0] * 10, 0))
+    queue.push(batch([1.0] * 6, 10))
+    open_rows = 16 * 8  # the open-row index of each part (int64)
+    assert queue.nbytes() == 16 * per_domain + open_rows
+    queue.pop(4)  # the first part keeps 6 of 10 rows open: not compacted, its popped rows still held
+    assert queue.nbytes() == 16 * per_domain + 12 * 8
+    queue.pop(2)  # 4 of 10 open: compacted to those 4
+    assert queue.nbytes() == 10 * per_domain + 10 * 8

@@ -97,7 +97,8 @@ def run_one(instance: Instance, deadline: Deadline, config: VerifyConfig, cache:
     except VerifierError as error:
         result = InstanceResult("error", "", deadline.elapsed())
         return _row(instance, result, deadline.seconds, str(error).splitlines()[0])
-    return _row(instance, result, deadline.seconds)
+    stopped = result.stats.get("bab_stopped", "") if result.verdict == "unknown" else ""
+    return _row(instance, result, deadline.seconds, f"branch and bound gave up: {stopped}" if stopped else "")
 
 
 def run_in(worker: Worker, instance: Instance, deadline: Deadline) -> BatchRow:

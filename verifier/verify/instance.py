@@ -66,7 +66,8 @@ class VerifyConfig:
 @dataclass(frozen=True)
 class InstanceResult:
     """``method`` names what decided the verdict (``attack``, a bound method or ``bab-input``; empty if
-    undecided). ``stats``: ``seconds`` per stage and, after branch and bound, ``domains`` bounded."""
+    undecided). ``stats``: ``seconds`` per stage and, after branch and bound, ``domains`` bounded (and
+    ``bab_stopped``: why it gave up, when it did before the deadline)."""
 
     verdict: str
     method: str
@@ -216,6 +217,8 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
         with clock.stage(brancher.name):
             outcome = _branch_and_bound(brancher, loaded, bounder, attack, config, deadline)
         stats["domains"] = outcome.domains
+        if outcome.stopped:
+            stats["bab_stopped"] = outcome.stopped
         if outcome.verdict in ("sat", "unsat"):
             # proved at the roots (no split needed): that was the roots' alpha-CROWN
             stage = "alpha-crown" if outcome.domains == 0 and outcome.verdict == "unsat" else brancher.name

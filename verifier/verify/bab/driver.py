@@ -27,6 +27,7 @@ a point that ``OnnxChecker`` confirms on the ONNX file gives ``sat``.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -84,7 +85,10 @@ class Brancher(Protocol):
 class BabConfig:
     """Budget and batch sizes of branch and bound.
 
-    ``max_domains``: children bounded before giving up (``unknown``). ``max_elements``: cap on the
+    ``max_domains``: children bounded before giving up (``unknown``). ``max_queue_bytes``: memory the
+    queue of open domains may hold before the search gives up (``unknown``), by default a quarter of the
+    machine's physical memory (``queue_budget``): a long ReLU-split search on a CNN (oval21 cifar_wide)
+    queued 13 GB in 8 minutes, until the system killed the process. ``max_elements``: cap on the
     elements of one coefficient tensor of a batched bound call (see ``batch_size``); the batch is also
     kept to about ``iteration_seconds`` of work (measured), since the deadline is polled between
     iterations. A ``sat_share`` of each batch are the domains of lowest observed margin, the rest those
@@ -95,6 +99,7 @@ class BabConfig:
     """
 
     max_domains: int = 20_000_000
+    max_queue_bytes: int | None = None
     max_elements: int = 2**22
     max_batch: int = 4096
     iteration_seconds: float = 0.5
@@ -108,12 +113,14 @@ class BabConfig:
 
 @dataclass(frozen=True)
 class BabResult:
-    """``verdict``: ``unsat``, ``sat`` (with a checked counterexample), ``unknown`` or ``timeout``."""
+    """``verdict``: ``unsat``, ``sat`` (with a checked counterexample), ``unknown`` or ``timeout``;
+    ``stopped``: why an ``unknown`` search gave up."""
 
     verdict: str
     counterexample: Counterexample | None
     domains: int
     iterations: int
+    stopped: str = ""
 
 
 @dataclass
@@ -125,6 +132,14 @@ class Problem:
     checker: OnnxChecker
     prop: Property
     attacker: Attack
+
+
+def queue_budget(config: BabConfig) -> int:
+    """``config.max_queue_bytes``, or a quarter of the physical memory (so that two searches side by side,
+    as in a two-worker suite run, leave half of it to everything else)."""
+    if config.max_queue_bytes is not None:
+        return config.max_queue_bytes
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 
 def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
@@ -246,6 +261,7 @@ class Search:
     deadline: Deadline
     queue: DomainQueue
     size: int
+    budget_bytes: int
     result: BabResult | None = None
     visited: int = 0
     iteration: int = 0
@@ -263,8 +279,8 @@ class Search:
         widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
         size = brancher.max_parents or batch_size(problem.bounder.spec.d.shape[1], widest, config)
         now = time.monotonic()
-        search = cls(brancher, config, deadline, queue, size, rate=64 / config.iteration_seconds, shown=now,
-                     began=now)  # fmt: skip
+        search = cls(brancher, config, deadline, queue, size, queue_budget(config),
+                     rate=64 / config.iteration_seconds, shown=now, began=now)  # fmt: skip
         if deadline.expired():
             search.result = BabResult("timeout", None, 0, 0)
             return search
@@ -308,11 +324,16 @@ class Search:
 
     def settle(self, busy: bool) -> None:
         """Set ``result`` when the search is over: the queue is empty and nothing is being bounded
-        (``unsat``), the deadline has passed or the domain budget is spent."""
+        (``unsat``), the deadline has passed, or the domain or memory budget is spent (``unknown``)."""
         if self.deadline.expired():
             self.result = BabResult("timeout", None, self.visited, self.iteration)
         elif self.visited >= self.config.max_domains:
-            self.result = BabResult("unknown", None, self.visited, self.iteration)
+            stopped = f"{self.visited} domains bounded (the budget: {self.config.max_domains})"
+            self.result = BabResult("unknown", None, self.visited, self.iteration, stopped)
+        elif (held := self.queue.nbytes()) > self.budget_bytes:
+            stopped = (f"{len(self.queue)} open domains hold {held / 2**30:.2f} GiB (the queue's budget: "
+                       f"{self.budget_bytes / 2**30:.2f} GiB)")  # fmt: skip
+            self.result = BabResult("unknown", None, self.visited, self.iteration, stopped)
         elif not len(self.queue) and not busy:
             self.result = BabResult("unsat", None, self.visited, self.iteration)
 

@@ -57,6 +57,13 @@ class DomainQueue:
     def __len__(self) -> int:
         return sum(int(rows.shape[0]) for rows in self._open)
 
+    def nbytes(self) -> int:
+        """The bytes the queue holds: every part's tensors (rows already popped from a part count until it
+        is compacted, as they stay in memory until then)."""
+        return sum(t.nbytes for part in self._parts for t in part.values()) + sum(
+            rows.nbytes for rows in self._open
+        )
+
     def push(self, domains: Domains) -> None:
         """Add a batch (it must hold ``BOUND``; empty batches are ignored)."""
         if BOUND not in domains:
