@@ -10,7 +10,16 @@ import pytest
 
 from tests.verify.paths import MODELS, SPECS
 from verifier.errors import InputError
-from verifier.verify.batch import BatchRow, Instance, budget, read_instances, run_batch
+from verifier.verify.bab.driver import BabConfig, physical_memory
+from verifier.verify.batch import (
+    BatchRow,
+    Instance,
+    Spread,
+    budget,
+    instance_config,
+    read_instances,
+    run_batch,
+)
 from verifier.verify.instance import InstanceResult, VerifyConfig
 from verifier.verify.onnx_check import Counterexample
 from verifier.verify.report import format_table, read_consensus, summarise
@@ -74,6 +83,16 @@ def test_batch_run_writes_one_row_per_instance(tmp_path):
 
 def _row(vnnlib, verdict, seconds=1.0, method=""):
     return BatchRow("b", "net.onnx", vnnlib, verdict, seconds, method, 60)
+
+
+def test_searches_side_by_side_share_half_the_memory_between_their_queues():
+    config = VerifyConfig(workers=4, cluster="auto")
+    alone = instance_config(config, Spread(workers=1))
+    assert (alone.workers, alone.cluster, alone.bab.max_queue_bytes) == (1, None, None)  # a quarter: driver
+    four = instance_config(config, Spread(workers=4))
+    assert four.bab.max_queue_bytes == physical_memory() // 8
+    chosen = VerifyConfig(bab=BabConfig(max_queue_bytes=123))
+    assert instance_config(chosen, Spread(workers=4)).bab.max_queue_bytes == 123
 
 
 def test_summary_counts_agreement_and_lists_contradictions():

@@ -28,6 +28,7 @@ from typing import Protocol
 from tqdm import tqdm
 
 from verifier.errors import InputError, VerifierError
+from verifier.verify.bab import driver
 from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.instance import VERDICTS, InstanceResult, ModelCache, VerifyConfig, verify_instance
 from verifier.verify.worker import Worker, WorkerCrash
@@ -212,6 +213,17 @@ class Spread:
         return RayPool(job, self.cluster, self.workers, self.threads)
 
 
+def instance_config(config: VerifyConfig, spread: Spread) -> VerifyConfig:
+    """``config`` as each instance of a batch runs it: alone (no workers of its own), and with several
+    local workers, its branch and bound's queue of domains held to a share of half the physical memory
+    (unless ``config`` sets that budget): searches side by side must not together exhaust it."""
+    config = replace(config, workers=1, cluster=None)
+    if spread.cluster is None and spread.workers > 1 and config.bab.max_queue_bytes is None:
+        share = driver.physical_memory() // (2 * spread.workers)
+        config = replace(config, bab=replace(config.bab, max_queue_bytes=share))
+    return config
+
+
 def run_batch(
     instances: list[Instance],
     config: VerifyConfig,
@@ -238,7 +250,7 @@ def run_batch(
         old = read_results(results_path) if Path(results_path).is_file() else []
         rows = resume(instances, old, rerun)
     todo = [i for i, row in enumerate(rows) if row is None]
-    job = functools.partial(run_one, config=replace(config, workers=1, cluster=None), cache=ModelCache())
+    job = functools.partial(run_one, config=instance_config(config, spread), cache=ModelCache())
     kept = [row for row in rows if row is not None]
     with contextlib.closing(spread.pool(job)) as pool, _results_writer(results_path, kept) as writer:
         # No tqdm monitor thread: a worker forked while it holds a lock (say, stderr's) would inherit it held.

@@ -134,12 +134,15 @@ class Problem:
     attacker: Attack
 
 
+def physical_memory() -> int:
+    """This machine's physical memory in bytes."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def queue_budget(config: BabConfig) -> int:
-    """``config.max_queue_bytes``, or a quarter of the physical memory (so that two searches side by side,
-    as in a two-worker suite run, leave half of it to everything else)."""
-    if config.max_queue_bytes is not None:
-        return config.max_queue_bytes
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    """``config.max_queue_bytes``, or a quarter of the physical memory (a suite run of several searches at
+    a time gives each a share of half of it: ``batch.run_batch``)."""
+    return physical_memory() // 4 if config.max_queue_bytes is None else config.max_queue_bytes
 
 
 def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
