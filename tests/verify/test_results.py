@@ -88,9 +88,9 @@ def _row(vnnlib, verdict, seconds=1.0, method=""):
 def test_searches_side_by_side_share_half_the_memory_between_their_queues():
     config = VerifyConfig(workers=4, cluster="auto")
     alone = instance_config(config, Spread(workers=1))
-    assert (alone.workers, alone.cluster, alone.bab.max_queue_bytes) == (1, None, None)  # a quarter: driver
+    assert (alone.workers, alone.cluster, alone.bab.max_queue_bytes) == (1, None, None)  # an eighth: driver
     four = instance_config(config, Spread(workers=4))
-    assert four.bab.max_queue_bytes == physical_memory() // 8
+    assert four.bab.max_queue_bytes == physical_memory() // 16
     chosen = VerifyConfig(bab=BabConfig(max_queue_bytes=123))
     assert instance_config(chosen, Spread(workers=4)).bab.max_queue_bytes == 123
 

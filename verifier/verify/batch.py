@@ -215,11 +215,12 @@ class Spread:
 
 def instance_config(config: VerifyConfig, spread: Spread) -> VerifyConfig:
     """``config`` as each instance of a batch runs it: alone (no workers of its own), and with several
-    local workers, its branch and bound's queue of domains held to a share of half the physical memory
-    (unless ``config`` sets that budget): searches side by side must not together exhaust it."""
+    local workers, its branch and bound's queue of domains held to a share of a quarter of the physical
+    memory (unless ``config`` sets that budget; see ``driver.queue_budget``): searches side by side must
+    not together exhaust it."""
     config = replace(config, workers=1, cluster=None)
     if spread.cluster is None and spread.workers > 1 and config.bab.max_queue_bytes is None:
-        share = driver.physical_memory() // (2 * spread.workers)
+        share = driver.physical_memory() // (4 * spread.workers)
         config = replace(config, bab=replace(config.bab, max_queue_bytes=share))
     return config
 

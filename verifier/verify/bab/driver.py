@@ -86,9 +86,10 @@ class BabConfig:
     """Budget and batch sizes of branch and bound.
 
     ``max_domains``: children bounded before giving up (``unknown``). ``max_queue_bytes``: memory the
-    queue of open domains may hold before the search gives up (``unknown``), by default a quarter of the
-    machine's physical memory (``queue_budget``): a long ReLU-split search on a CNN (oval21 cifar_wide)
-    queued 13 GB in 8 minutes, until the system killed the process. ``max_elements``: cap on the
+    queue of open domains may hold before the search gives up (``unknown``), by default an eighth of the
+    machine's physical memory (``queue_budget``): ReLU-split searches on the oval21 CNNs grew until the
+    system killed them (16 GB in 12 minutes), and the process holds more than its queue (a merge of the
+    queue's parts copies it, and freed memory is not all returned). ``max_elements``: cap on the
     elements of one coefficient tensor of a batched bound call (see ``batch_size``); the batch is also
     kept to about ``iteration_seconds`` of work (measured), since the deadline is polled between
     iterations. A ``sat_share`` of each batch are the domains of lowest observed margin, the rest those
@@ -140,9 +141,10 @@ def physical_memory() -> int:
 
 
 def queue_budget(config: BabConfig) -> int:
-    """``config.max_queue_bytes``, or a quarter of the physical memory (a suite run of several searches at
-    a time gives each a share of half of it: ``batch.run_batch``)."""
-    return physical_memory() // 4 if config.max_queue_bytes is None else config.max_queue_bytes
+    """``config.max_queue_bytes``, or an eighth of the physical memory (a suite run of several searches at
+    a time gives each a share of a quarter of it: ``batch.instance_config``). Measured on oval21
+    cifar_deep, the process held 11 GB for a queue of 3.7 to 4.9 GB."""
+    return physical_memory() // 8 if config.max_queue_bytes is None else config.max_queue_bytes
 
 
 def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
