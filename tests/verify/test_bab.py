@@ -11,12 +11,14 @@ import torch
 
 import verifier
 from tests.graph.graph_testing import Net
+from verifier.engine import branching
+from verifier.engine.bounds import refresh_after
 from verifier.errors import BoundComputationError
 from verifier.spec.property import Case, Disjunct, Property
 from verifier.verify.attack import Attack, AttackConfig
 from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit, InputSplitConfig, joint_gaps
-from verifier.verify.bab.relu_split import ReluSplit
+from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
 from verifier.verify.bounding import Bounder, UnsoundBoundError
 from verifier.verify.deadline import Deadline
 from verifier.verify.instance import load_model
@@ -302,6 +304,30 @@ def test_relu_splitting_branches_on_each_open_disjunct_with_its_own_rows(tiny):
         assert torch.isfinite(lower[n, r]) and torch.isneginf(lower[n, 1 - r])
     gap = domains["lower"] - torch.as_tensor(low - 2e-3 + problem.bounder.decide_tol[0])
     assert torch.equal(domains[driver.BOUND], gap.gather(1, domains[driver.ROWS])[:, 0])
+
+
+@pytest.mark.parametrize("refresh", [False, True])
+def test_relu_split_domains_get_their_parents_bounds_clamped_by_the_new_split(tiny, refresh):
+    """Without ``refresh`` a domain carries no bounds: they are rebuilt from its case's root bounds and
+    its splits, and must equal what splitting the parent's state gives; with it, they are carried."""
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher = ReluSplit(problem.bounder, ReluSplitConfig(refresh=refresh))
+    roots = driver.settle(brancher, brancher.roots(np.arange(1)), problem)
+    assert any(key.startswith("lo:") for key in roots) == refresh
+    parents = roots
+    for _ in range(3):  # three generations: splits accumulate
+        parents = driver.settle(brancher, brancher.split(parents), problem)
+        state, params = brancher._unpack(parents)
+        children = brancher.split(parents)
+        expected, _ = branching.split(state, params, parents["branch_node"], parents["branch_pos"])
+        if refresh:
+            refresh_after(expected, int(parents["branch_node"].min()))
+        rebuilt, _ = brancher._unpack(children)
+        for k in brancher.nodes:
+            for got, want in zip(rebuilt.bounds[k], expected.bounds[k]):
+                assert torch.equal(got, want), k
+        assert sum(int((t != 0).sum()) for t in rebuilt.splits.values()) > 0
 
 
 def test_relu_splitting_proves_a_disjunction_and_finds_a_counterexample_of_one_disjunct(tiny):

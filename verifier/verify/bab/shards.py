@@ -18,9 +18,9 @@ costs each one the imports (seconds) once per run.
 
 Where 64 workers would bottleneck: the coordinator is one process, and per hand-out it pops (a merge and
 a top-k over the whole queue), pickles the parents and unpickles and pushes their open children. With
-ReLU splitting a domain carries bounds of every layer and its ``param:*`` slopes and multipliers
-(18 kB per domain on mnist_fc 256x4, more on wider nets; a hand-out of 256 parents is about 5 MB out and
-9 MB back), and that transfer, not the bounding, would limit the rate. What the design does
+ReLU splitting a domain carries its split state and its ``param:*`` slopes and multipliers
+(about 10 kB per domain on mnist_fc 256x4, more on wider nets; a hand-out of 256 parents a few MB each
+way), and that transfer, not the bounding, would limit the rate. What the design does
 about it: a hand-out holds about ``BabConfig.iteration_seconds`` of a worker's bounding (the driver's
 rate rule), so the coordinator's work per batch is amortised over many domains; ``IN_FLIGHT`` batches
 per worker are queued so a worker never waits for the coordinator's round trip; only open children
