@@ -88,8 +88,8 @@ class BabConfig:
     ``max_domains``: children bounded before giving up (``unknown``). ``max_queue_bytes``: memory the
     queue of open domains may hold before the search gives up (``unknown``), by default an eighth of the
     machine's physical memory (``queue_budget``): ReLU-split searches on the oval21 CNNs grew until the
-    system killed them (one held 16 GB after 11 minutes), and the process holds more than its queue (a merge of the
-    queue's parts copies it, and freed memory is not all returned). ``max_elements``: cap on the
+    system killed them (one held 16 GB after 11 minutes), and the process holds more than its queue (a
+    merge of the queue's parts copies it, and freed memory is not all returned). ``max_elements``: cap on the
     elements of one coefficient tensor of a batched bound call (see ``batch_size``); the batch is also
     kept to about ``iteration_seconds`` of work (measured), since the deadline is polled between
     iterations. A ``sat_share`` of each batch are the domains of lowest observed margin, the rest those
