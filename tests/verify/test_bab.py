@@ -371,7 +371,7 @@ def _search_with_attack_time(attack_seconds: float, searched_for: float) -> driv
     queue.push({driver.BOUND: -torch.arange(n, dtype=torch.float64), driver.MARGIN: torch.zeros(n)})
     config = driver.BabConfig(attack_every=1, attack_share=0.25)
     began = time.monotonic() - searched_for
-    return driver.Search(None, config, Deadline(60), queue, size=4, budget_bytes=2**30, rate=1e6, began=began,
+    return driver.Search(None, config, Deadline(60), queue, size=4, rate=1e6, began=began,
                          attack_seconds=attack_seconds)  # fmt: skip
 
 

@@ -266,7 +266,6 @@ class Search:
     deadline: Deadline
     queue: DomainQueue
     size: int
-    budget_bytes: int
     result: BabResult | None = None
     visited: int = 0
     iteration: int = 0
@@ -284,8 +283,8 @@ class Search:
         widest = max(int(np.prod(node.shape)) for node in problem.bounder.model.graph.nodes)
         size = brancher.max_parents or batch_size(problem.bounder.spec.d.shape[1], widest, config)
         now = time.monotonic()
-        search = cls(brancher, config, deadline, queue, size, queue_budget(config),
-                     rate=64 / config.iteration_seconds, shown=now, began=now)  # fmt: skip
+        search = cls(brancher, config, deadline, queue, size, rate=64 / config.iteration_seconds, shown=now,
+                     began=now)  # fmt: skip
         if deadline.expired():
             search.result = BabResult("timeout", None, 0, 0)
             return search
@@ -335,9 +334,9 @@ class Search:
         elif self.visited >= self.config.max_domains:
             stopped = f"{self.visited} domains bounded (the budget: {self.config.max_domains})"
             self.result = BabResult("unknown", None, self.visited, self.iteration, stopped)
-        elif (held := self.queue.nbytes()) > self.budget_bytes:
+        elif (held := self.queue.nbytes()) > (budget := queue_budget(self.config)):
             stopped = (f"{len(self.queue)} open domains hold {held / 2**30:.2f} GiB (the queue's budget: "
-                       f"{self.budget_bytes / 2**30:.2f} GiB)")  # fmt: skip
+                       f"{budget / 2**30:.2f} GiB)")  # fmt: skip
             self.result = BabResult("unknown", None, self.visited, self.iteration, stopped)
         elif not len(self.queue) and not busy:
             self.result = BabResult("unsat", None, self.visited, self.iteration)
