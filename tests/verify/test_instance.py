@@ -47,6 +47,10 @@ def test_timeout_is_honoured(expires_on):
     deadline = CountdownDeadline(expires_on)
     result = verify_instance(*HARD, VerifyConfig(extra_attack_seconds=100), deadline)
     assert result.verdict == "timeout" and deadline.polls >= expires_on
+    # the stages run until then keep their seconds (``--json`` says where the time went)
+    assert set(result.stats.get("seconds", {})) >= ({"attack"} if expires_on > 1 else set())
+    if expires_on == 66:
+        assert len(result.stats["seconds"]) >= 2, result.stats
 
 
 def test_unknown_when_bounds_and_attack_budget_are_exhausted():

@@ -164,12 +164,14 @@ def verify_instance(
 
 
 def verify_loaded(loaded: LoadedInstance, config: VerifyConfig, deadline: Deadline) -> InstanceResult:
-    """``decide`` on a loaded instance, turning a spent budget into a ``timeout`` result."""
+    """``decide`` on a loaded instance, turning a spent budget into a ``timeout`` result that keeps the
+    stats gathered until then (where the time went)."""
+    stats: dict = {}
     try:
         deadline.check()
-        return decide(loaded, bound_methods(config.method), config, deadline)
+        return decide(loaded, bound_methods(config.method), config, deadline, stats)
     except DeadlineReached:
-        return InstanceResult("timeout", "", deadline.elapsed())
+        return InstanceResult("timeout", "", deadline.elapsed(), stats=stats)
 
 
 class StageClock:
@@ -187,15 +189,19 @@ class StageClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - start
 
 
-def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfig, deadline: Deadline):
-    """The attack / bound / branch-and-bound schedule of the module docstring on a loaded instance."""
+def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfig, deadline: Deadline,
+           stats: dict | None = None):  # fmt: skip
+    """The attack / bound / branch-and-bound schedule of the module docstring on a loaded instance.
+    ``stats`` (the result's) is filled as the stages run, so a caller still has it if the deadline cuts
+    the schedule short."""
     spec = spec_batch(loaded.prop, loaded.checker.dtype)
     model = loaded.model
     widening = rounding_widening(loaded, spec)
     attack = Attack(model, model.input_shape, spec, loaded.checker, loaded.prop, config.attack,
                     seed=config.seed, device=config.device)  # fmt: skip
     clock = StageClock()
-    stats: dict = {"seconds": clock.seconds}
+    stats = {} if stats is None else stats
+    stats["seconds"] = clock.seconds
 
     def done(verdict: str, method: str, found: Counterexample | None = None) -> InstanceResult:
         return InstanceResult(verdict, method, deadline.elapsed(), found, stats)
