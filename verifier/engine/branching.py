@@ -73,6 +73,19 @@ def choose(scores: dict[int, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     return nodes[:, 0], pos[:, 0], ok[:, 0]
 
 
+def first_node_first(scores: dict[int, Tensor]) -> dict[int, Tensor]:
+    """The scores with every splittable neuron of the first scored node (the one nearest the input) ranked
+    above every neuron of later nodes, each node's order kept. Split first, those neurons tighten every
+    later node's bounds once the children's bounds are refreshed (``bounds.refresh_after``): where a deep
+    network's last layers are loose only because its first ones are, that gain dwarfs what a split of a
+    late neuron buys (the output-side scores cannot see it)."""
+    finite = torch.cat([s[torch.isfinite(s)] for s in scores.values()])
+    if not finite.numel():
+        return scores
+    first = min(scores)
+    return {**scores, first: scores[first] + (float(finite.max() - finite.min()) + 1.0)}
+
+
 def top_candidates(scores: dict[int, Tensor], count: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per domain the ``count`` neurons of highest score, best first: node index [B, K] (long), flat
     position [B, K], and whether the candidate is splittable [B, K] bool (False past a domain's number of

@@ -14,6 +14,11 @@ the parent's), and any parameter value within its projection gives a sound bound
 every child bound is sound on the child. A domain whose constraints contradict each other is empty and
 gets an infinite bound. Neurons are chosen by ``engine.branching``.
 
+Order of splits: by the output-side score of ``engine.branching``, except on a cascade (``cascades``: deep
+ReLU networks whose last layer's bounds are loose because the first layers' are), where the first layer's
+neurons go first and each child's later bounds are refreshed, so that a split near the input tightens
+every layer after it.
+
 A domain is the part of the case's box where its split constraints hold, so a point of the box need not
 be a point of the domain: ``points`` offers none (the driver checks no bounds at points), and
 counterexamples come from its attack on the case's box (``boxes``)."""
@@ -38,6 +43,11 @@ from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
 
 BRANCHING = ("fsb", "babsr")
+# the share of unstable neurons in the deepest ReLU layer from which the search splits shallow-first
+# (``cascades``). mnist_fc roots after alpha-CROWN: the 256x6 net's last layer 256/256 unstable at eps 0.05
+# (prop_3: bound -18.6, unsat in 53 s shallow-first, nowhere near by output scores), 256x4 prop_0_0.05
+# 67/256 (output scores do better there)
+CASCADE = 0.9
 
 
 @dataclass(frozen=True)
@@ -50,19 +60,36 @@ class ReluSplitConfig:
     of the nodes after a split one (tighter children, each several backward passes dearer);
     ``branching``: ``"fsb"`` (filtered smart branching: the ``candidates`` best neurons by the BaBSR-style
     score, of which the one whose worse child bounds best in a cheap CROWN pass) or ``"babsr"`` (the best
-    by that score alone)."""
+    by that score alone); ``shallow``: split the neurons of the first layer before any other (ranked among
+    themselves by that score), with ``refresh`` on; None decides at the roots (``cascades``)."""
 
     steps: int = 8
     lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
     root_steps: int = 20
     max_batch: int = 256
     refresh: bool = False
+    shallow: bool | None = None
     branching: str = "babsr"  # fsb: fewer domains on small nets, but no more mnist_fc solved in A/B (issue 6)
     candidates: int = 4
 
     def __post_init__(self):
         if self.branching not in BRANCHING:
             raise ValueError(f"unknown branching {self.branching!r}; choose one of {', '.join(BRANCHING)}")
+
+
+def cascades(state: BoundState) -> bool:
+    """Whether the roots' bounds look like a cascade: a network with several layers of ReLU-like neurons
+    whose deepest such layer is at least ``CASCADE`` unstable (over every root), its bounds loose because
+    the earlier layers' are. Splitting the first layer first, with refreshed bounds, is then the way in."""
+    graph = state.graph
+    relu = [
+        k for k in sorted(graph.needs_bounds())
+        if any(graph.nodes[j].op.linear_on_each_side_of_zero for j in graph.nonlinear_consumers(k))
+    ]  # fmt: skip
+    if len(relu) < 2:
+        return False
+    lo, hi = state.bounds[relu[-1]]
+    return float(((lo < 0) & (hi > 0)).double().mean()) >= CASCADE
 
 
 class ReluSplit:
@@ -78,6 +105,11 @@ class ReluSplit:
         self.nodes = sorted(self.graph.needs_bounds())
         self.max_parents = config.max_batch  # the driver's rate rule still applies below it
         self._root_bounds: dict[int, tuple[Tensor, Tensor]] = {}  # per node k, [cases, *shape_k] (roots)
+        self.shallow = config.shallow  # None until the roots decide
+
+    @property
+    def refresh(self) -> bool:
+        return self.config.refresh or bool(self.shallow)
 
     @staticmethod
     def applies(model) -> bool:
@@ -109,6 +141,8 @@ class ReluSplit:
             keep.tensors[("beta", k)] = torch.zeros(rows, len(cases), *self.graph.nodes[k].shape)
             keep.projections[("beta", k)] = self._projection(("beta", k))
         domains["lower"] = torch.maximum(domains["lower"], lower.T.double())
+        if self.shallow is None:  # once per search: every domain must carry the same keys
+            self.shallow = cascades(state)
         self._keep_root_bounds(case, state)
         domains.update(self._pack(state, keep))
         self._choose(domains, state, keep)
@@ -131,7 +165,7 @@ class ReluSplit:
         state, params = self._unpack(movable)
         nodes, pos = movable["branch_node"], movable["branch_pos"]
         child, child_params = branching.split(state, params, nodes, pos)
-        if self.config.refresh and len(nodes):
+        if self.refresh and len(nodes):
             with torch.no_grad():
                 refresh_after(child, int(nodes.min()))
         index = torch.arange(len(nodes)).repeat_interleave(2)
@@ -225,6 +259,8 @@ class ReluSplit:
             with torch.no_grad():
                 crown.backward(state, self.graph.output, self._rows(domains), params, ("out",), True, record)
         scores = branching.split_scores(state, record, self._weights(domains))
+        if self.shallow:
+            scores = branching.first_node_first(scores)
         count = self.config.candidates if self.config.branching == "fsb" else 1
         nodes, pos, ok = branching.top_candidates(scores, count)
         pick = self._smart_pick(domains, state, params, nodes, pos, ok)
@@ -274,7 +310,7 @@ class ReluSplit:
         out = {}
         for k in self.nodes:
             lo, hi = state.bounds[k]
-            if self.config.refresh:
+            if self.refresh:
                 out[f"lo:{k}"], out[f"hi:{k}"] = lo, hi
             split = state.splits.get(k)
             out[f"split:{k}"] = torch.zeros(lo.shape, dtype=torch.int8) if split is None else split
@@ -288,7 +324,7 @@ class ReluSplit:
         for k in self.nodes:
             if domains[f"split:{k}"].any():
                 state.splits[k] = domains[f"split:{k}"]
-            if self.config.refresh:
+            if self.refresh:
                 state.bounds[k] = (domains[f"lo:{k}"], domains[f"hi:{k}"])
             else:  # the root's, clamped by the splits (as ``branching.split`` made them)
                 lo, hi = self._root_bounds[k]
