@@ -66,8 +66,8 @@ def test_sshaped_searches_its_tangent_points_once_per_bounds(monkeypatch):
     lo = torch.tensor([[-3.0, -1.0, 0.5, -2.0]])
     hi = torch.tensor([[2.0, 4.0, 1.5, -0.5]])
     calls = []
-    search = activations._CrossLine.search
-    monkeypatch.setattr(activations._CrossLine, "search", lambda *a, **k: calls.append(1) or search(*a, **k))
+    search = activations._cross_line
+    monkeypatch.setattr(activations, "_cross_line", lambda *a, **k: calls.append(1) or search(*a, **k))
     lines = op.relaxer(lo, hi, cfg=RelaxConfig())
     assert len(calls) == 2  # the upper and the lower crossing line
     h = lo + (hi - lo) * torch.linspace(0, 1, 101).reshape(-1, 1, 1)  # points of each box
@@ -77,6 +77,30 @@ def test_sshaped_searches_its_tangent_points_once_per_bounds(monkeypatch):
             torch.sigmoid(h) <= rel.a_up * h + rel.b_up
         ).all()
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("function", ["sigmoid", "tanh", "erf"])
+def test_sshaped_lines_have_the_gradient_of_their_formula(function):
+    """The tangents' backward is written out (``_Tangent``): it must agree with finite differences of the
+    float64 lines in the parameter on every kind of box (convex, concave, crossing zero), and in the bounds
+    on the boxes where the lines are smooth in them (on a box crossing zero the tangent point comes from a
+    search, held fixed)."""
+    from verifier.ops.activations import SShaped
+
+    op = SShaped(function)
+
+    def lines(lo, hi, param):
+        rel = op.relaxer(lo, hi, cfg=RelaxConfig())(param)
+        return rel.a_lo, rel.b_lo, rel.a_up, rel.b_up
+
+    def f64(rows):
+        return torch.tensor(rows, dtype=torch.float64, requires_grad=True)
+
+    lo, hi = f64([[-3.0, -1.0, 0.5, -2.0, -0.3]]), f64([[2.0, 4.0, 1.5, -0.5, 0.2]])
+    param = f64([[[0.2, 0.7], [0.5, 0.1], [0.9, 0.4], [0.3, 0.6], [0.4, 0.5]]])
+    assert torch.autograd.gradcheck(lambda p: lines(lo.detach(), hi.detach(), p), (param,))
+    lo, hi = f64([[0.5, -2.0, 1.0]]), f64([[1.5, -0.5, 3.0]])
+    assert torch.autograd.gradcheck(lines, (lo, hi, param[:, :3].detach().requires_grad_()))
 
 
 def test_an_override_of_relax_alone_is_refused_where_it_would_be_bypassed():

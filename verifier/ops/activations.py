@@ -190,28 +190,26 @@ class Ramp(Nonlinear):
 # --------------------------------------------------------------------------------------------- S-shaped
 
 
-def _sigmoid_grad(x: Tensor) -> Tensor:
-    s = torch.sigmoid(x)
-    return s * (1 - s)
-
-
-def _tanh_grad(x: Tensor) -> Tensor:
-    return 1 - torch.tanh(x) ** 2
-
-
-def _erf_grad(x: Tensor) -> Tensor:
-    return (2 / math.sqrt(math.pi)) * torch.exp(-(x**2))
-
-
+# per function: f, f' from (x, f(x)), and f'' from (x, f(x), f'(x)): the tangent lines need all three at
+# one point, and sharing f(x) saves most of their cost
 _FUNCTIONS = {
-    "sigmoid": (torch.sigmoid, _sigmoid_grad),
-    "tanh": (torch.tanh, _tanh_grad),
-    "erf": (torch.erf, _erf_grad),
+    "sigmoid": (torch.sigmoid, lambda x, y: y * (1 - y), lambda x, y, dy: dy * (1 - 2 * y)),
+    "tanh": (torch.tanh, lambda x, y: 1 - y**2, lambda x, y, dy: -2 * y * dy),
+    "erf": (
+        torch.erf,
+        lambda x, y: (2 / math.sqrt(math.pi)) * torch.exp(-(x**2)),
+        lambda x, y, dy: -2 * x * dy,
+    ),
 }
 # tangent points are searched in [0, 20] (a point beyond it found unsound gives a constant line, see
 # ``_cross_line``); tanh and erf are flat in float64 well inside it (erf from about 6 on)
 _SEARCH_SPAN = 20.0
 _SEARCH_STEPS = 40
+
+
+def _slope(function: str, x: Tensor) -> Tensor:
+    f, df, _ = _FUNCTIONS[function]
+    return df(x, f(x))
 
 
 @register
@@ -241,7 +239,7 @@ class SShaped(Nonlinear):
         is ``|f'|`` at the point of the widened box nearest to 0 (``f'`` is even and decreasing in |h|)."""
         ((lo, hi),), (e,) = bounds, errors
         nearest = torch.clamp(torch.zeros_like(lo), lo - e, hi + e)
-        slope = _FUNCTIONS[self.function][1](nearest) * (1 + 1e-6)  # covers the float64 evaluation of f'
+        slope = _slope(self.function, nearest) * (1 + 1e-6)  # covers the float64 evaluation of f'
         return lipschitz_error(slope, e, 1.0, IMPLEMENTATION_ULPS, fmt)
 
     def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
@@ -266,96 +264,141 @@ class SShaped(Nonlinear):
 
     def relaxer(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Callable[[Tensor | None], Relaxation]:
         """The chords and the tangent-point searches (``_SEARCH_STEPS`` bisection steps per crossing line)
-        depend on the bounds alone: built once, while each parameter value costs only its tangents."""
-        f, df = _FUNCTIONS[self.function]
+        depend on the bounds alone: built once, each line as a ``_Line``, so that each parameter value costs
+        only one tangent per line."""
+        f = _FUNCTIONS[self.function][0]
         l, u = lo.double(), hi.double()
         fl, fu = f(l), f(u)
         degenerate = (u - l) < 1e-9
         chord_a = torch.where(
             degenerate, torch.zeros_like(l), (fu - fl) / torch.where(degenerate, 1.0, u - l)
         )
-        chord_lo = (chord_a, fl - chord_a * l)  # through (l, f(l)): an upper line on a convex box
-        chord_up = (chord_a, fu - chord_a * u)  # through (u, f(u)): the same line, anchored at u
-        upper_cross = _CrossLine.search(f, df, l, u, upper=True)
-        lower_cross = _CrossLine.search(f, df, u, l, upper=False)
+        zero = torch.zeros_like(l)
         convex, concave = u <= 0, l >= 0
+        # a convex (concave) box: the tangent on [l, u] below (above), the chord above (below); a box
+        # crossing zero: the line through one end tangent on the other side (``_cross_line``); a flat box:
+        # the constant lines f(l) <= f(h) <= f(u) (f is increasing)
+        on_box = _Line(self.function, torch.ones_like(degenerate), l, u - l, (zero, zero))
+        above = _Line.fixed_line(self.function, chord_a, torch.where(degenerate, fu, fl - chord_a * l))
+        below = _Line.fixed_line(self.function, chord_a, torch.where(degenerate, fl, fu - chord_a * u))
+        upper = _Line.select(
+            convex | degenerate,
+            above,
+            _Line.select(concave, on_box, _cross_line(self.function, l, u, upper=True)),
+        )
+        lower = _Line.select(
+            concave | degenerate,
+            below,
+            _Line.select(convex, on_box, _cross_line(self.function, u, l, upper=False)),
+        )
         default = self.initial_param(lo, hi, cfg)
 
         def lines(param: Tensor | None = None) -> Relaxation:
             if param is None:
                 param = default
-            if param is None:  # every box is a point: constant lines below
+            if param is None:  # every box is a point: constant lines
                 p_lo = p_up = torch.zeros_like(l)
             else:
                 p_lo, p_up = param[..., 0].double(), param[..., 1].double()
-            tangent_lo = _tangent(f, df, l + p_lo * (u - l))  # below f on a convex box
-            tangent_up = _tangent(f, df, l + p_up * (u - l))  # above f on a concave box
-            a_cross_up, b_cross_up = upper_cross.line(f, df, p_up)
-            a_cross_lo, b_cross_lo = lower_cross.line(f, df, p_lo)
-            a_up = torch.where(convex, chord_lo[0], torch.where(concave, tangent_up[0], a_cross_up))
-            b_up = torch.where(convex, chord_lo[1], torch.where(concave, tangent_up[1], b_cross_up))
-            a_lo = torch.where(convex, tangent_lo[0], torch.where(concave, chord_up[0], a_cross_lo))
-            b_lo = torch.where(convex, tangent_lo[1], torch.where(concave, chord_up[1], b_cross_lo))
-            # a flat box: the constant lines f(l) <= f(h) <= f(u) (f is increasing)
-            zero = torch.zeros_like(a_lo)
-            a_lo, b_lo = torch.where(degenerate, zero, a_lo), torch.where(degenerate, fl, b_lo)
-            a_up, b_up = torch.where(degenerate, zero, a_up), torch.where(degenerate, fu, b_up)
-            return _widened(a_lo, b_lo, a_up, b_up, l, u, lo.dtype)
+            return _widened(*lower(p_lo), *upper(p_up), l, u, lo.dtype)
 
         return lines
 
 
 @dataclass(frozen=True)
-class _CrossLine:
-    """Line through (anchor, f(anchor)) tangent to f on the other side of zero (sign s = +1 for the upper
-    line with anchor l < 0; -1 for the lower line with anchor u > 0); the chord when the tangent point
-    lies beyond ``far``. Sound side of the search: tangent points farther from zero, so the tangent point
-    may move from the sound end of the bracket towards ``far`` by a fraction ``shift`` in [0, 1]
-    (``line``). ``search`` runs the bisection, which depends on the bounds alone."""
+class _Line:
+    """One relaxation line per neuron: where ``tangent`` holds, the tangent of f at ``base + p * span`` (p
+    the neuron's parameter in [0, 1]); elsewhere the line ``fixed`` (slope, intercept), set by the bounds."""
 
-    s: float
-    far: Tensor
-    t: Tensor  # the sound end of the bracket, signed
-    use_chord: Tensor  # even the unsound end lies beyond far: so does the exact tangent point
-    found: Tensor  # a sound tangent point lies in the span
-    chord: tuple[Tensor, Tensor]
-    f_far: Tensor
+    function: str
+    tangent: Tensor
+    base: Tensor
+    span: Tensor
+    fixed: tuple[Tensor, Tensor]
 
     @staticmethod
-    def search(f, df, anchor: Tensor, far: Tensor, upper: bool) -> _CrossLine:
-        s = 1.0 if upper else -1.0
-        f_anchor = f(anchor)
+    def fixed_line(function: str, a: Tensor, b: Tensor) -> _Line:
+        zero = torch.zeros_like(a)
+        return _Line(function, torch.zeros_like(a, dtype=torch.bool), zero, zero, (a, b))
 
-        def sound(t):  # the tangent at s*t passes on the right side of (anchor, f(anchor))
-            gap = f(s * t) + df(s * t) * (anchor - s * t) - f_anchor
-            return gap >= 0 if upper else gap <= 0
+    @staticmethod
+    def select(mask: Tensor, this: _Line, other: _Line) -> _Line:
+        """``this`` where ``mask`` holds, else ``other``."""
 
-        near, far_t = torch.zeros_like(anchor), torch.full_like(anchor, _SEARCH_SPAN)
-        for _ in range(_SEARCH_STEPS):
-            mid = (near + far_t) / 2
-            ok = sound(mid)
-            far_t, near = torch.where(ok, mid, far_t), torch.where(ok, near, mid)
-        found = sound(far_t)
-        span = far - anchor
-        f_far = f(far)
-        chord_a = (f_far - f_anchor) / torch.where(span == 0, 1.0, span)
-        chord = (chord_a, f_anchor - chord_a * anchor)
-        return _CrossLine(s, far, s * far_t, near >= s * far, found, chord, f_far)
+        def pick(x: Tensor, y: Tensor) -> Tensor:
+            return torch.where(mask, x, y)
 
-    def line(self, f, df, shift: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = self.s, self.t
-        # the tangent point only ever moves away from zero
-        tangent = _tangent(f, df, t + shift * s * (s * (self.far - t)).clamp(min=0))
-        a = torch.where(self.use_chord, self.chord[0], tangent[0])
-        b = torch.where(self.use_chord, self.chord[1], tangent[1])
-        # no sound tangent point found in the span: fall back to the constant line through f(far)
-        usable = self.found | self.use_chord
-        return torch.where(usable, a, torch.zeros_like(a)), torch.where(usable, b, self.f_far)
+        return _Line(this.function, pick(this.tangent, other.tangent), pick(this.base, other.base),
+                     pick(this.span, other.span), (pick(this.fixed[0], other.fixed[0]),
+                     pick(this.fixed[1], other.fixed[1])))  # fmt: skip
+
+    def __call__(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = _tangent(self.function, self.base + p * self.span)
+        return torch.where(self.tangent, a, self.fixed[0]), torch.where(self.tangent, b, self.fixed[1])
 
 
-def _tangent(f, df, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Slope and intercept of the tangent of f at t."""
-    return df(t), f(t) - df(t) * t
+def _cross_line(function: str, anchor: Tensor, far: Tensor, upper: bool) -> _Line:
+    """The line through (anchor, f(anchor)) tangent to f on the other side of zero (sign s = +1 for the
+    upper line, anchor l < 0; -1 for the lower line, anchor u > 0); the chord when the tangent point lies
+    beyond ``far``. A bisection over [0, _SEARCH_SPAN] brackets the exact tangent point; its sound end
+    ``t`` (farther from zero) starts the line, and the parameter moves the tangent point from ``t``
+    towards ``far``, farther from zero, hence still sound. No sound point in the span: the constant line
+    through f(far)."""
+    f, df, _ = _FUNCTIONS[function]
+    s = 1.0 if upper else -1.0
+    f_anchor = f(anchor)
+
+    def sound(t):  # the tangent at s*t passes on the right side of (anchor, f(anchor))
+        y = f(s * t)
+        gap = y + df(s * t, y) * (anchor - s * t) - f_anchor
+        return gap >= 0 if upper else gap <= 0
+
+    near, far_t = torch.zeros_like(anchor), torch.full_like(anchor, _SEARCH_SPAN)
+    for _ in range(_SEARCH_STEPS):
+        mid = (near + far_t) / 2
+        ok = sound(mid)
+        far_t, near = torch.where(ok, mid, far_t), torch.where(ok, near, mid)
+    found = sound(far_t)
+    use_chord = near >= s * far  # even the unsound end lies beyond far: so does the exact tangent point
+    span = far - anchor
+    f_far = f(far)
+    chord_a = (f_far - f_anchor) / torch.where(span == 0, 1.0, span)
+    t = s * far_t
+    fixed = (
+        torch.where(use_chord, chord_a, torch.zeros_like(chord_a)),
+        torch.where(use_chord, f_anchor - chord_a * anchor, f_far),
+    )
+    # the tangent point only ever moves away from zero
+    return _Line(function, found & ~use_chord, t, s * (s * (far - t)).clamp(min=0), fixed)
+
+
+class _Tangent(torch.autograd.Function):
+    """Slope and intercept ``(f'(t), f(t) - f'(t) t)`` of the tangent of f at t, with the gradient
+    ``f''(t) (g_slope - g_intercept t)`` written out: one evaluation of f, where autograd would record
+    about ten float64 operations (the tangents were most of an alpha-CROWN step on sigmoid networks)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, function: str) -> tuple[Tensor, Tensor]:
+        f, df, d2f = _FUNCTIONS[function]
+        y = f(t)
+        slope = df(t, y)
+        ctx.save_for_backward(t, d2f(t, y, slope))
+        return slope, y - slope * t
+
+    @staticmethod
+    def backward(ctx, g_slope: Tensor, g_intercept: Tensor):
+        t, curvature = ctx.saved_tensors
+        return curvature * (g_slope - g_intercept * t), None
+
+
+def _tangent(function: str, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Slope and intercept of the tangent of f at t (differentiable in t)."""
+    if torch.is_grad_enabled() and t.requires_grad:
+        return _Tangent.apply(t, function)
+    f, df, _ = _FUNCTIONS[function]
+    y = f(t)
+    slope = df(t, y)
+    return slope, y - slope * t
 
 
 def _widened(a_lo, b_lo, a_up, b_up, l, u, dtype) -> Relaxation:
