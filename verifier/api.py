@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -109,11 +110,14 @@ class BoundedModel:
         return x
 
     def bounds(self, region: Region, method: str = "crown", C: Tensor | None = None, *,
-               relu_lower: str = "adaptive", grad: bool = False, upper: bool = True) -> Bounds:  # fmt: skip
+               relu_lower: str = "adaptive", grad: bool = False, upper: bool = True,
+               stop: Callable[[], bool] | None = None) -> Bounds:  # fmt: skip
         """Sound bounds of ``f(x)`` (shape [B, *output_shape]) or of ``C f(x)`` (C: [B, S, n_out] -> [B, S])
         for every x in the region. ``grad=True`` keeps the computation differentiable; ``upper=False``
-        computes the lower bound only (half the work for CROWN) and returns ``upper=None``."""
-        return Bounds(*self._bound(region, method, C, relu_lower, grad, upper=upper))
+        computes the lower bound only (half the work for CROWN) and returns ``upper=None``. ``stop`` (e.g.
+        a deadline's ``expired``) is asked between alpha-CROWN's optimisation steps: True ends it with
+        the best bounds so far, sound but looser."""
+        return Bounds(*self._bound(region, method, C, relu_lower, grad, upper=upper, stop=stop))
 
     def margins(self, region: Region, labels: Tensor, method: str = "crown", *,
                 relu_lower: str = "adaptive", grad: bool = False) -> Tensor:  # fmt: skip
@@ -126,7 +130,7 @@ class BoundedModel:
         C = margin_rows(labels, n, region.box()[0])
         return self._bound(region, method, C, relu_lower, grad, upper=False)[0]
 
-    def _bound(self, region, method, C, relu_lower, grad, upper):
+    def _bound(self, region, method, C, relu_lower, grad, upper, stop=None):
         like = self._like()
         if like is not None:  # bounds are computed in the model's precision, on its device
             region = region.to(like.device, like.dtype)
@@ -150,7 +154,7 @@ class BoundedModel:
         else:
             cfg = BoundConfig(method=method, relu_lower=relu_lower)
             with torch.enable_grad() if grad else torch.no_grad():
-                lower, upper_b = compute_bounds(self.graph, region, cfg, spec, upper=upper)
+                lower, upper_b = compute_bounds(self.graph, region, cfg, spec, upper=upper, stop=stop)
         if C is None:
             shape = (batch, *self.output_shape)
             return lower.T.reshape(shape), None if upper_b is None else upper_b.T.reshape(shape)

@@ -43,6 +43,24 @@ def test_a_stuck_run_reports_timeout_with_its_result_file(monkeypatch, tmp_path,
     assert (json.loads(out)["verdict"] if json_mode else out) == ("timeout" if json_mode else "timeout\n")
 
 
+def test_a_run_that_stops_itself_before_the_deadline_reports_its_stats(monkeypatch, capsys):
+    """The work stops ``single.report_margin`` before the parent's deadline, so its timeout (with the
+    seconds per stage) reaches the output before the parent would kill it."""
+
+    def slow_schedule(loaded, methods, config, deadline, stats):
+        stats["seconds"] = {"attack": 0.25}
+        while True:  # polls its deadline, as every stage does
+            deadline.check()
+            time.sleep(0.01)
+
+    monkeypatch.setattr(instance, "decide", slow_schedule)
+    status, out, err = run(capsys, *TEST_SAT, "--timeout", "3", "--json")
+    result = json.loads(out)
+    assert status == 0 and err == ""
+    assert result["verdict"] == "timeout" and result["stats"] == {"seconds": {"attack": 0.25}}
+    assert 3 - single.report_margin(3) <= result["time_s"] < 3
+
+
 def test_a_crash_in_the_work_is_an_error_with_its_message(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(single, "verify_instance", _buggy)
     status, out, err = run(capsys, *TEST_SAT, "--timeout", "60", "--out", tmp_path / "r.txt")

@@ -367,3 +367,18 @@ def test_an_answered_question_ends_the_optimisation(monkeypatch):
         assert early_count == answered_at and torch.equal(early, seen[-1])
     never, never_count = run(lambda best: False)
     assert never_count == count and torch.equal(never, full)
+
+
+@pytest.mark.parametrize("method", ["alpha-crown", "alpha-crown-final"])
+def test_a_stop_request_ends_alpha_crown_with_the_bounds_so_far(method):
+    """``bounds(stop=...)`` (a deadline's ``expired``): asked after each pass, True ends the optimisation
+    with the first iterate's bounds, CROWN's; never asked, the optimisation runs on and tightens them."""
+    model = verifier.load(_mlp(2), torch.zeros(1, 4))
+    region = verifier.LinfBall(torch.randn(2, 4, generator=torch.Generator().manual_seed(3)), 0.3)
+    asked = []
+    stopped = model.bounds(region, method, upper=False, stop=lambda: asked.append(1) or True).lower
+    crown_lo = model.bounds(region, "crown", upper=False).lower
+    full = model.bounds(region, method, upper=False, stop=lambda: False).lower
+    assert asked == [1]
+    torch.testing.assert_close(stopped, crown_lo)
+    assert (full >= stopped - 1e-6).all() and (full > stopped + 1e-4).any()

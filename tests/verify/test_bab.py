@@ -11,7 +11,7 @@ import torch
 
 import verifier
 from tests.graph.graph_testing import Net
-from verifier.engine import branching
+from verifier.engine import branching, crown
 from verifier.engine.bounds import refresh_after
 from verifier.errors import BoundComputationError
 from verifier.spec.property import Case, Disjunct, Property
@@ -439,3 +439,19 @@ def test_input_splitting_proves_a_conjunction_no_row_excludes_at_the_root(tmp_pa
     roots = brancher.roots(np.arange(1))
     result = driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(60))
     assert result.verdict == "unsat" and result.domains == 0
+
+
+def test_relu_splitting_roots_end_their_optimisation_at_the_deadline(tiny, monkeypatch):
+    """Past the deadline the roots' alpha-CROWN stops after its first pass (CROWN's slopes), so that the
+    search can report its timeout instead of overrunning it."""
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low + 0.5)))  # open at the roots: the optimisation runs on
+    passes = []
+    backward = crown.backward
+    monkeypatch.setattr(crown, "backward", lambda *a, **k: passes.append(1) or backward(*a, **k))
+    cases = np.flatnonzero(~problem.bounder.case_excluded())
+    ReluSplit(problem.bounder).roots(cases, Deadline(0))
+    spent = len(passes)
+    passes.clear()
+    ReluSplit(problem.bounder).roots(cases, Deadline(30))
+    assert spent < len(passes)

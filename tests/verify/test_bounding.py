@@ -24,7 +24,7 @@ class FixedBounds:
     def __call__(self, x):
         return x
 
-    def bounds(self, region, method, C, upper=True):
+    def bounds(self, region, method, C, upper=True, stop=None):
         return verifier.Bounds(self.lower, None)
 
 

@@ -90,7 +90,7 @@ class _Overconfident:
     def __call__(self, x):
         return self.model(x)
 
-    def bounds(self, region, method, C, upper=True):
+    def bounds(self, region, method, C, upper=True, stop=None):
         lower, upper = self.model.bounds(region, method=method, C=C)
         return verifier.Bounds(lower + 10.0, upper)
 

@@ -23,6 +23,8 @@ carried through the maps (``_through_chain``): a pass per neuron of the wide nod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -35,21 +37,24 @@ from verifier.ops.base import Affine
 from verifier.spec.regions import Region
 
 
-def compute_bounds(graph: Graph, region: Region, cfg: BoundConfig, spec: Tensor, upper: bool = True):
+def compute_bounds(graph: Graph, region: Region, cfg: BoundConfig, spec: Tensor, upper: bool = True,
+                   stop: Callable[[], bool] | None = None):  # fmt: skip
     """Bounds of ``<spec_s, f(x)>`` over the region: lower [S, B] and upper [S, B] (None unless ``upper``).
 
-    ``spec`` has shape [S, B, *output_shape]."""
+    ``spec`` has shape [S, B, *output_shape]. ``stop()`` True ends an alpha optimisation early."""
     if cfg.method not in METHODS:
         raise InputError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     state = BoundState(graph, region, cfg)
     s = spec.shape[0]
     rows = torch.cat([spec, -spec]) if upper else spec
     if cfg.output == "alpha":
+        enough = None if stop is None else lambda best: stop()
         if cfg.intermediate == "alpha" and alpha.full_fits(graph, state.batch, cfg):
-            result = alpha.optimise(state, rows, refresh=lambda params: intermediate_bounds(state, params))
+            refresh = lambda params: intermediate_bounds(state, params)
+            result = alpha.optimise(state, rows, refresh=refresh, enough=enough)
         else:
             intermediate_bounds(state)
-            result = alpha.optimise(state, rows)
+            result = alpha.optimise(state, rows, enough=enough)
     else:
         linear = intermediate_bounds(state)
         if cfg.output == "ibp":

@@ -85,7 +85,8 @@ class Bounder:
     def run(self, method: str, deadline: Deadline) -> bool:
         """Bound every case not yet excluded with ``method``; return whether all cases are now excluded.
 
-        Checks the deadline between engine calls (``DeadlineReached`` propagates).
+        Checks the deadline between engine calls (``DeadlineReached`` propagates) and between alpha-CROWN's
+        steps (which then end with the bounds so far).
         """
         todo = np.flatnonzero(~self.case_excluded())
         for begin in range(0, len(todo), MAX_CASES_PER_CALL):
@@ -96,7 +97,8 @@ class Bounder:
                 self.tensor(self.box_lo[cases]).reshape(shape),
                 self.tensor(self.box_hi[cases]).reshape(shape),
             )
-            bounds = self.model.bounds(box, method=method, C=self.tensor(self.spec.C[cases]), upper=False)
+            C = self.tensor(self.spec.C[cases])
+            bounds = self.model.bounds(box, method=method, C=C, upper=False, stop=deadline.expired)
             lower = bounds.lower.detach().double().cpu().numpy()
             self._update(cases, lower, method)
         return bool(self.case_excluded().all())

@@ -37,6 +37,11 @@ class Deadline:
         if self.expired():
             raise DeadlineReached(f"time budget of {self.seconds:g} s spent")
 
+    def early(self, seconds: float) -> Deadline:
+        """This deadline moved ``seconds`` earlier, with the same start (so ``elapsed`` agrees): for work
+        that must report before a supervisor's deadline."""
+        return Deadline(self.seconds - seconds, start=self.start)
+
     def sub(self, seconds: float) -> Deadline:
         """A deadline ``seconds`` from now, but never later than this one."""
         return Deadline(min(seconds, max(self.remaining(), 0.0)))

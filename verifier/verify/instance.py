@@ -265,7 +265,7 @@ def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack
     """Branch and bound on the cases the bound methods left open, in this process or, for several
     ``workers`` or a ``cluster``, shared between workers (``shards``)."""
     problem = driver.Problem(bounder, loaded.checker, loaded.prop, attack)
-    roots = brancher.roots(np.flatnonzero(~bounder.case_excluded()))
+    roots = brancher.roots(np.flatnonzero(~bounder.case_excluded()), deadline)
     if config.workers > 1 or config.cluster is not None:
         return shards.run(brancher, roots, problem, config.bab, deadline, config.workers, config.cluster)
     return driver.run(brancher, roots, problem, config.bab, deadline)

@@ -62,6 +62,7 @@ from verifier.verify.bab import driver
 from verifier.verify.bab.driver import JOINT
 from verifier.verify.bab.queue import Domains, concat
 from verifier.verify.bounding import Bounder
+from verifier.verify.deadline import Deadline
 
 ASPECT = 2.0**8  # the most a coordinate may be halved more often than the widest, relative to the case box
 JOINT_STEPS = 16  # exponentiated-gradient steps on the weights of a disjunct's rows (``joint_gaps``)
@@ -90,8 +91,9 @@ class InputSplit:
         """Whether the model's input is small enough for input splitting."""
         return int(np.prod(model.input_shape)) <= config.max_inputs
 
-    def roots(self, cases: np.ndarray) -> Domains:
-        """One domain per case in ``cases``: its outward-rounded box and the best bounds found so far."""
+    def roots(self, cases: np.ndarray, deadline: Deadline | None = None) -> Domains:
+        """One domain per case in ``cases``: its outward-rounded box and the best bounds found so far (no
+        bound pass, so nothing for ``deadline`` to cut short)."""
         b = self.bounder
         return {
             "lo": torch.as_tensor(b.box_lo[cases]),

@@ -41,6 +41,7 @@ from verifier.ops.base import Nonlinear
 from verifier.verify.bab import driver
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
+from verifier.verify.deadline import Deadline
 
 BRANCHING = ("fsb", "babsr")
 # the share of unstable neurons in the deepest ReLU layer from which the search splits shallow-first
@@ -117,15 +118,20 @@ class ReluSplit:
         on each side (S-shaped)."""
         return any(isinstance(n.op, Nonlinear) and branching.splittable(n.op) for n in model.graph.nodes)
 
-    def roots(self, cases: np.ndarray) -> Domains:
-        """One domain per case: full alpha-CROWN on its box, keeping bounds and output parameters."""
+    def roots(self, cases: np.ndarray, deadline: Deadline | None = None) -> Domains:
+        """One domain per case: full alpha-CROWN on its box, keeping bounds and output parameters. The
+        optimisation ends early, with the bounds so far, once ``deadline`` has passed."""
         case = torch.as_tensor(cases, dtype=torch.int64)
         state = BoundState(
             self.graph, self._box(case), BoundConfig(method="alpha-crown", alpha_steps=self.config.root_steps)
         )
         params = Params()
         domains = {"case": case, "lower": torch.as_tensor(self.bounder.lower[cases])}
-        rows, enough = self._rows(domains), self._closes(domains)
+        rows, closed = self._rows(domains), self._closes(domains)
+
+        def enough(best: Tensor) -> bool:
+            return closed(best) or (deadline is not None and deadline.expired())
+
         with torch.no_grad():
             if alpha.full_fits(self.graph, len(cases), state.cfg):
                 lower = alpha.optimise(state, rows, refresh=lambda p: intermediate_bounds(state, p),
