@@ -275,6 +275,7 @@ class SShaped(Nonlinear):
         )
         zero = torch.zeros_like(l)
         convex, concave = u <= 0, l >= 0
+        crossing = ~(convex | concave | degenerate)
         # a convex (concave) box: the tangent on [l, u] below (above), the chord above (below); a box
         # crossing zero: the line through one end tangent on the other side (``_cross_line``); a flat box:
         # the constant lines f(l) <= f(h) <= f(u) (f is increasing)
@@ -284,12 +285,12 @@ class SShaped(Nonlinear):
         upper = _Line.select(
             convex | degenerate,
             above,
-            _Line.select(concave, on_box, _cross_line(self.function, l, u, upper=True)),
+            _Line.select(concave, on_box, _cross_line(self.function, l, u, True, crossing)),
         )
         lower = _Line.select(
             concave | degenerate,
             below,
-            _Line.select(convex, on_box, _cross_line(self.function, u, l, upper=False)),
+            _Line.select(convex, on_box, _cross_line(self.function, u, l, False, crossing)),
         )
         default = self.initial_param(lo, hi, cfg)
 
@@ -337,28 +338,33 @@ class _Line:
         return torch.where(self.tangent, a, self.fixed[0]), torch.where(self.tangent, b, self.fixed[1])
 
 
-def _cross_line(function: str, anchor: Tensor, far: Tensor, upper: bool) -> _Line:
+def _cross_line(function: str, anchor: Tensor, far: Tensor, upper: bool, crossing: Tensor) -> _Line:
     """The line through (anchor, f(anchor)) tangent to f on the other side of zero (sign s = +1 for the
     upper line, anchor l < 0; -1 for the lower line, anchor u > 0); the chord when the tangent point lies
     beyond ``far``. A bisection over [0, _SEARCH_SPAN] brackets the exact tangent point; its sound end
     ``t`` (farther from zero) starts the line, and the parameter moves the tangent point from ``t``
     towards ``far``, farther from zero, hence still sound. No sound point in the span: the constant line
-    through f(far)."""
+    through f(far). The bisection runs on the boxes ``crossing`` zero alone (the others' lines are not
+    read; in branch and bound it was a quarter of the time on the sigmoid net of eran_mnist)."""
     f, df, _ = _FUNCTIONS[function]
     s = 1.0 if upper else -1.0
     f_anchor = f(anchor)
+    searched, f_searched = anchor.detach()[crossing], f_anchor.detach()[crossing]
 
     def sound(t):  # the tangent at s*t passes on the right side of (anchor, f(anchor))
         y = f(s * t)
-        gap = y + df(s * t, y) * (anchor - s * t) - f_anchor
+        gap = y + df(s * t, y) * (searched - s * t) - f_searched
         return gap >= 0 if upper else gap <= 0
 
-    near, far_t = torch.zeros_like(anchor), torch.full_like(anchor, _SEARCH_SPAN)
+    near, far_t = torch.zeros_like(searched), torch.full_like(searched, _SEARCH_SPAN)
     for _ in range(_SEARCH_STEPS):
         mid = (near + far_t) / 2
         ok = sound(mid)
         far_t, near = torch.where(ok, mid, far_t), torch.where(ok, near, mid)
-    found = sound(far_t)
+    found = torch.zeros_like(crossing)
+    found[crossing] = sound(far_t)
+    near = torch.zeros_like(anchor).index_put((crossing,), near)
+    far_t = torch.full_like(anchor, _SEARCH_SPAN).index_put((crossing,), far_t)
     use_chord = near >= s * far  # even the unsound end lies beyond far: so does the exact tangent point
     span = far - anchor
     f_far = f(far)
