@@ -382,3 +382,39 @@ def test_a_stop_request_ends_alpha_crown_with_the_bounds_so_far(method):
     assert asked == [1]
     torch.testing.assert_close(stopped, crown_lo)
     assert (full >= stopped - 1e-6).all() and (full > stopped + 1e-4).any()
+
+
+def test_adam_agrees_with_torchs_and_leaves_a_leaf_without_gradient_alone():
+    """``alpha.Adam`` (fused kernel, and its plain fallback) against ``torch.optim.Adam`` with an
+    exponential learning-rate decay, maximising, over steps where one leaf gets no gradient."""
+    gen = torch.Generator().manual_seed(11)
+    start = [torch.randn(3, 4, generator=gen), torch.randn(5, generator=gen)]
+    grads = [[torch.randn(t.shape, generator=gen) for t in start] for _ in range(6)]
+
+    def run(make):
+        leaves = [t.clone().requires_grad_() for t in start]
+        step = make(leaves)
+        for k, step_grads in enumerate(grads):
+            for i, (t, g) in enumerate(zip(leaves, step_grads)):
+                t.grad = None if (k, i) == (2, 1) else g.clone()
+            step()
+        return [t.detach() for t in leaves]
+
+    def ours(fused):
+        def make(leaves):
+            adam = alpha.Adam(leaves, 0.1, decay=0.9)
+            adam.fused = fused
+            return adam.step
+
+        return make
+
+    def torchs(leaves):
+        adam = torch.optim.Adam(leaves, lr=0.1, maximize=True)
+        decay = torch.optim.lr_scheduler.ExponentialLR(adam, gamma=0.9)
+        return lambda: (adam.step(), decay.step())
+
+    reference = run(torchs)
+    assert not torch.equal(reference[1], start[1])
+    for fused in (True, False):
+        for got, want in zip(run(ours(fused)), reference):
+            torch.testing.assert_close(got, want)

@@ -108,3 +108,18 @@ def test_counterexample_values_are_the_checked_point():
     cex = result.counterexample
     again = load_instance(*TEST_SAT).checker.run(cex.x)
     np.testing.assert_array_equal(again, cex.y)
+
+
+def test_optimisation_does_not_import_torch_dynamo():
+    """torch's optimisers import ``torch._dynamo`` on first use (about 1.2 s per process); alpha-CROWN and
+    branch and bound use ``alpha.Adam``, so a run that needs both stays clear of it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from verifier.verify.instance import verify_instance, VerifyConfig; "
+        f"r = verify_instance({str(HARD[0])!r}, {str(HARD[1])!r}, VerifyConfig(timeout=60)); "
+        "print(r.verdict, r.stats['seconds'].get('alpha-crown', 0) > 0, 'torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["unsat", "True", "False"]

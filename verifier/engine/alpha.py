@@ -8,6 +8,7 @@ CROWN with the same intermediate bounds."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -56,14 +57,12 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
         if step == steps or not params.leaves() or stale >= PATIENCE or (enough is not None and enough(best)):
             break
         if optimiser is None:
-            optimiser = _adam(params.leaves(), state.cfg.alpha_lr)
             # Adam's steps are about lr whatever the gradient: shrink them, so that the last iterates can
             # settle within a small fraction of lr of the optimum (near-zero margins need it)
-            decay = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=LR_END ** (1 / max(steps, 1)))
+            optimiser = Adam(params.leaves(), state.cfg.alpha_lr, decay=LR_END ** (1 / max(steps, 1)))
         optimiser.zero_grad()
         objective.backward(retain_graph=keep_graph)
         optimiser.step()
-        decay.step()
         params.project_()
     if refresh is not None:
         for k, bounds in state.best.items():
@@ -71,14 +70,62 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
     return lower if keep_graph else best
 
 
-def _adam(leaves: list[Tensor], lr: float) -> torch.optim.Adam:
-    """Adam, maximising: torch's fused kernel where the parameters' device has one (on CPU since torch 2.4;
-    one pass per tensor instead of about ten, 15-20% of a branch-and-bound run on mnist_fc), else the plain
-    loop. The two differ only in rounding."""
-    try:
-        return torch.optim.Adam(leaves, lr=lr, maximize=True, fused=True)
-    except RuntimeError:  # no fused kernel for this device (or torch version)
-        return torch.optim.Adam(leaves, lr=lr, maximize=True)
+class Adam:
+    """Adam ascent (maximising) on ``leaves``, its learning rate multiplied by ``decay`` after each step.
+
+    ``torch.optim.Adam`` computes the same, but its first use imports ``torch._dynamo``: 1.2 s in every
+    process that reaches alpha-CROWN, as many as there are instances when each runs in its own
+    ``verify-model`` process (the competition's way). This calls the kernel that ``Adam(fused=True)``
+    calls, where the device has one (on CPU since torch 2.4; one pass per tensor instead of about ten,
+    15-20% of a branch-and-bound run on mnist_fc), else the textbook update; the two differ only in
+    rounding. A leaf without a gradient in a step is left alone, as torch's optimisers do."""
+
+    BETAS, EPS = (0.9, 0.999), 1e-8
+
+    def __init__(self, leaves: list[Tensor], lr: float, decay: float = 1.0):
+        self.leaves, self.lr, self.decay = leaves, lr, decay
+        self.moments = [(torch.zeros_like(t), torch.zeros_like(t)) for t in leaves]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=t.device) for t in leaves]
+        self.fused = hasattr(torch, "_fused_adam_")
+
+    def zero_grad(self) -> None:
+        for t in self.leaves:
+            t.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, t in enumerate(self.leaves) if t.grad is not None]
+        groups: dict[tuple, list[int]] = {}
+        for i in live:  # the kernel takes tensors of one device and dtype
+            groups.setdefault((self.leaves[i].device, self.leaves[i].dtype), []).append(i)
+        for group in groups.values():
+            if self.fused:
+                try:
+                    self._fused(group)
+                    continue
+                except (RuntimeError, NotImplementedError):  # no fused kernel for this device
+                    self.fused = False
+            self._plain(group)
+        self.lr *= self.decay
+
+    def _fused(self, group: list[int]) -> None:
+        steps = [self.steps[i] for i in group]
+        torch._foreach_add_(steps, 1)
+        (beta1, beta2), m, v = self.BETAS, *zip(*(self.moments[i] for i in group))
+        torch._fused_adam_([self.leaves[i] for i in group], [self.leaves[i].grad for i in group], list(m),
+                           list(v), [], steps, lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=0.0,
+                           eps=self.EPS, amsgrad=False, maximize=True)  # fmt: skip
+
+    def _plain(self, group: list[int]) -> None:
+        beta1, beta2 = self.BETAS
+        for i in group:
+            t, (m, v), step = self.leaves[i], self.moments[i], self.steps[i]
+            step += 1
+            k = float(step)
+            m.mul_(beta1).add_(t.grad, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(t.grad, t.grad, value=1 - beta2)
+            denom = (v.sqrt() / math.sqrt(1 - beta2**k)).add_(self.EPS)
+            t.addcdiv_(m, denom, value=self.lr / (1 - beta1**k))
 
 
 def full_fits(graph, batch: int, cfg) -> bool:
