@@ -30,9 +30,12 @@ def properties(tiny):  # noqa: F811 (the fixture, imported above)
     return {"unsat": property_of(*(low - 2e-3)), "sat": property_of(low[0] - 1e-2, high[1] + 1e-3)}
 
 
-def sharded(problem: driver.Problem, brancher, workers: int = 2, cluster: str | None = None):
+def sharded(problem: driver.Problem, brancher, workers: int = 2, cluster: str | None = None,
+            local_seconds: float = 0.0):  # fmt: skip
+    """``shards.run``, by default with the workers from the start (no local phase)."""
     roots = brancher.roots(np.flatnonzero(~problem.bounder.case_excluded()))
-    return shards.run(brancher, roots, problem, driver.BabConfig(), Deadline(120), workers, cluster)
+    config = driver.BabConfig(local_seconds=local_seconds)
+    return shards.run(brancher, roots, problem, config, Deadline(120), workers, cluster)
 
 
 def check_same_verdict(path, prop, kind: str, cluster: str | None = None) -> None:
@@ -57,6 +60,16 @@ def test_two_local_workers_give_the_single_process_verdict(tiny, kind, verdict):
 @pytest.mark.parametrize(("kind", "verdict"), [("input", "unsat"), ("relu", "sat")])
 def test_ray_actors_give_the_single_process_verdict(tiny, ray_cluster, kind, verdict):  # noqa: F811
     check_same_verdict(tiny[0], properties(tiny)[verdict], kind, cluster=ray_cluster)
+
+
+def test_a_search_over_within_its_local_seconds_starts_no_worker(tiny, monkeypatch):  # noqa: F811
+    def no_pool(*args):
+        raise AssertionError("a worker was started")
+
+    monkeypatch.setattr(shards, "open_pool", no_pool)
+    problem = problem_for(tiny[0], properties(tiny)["unsat"])
+    result = sharded(problem, InputSplit(problem.bounder), local_seconds=60)
+    assert result.verdict == "unsat" and result.domains > 0
 
 
 class AwaySplit(InputSplit):

@@ -96,7 +96,9 @@ class BabConfig:
     of lowest bound. Every ``attack_every`` iterations PGD runs in the ``attack_domains`` popped domains
     of lowest margin, while attack rounds have taken at most ``attack_share`` of the search's time (the
     first round always runs; later ones find fewer counterexamples the longer a search lasts, while each
-    costs as much: on mnist_fc 256x4 prop_3_0.05 they were 2.5 s of a 5.4 s search).
+    costs as much: on mnist_fc 256x4 prop_3_0.05 they were 2.5 s of a 5.4 s search). A search shared
+    between workers (``shards``) runs its first ``local_seconds`` in its own process, and starts the
+    workers only if it is still open then: each pays seconds of imports, more than a short search takes.
     """
 
     max_domains: int = 20_000_000
@@ -110,6 +112,7 @@ class BabConfig:
     attack_share: float = 0.25
     progress: bool = False
     progress_seconds: float = 5.0
+    local_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -208,10 +211,16 @@ def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig,
     ``config.max_domains`` children were bounded (``unknown``) or the deadline passes (``timeout``,
     within about ``config.iteration_seconds``). ``shards.run`` is the same loop over several workers."""
     search = Search.start(brancher, roots, problem, config, deadline)
-    while search.result is None:
-        parents, attack = search.next_batch()
-        search.record(bound_batch(brancher, parents, problem, config, deadline, attack))
+    run_until(search, problem)
     return search.result
+
+
+def run_until(search: Search, problem: Problem, until: Deadline | None = None) -> None:
+    """Bound ``search``'s batches in this process until it has a result (at the latest at its deadline:
+    ``timeout``) or ``until`` has passed."""
+    while search.result is None and (until is None or not until.expired()):
+        parents, attack = search.next_batch()
+        search.record(bound_batch(search.brancher, parents, problem, search.config, search.deadline, attack))
 
 
 @dataclass

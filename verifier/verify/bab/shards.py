@@ -85,9 +85,10 @@ class Shard:
 
 def run(brancher, roots: driver.Domains, problem: driver.Problem, config: driver.BabConfig,
         deadline: Deadline, workers: int, cluster: str | None) -> driver.BabResult:  # fmt: skip
-    """``driver.run`` with the batches bounded by workers (``open_pool``), started only when the roots
-    leave domains open and stopped when the search is over."""
+    """``driver.run`` with the batches bounded by workers (``open_pool``), started only when the search
+    is still open after ``config.local_seconds`` in this process, and stopped when it is over."""
     search = driver.Search.start(brancher, roots, problem, config, deadline)
+    driver.run_until(search, problem, deadline.sub(config.local_seconds))
     if search.result is not None:
         return search.result
     pool = open_pool(brancher, problem, config, workers, cluster)
