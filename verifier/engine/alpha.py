@@ -110,11 +110,15 @@ class Adam:
 
     def _fused(self, group: list[int]) -> None:
         steps = [self.steps[i] for i in group]
-        torch._foreach_add_(steps, 1)
+        torch._foreach_add_(steps, 1)  # the kernel reads the counts of this step, as torch's Adam does
         (beta1, beta2), m, v = self.BETAS, *zip(*(self.moments[i] for i in group))
-        torch._fused_adam_([self.leaves[i] for i in group], [self.leaves[i].grad for i in group], list(m),
-                           list(v), [], steps, lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=0.0,
-                           eps=self.EPS, amsgrad=False, maximize=True)  # fmt: skip
+        try:
+            torch._fused_adam_([self.leaves[i] for i in group], [self.leaves[i].grad for i in group],
+                               list(m), list(v), [], steps, lr=self.lr, beta1=beta1, beta2=beta2,
+                               weight_decay=0.0, eps=self.EPS, amsgrad=False, maximize=True)  # fmt: skip
+        except (RuntimeError, NotImplementedError):
+            torch._foreach_sub_(steps, 1)  # the plain update that follows counts this step
+            raise
 
     def _plain(self, group: list[int]) -> None:
         beta1, beta2 = self.BETAS

@@ -207,9 +207,10 @@ _SEARCH_SPAN = 20.0
 _SEARCH_STEPS = 40
 
 
-def _slope(function: str, x: Tensor) -> Tensor:
+def _value_and_slope(function: str, x: Tensor) -> tuple[Tensor, Tensor]:
     f, df, _ = _FUNCTIONS[function]
-    return df(x, f(x))
+    y = f(x)
+    return y, df(x, y)
 
 
 @register
@@ -239,7 +240,8 @@ class SShaped(Nonlinear):
         is ``|f'|`` at the point of the widened box nearest to 0 (``f'`` is even and decreasing in |h|)."""
         ((lo, hi),), (e,) = bounds, errors
         nearest = torch.clamp(torch.zeros_like(lo), lo - e, hi + e)
-        slope = _slope(self.function, nearest) * (1 + 1e-6)  # covers the float64 evaluation of f'
+        _, slope = _value_and_slope(self.function, nearest)
+        slope = slope * (1 + 1e-6)  # covers the float64 evaluation of f'
         return lipschitz_error(slope, e, 1.0, IMPLEMENTATION_ULPS, fmt)
 
     def initial_param(self, lo: Tensor, hi: Tensor, cfg: RelaxConfig) -> Tensor | None:
@@ -346,14 +348,14 @@ def _cross_line(function: str, anchor: Tensor, far: Tensor, upper: bool, crossin
     towards ``far``, farther from zero, hence still sound. No sound point in the span: the constant line
     through f(far). The bisection runs on the boxes ``crossing`` zero alone (the others' lines are not
     read; in branch and bound it was a quarter of the time on the sigmoid net of eran_mnist)."""
-    f, df, _ = _FUNCTIONS[function]
+    f = _FUNCTIONS[function][0]
     s = 1.0 if upper else -1.0
     f_anchor = f(anchor)
     searched, f_searched = anchor.detach()[crossing], f_anchor.detach()[crossing]
 
     def sound(t):  # the tangent at s*t passes on the right side of (anchor, f(anchor))
-        y = f(s * t)
-        gap = y + df(s * t, y) * (searched - s * t) - f_searched
+        y, slope = _value_and_slope(function, s * t)
+        gap = y + slope * (searched - s * t) - f_searched
         return gap >= 0 if upper else gap <= 0
 
     near, far_t = torch.zeros_like(searched), torch.full_like(searched, _SEARCH_SPAN)
@@ -385,10 +387,8 @@ class _Tangent(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t: Tensor, function: str) -> tuple[Tensor, Tensor]:
-        f, df, d2f = _FUNCTIONS[function]
-        y = f(t)
-        slope = df(t, y)
-        ctx.save_for_backward(t, d2f(t, y, slope))
+        y, slope = _value_and_slope(function, t)
+        ctx.save_for_backward(t, _FUNCTIONS[function][2](t, y, slope))
         return slope, y - slope * t
 
     @staticmethod
@@ -401,9 +401,7 @@ def _tangent(function: str, t: Tensor) -> tuple[Tensor, Tensor]:
     """Slope and intercept of the tangent of f at t (differentiable in t)."""
     if torch.is_grad_enabled() and t.requires_grad:
         return _Tangent.apply(t, function)
-    f, df, _ = _FUNCTIONS[function]
-    y = f(t)
-    slope = df(t, y)
+    y, slope = _value_and_slope(function, t)
     return slope, y - slope * t
 
 
