@@ -79,8 +79,10 @@ def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | 
         offset = node.op.offset()
         const = _offset_term(a, offset) if offset is not None else 0
         if not linear and state.region.is_box and node.inputs == (0,) and state.graph.consumers[0] == (j,):
-            lo, hi = state.region.box()  # j alone reads the input: the minimum over the box of <a, J x>
-            lower = node.op.box_lower(a, (hi + lo) / 2, (hi - lo) / 2)  # is exactly its concretisation
+            # j alone reads the input: the minimum over the box of <a, J x> is exactly its concretisation
+            shape = (b, *nodes[0].shape)
+            centre, radius = (t.reshape(shape) for t in state.region.centre_radius())
+            lower = node.op.box_lower(a, centre, radius)
             if lower is not None:
                 return const + lower
         flat = a.reshape(s * b, *node.shape)

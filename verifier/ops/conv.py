@@ -137,8 +137,10 @@ class Conv(Weighted, Affine):
         s, b = a.shape[:2]
         grid, plan = self._phase_grid(a.flatten(0, 1), tuple(centre.shape[1:]))
         grid = grid.reshape(s, b, -1)
-        c, r = (_on_grid(t, plan) for t in (centre, radius))
-        return torch.einsum("sbn,bn->sb", grid, c) - torch.einsum("sbn,bn->sb", grid.abs(), r)
+        c, r = _on_grid(torch.cat([centre, radius]), plan).reshape(2, b, -1)  # one gather for both
+        # vecdot broadcasts centre and radius over the rows: einsum's batched matrix-vector product on the
+        # same operands measured 4x slower (oval21 CNN, batch 64)
+        return torch.linalg.vecdot(grid, c) - torch.linalg.vecdot(grid.abs(), r)
 
     def window(self, size: tuple[int, int]) -> tuple[int, int]:
         """The input window read by an ``h x w`` window of a 2-d convolution's output: ``(h', w') =

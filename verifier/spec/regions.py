@@ -58,6 +58,10 @@ class Region:
         """The regions of the batch rows ``index`` (rows may repeat)."""
         raise NotImplementedError
 
+    def centre_radius(self) -> tuple[Tensor, Tensor]:
+        """The enclosing box's centre and radius, flat per batch row: [B, n] each."""
+        return _centre_radius(*self.box())
+
     @property
     def is_box(self) -> bool:
         """Whether the region equals its enclosing box (IBP is then exact on coordinate-wise maps)."""
@@ -94,13 +98,13 @@ class Box(Region):
     def concretize(self, a: Tensor, c: Tensor) -> Tensor:
         """``<A, centre> - <|A|, radius>``: the minimum of a linear function over a box (dot products that
         reduce while they multiply: no product laid out per coefficient)."""
-        centre, radius = self._centre_radius()
+        centre, radius = self.centre_radius()
         a = a.flatten(2)
         return c + torch.linalg.vecdot(a, centre) - torch.linalg.vecdot(a.abs(), radius)
 
-    def _centre_radius(self) -> tuple[Tensor, Tensor]:
-        """``(centre, radius)``, flat per batch row: kept with the box (an optimiser concretises over it at
-        every step), unless the ends carry gradients, which each use's graph must then own."""
+    def centre_radius(self) -> tuple[Tensor, Tensor]:
+        """Kept with the box (an optimiser concretises over it at every step, a chunked pass once per
+        chunk), unless the ends carry gradients, which each use's graph must then own."""
         if self.lower.requires_grad or self.upper.requires_grad:
             return _centre_radius(self.lower, self.upper)
         return self._kept_centre_radius
