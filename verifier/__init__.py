@@ -9,6 +9,9 @@ import importlib
 
 from verifier.errors import InputError, ModelLoadError, UnsupportedOperatorError, VerifierError
 from verifier.graph import onnx2torch_compat  # noqa: F401  (light; before anything imports onnx2torch)
+from verifier.memory import on_import as _keep_freed_memory
+
+_keep_freed_memory()  # faster bound passes: freed tensors' memory is reused (``verifier.memory``)
 
 _LAZY = {
     "METHODS": "verifier.api", "BoundedModel": "verifier.api", "Bounds": "verifier.api", "load": "verifier.api",
