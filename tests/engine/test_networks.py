@@ -10,6 +10,7 @@ import torch
 import verifier
 from tests.engine.nets import linear_networks, networks
 from tests.helpers import assert_inside, samples
+from verifier.ops.linear import Linear
 
 NETS = networks()
 
@@ -147,3 +148,42 @@ def test_batch_rows_are_independent():
     for i in range(3):
         alone = model.bounds(verifier.Box(lo[i : i + 1], hi[i : i + 1]), method="crown")
         torch.testing.assert_close(alone.lower[0], together.lower[i], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_refining_from_a_linear_nodes_weight_rows_matches_the_indicator_rows(name, monkeypatch):
+    """A CROWN pass bounding a Linear node's neurons starts on its input with rows of W
+    (``Affine.jacobian_rows``) instead of pushing indicator rows through W: the same bounds, and under
+    ``grad`` the same gradients in the input and in live weights."""
+    module, _, region = _model_and_box(name)
+    x = region.box()[0].detach().clone().requires_grad_(True)
+    model = verifier.load(module, x[:1].detach(), live=True)
+    params = [p for p in module.parameters() if p.requires_grad]
+    results, gathered = {}, []
+    rows_of = Linear.jacobian_rows
+    monkeypatch.setattr(
+        Linear, "jacobian_rows", lambda *args: gathered.append(rows_of(*args)) or gathered[-1]
+    )
+    for shortcut in (True, False):
+        if not shortcut:
+            monkeypatch.setattr(Linear, "jacobian_rows", lambda self, positions, out_shape: None)
+        for method in ("crown", "alpha-crown", "crown-ibp"):
+            lower = model.bounds(verifier.LinfBall(x, 0.3), method=method, grad=True).lower
+            grads = torch.autograd.grad(lower.sum(), [x, *params])
+            results[shortcut, method] = (lower.detach(), grads)
+    # a Linear node before an activation is refined, through its weight's rows
+    assert any(rows is not None for rows in gathered) == (name in ("mlp", "residual", "sigmoid_tanh"))
+    for method in ("crown", "alpha-crown", "crown-ibp"):
+        (lo, grads), (lo_ref, grads_ref) = results[True, method], results[False, method]
+        torch.testing.assert_close(lo, lo_ref, rtol=1e-5, atol=1e-5, msg=method)
+        if method != "alpha-crown":  # its optimiser's steps carry the rounding differences further
+            for g, g_ref in zip(grads, grads_ref):
+                torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5, msg=method)
+
+
+def test_linear_jacobian_rows_are_weight_rows_for_a_vector_output_only():
+    weight = torch.randn(4, 3)
+    op = Linear(weight, torch.randn(4))
+    pos = torch.tensor([[2, 0], [3, 3]])
+    assert torch.equal(op.jacobian_rows(pos, (4,)), weight[pos])
+    assert op.jacobian_rows(pos, (2, 4)) is None  # rows over a sequence: a row sits at one place

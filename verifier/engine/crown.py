@@ -162,6 +162,33 @@ def indicator_rows(order: Tensor, valid: Tensor, shape: tuple[int, ...], like: T
     return rows.reshape(m, batch, *shape)
 
 
+def _indicator_bounds(
+    state: BoundState, k: int, pos: Tensor, ok: Tensor, params: Params | None, tag
+) -> Tensor:
+    """Lower bounds [2m, B] of ``z_k`` at ``pos`` [B, m] (rows 0..m-1) and of ``-z_k`` there (rows m..2m-1),
+    by ``backward`` from the indicator rows (``indicator_rows``; zero where not ``ok``). When node k is an
+    affine operator whose Jacobian rows are at hand (``Affine.jacobian_rows``: the rows of a Linear's
+    weight), the pass starts on its input with those rows: the same coefficients, gathered instead of
+    multiplied out of the indicators (on an MLP, one matrix product of the pass's few)."""
+    node = state.graph.nodes[k]
+    lo = state.bounds[k][0]
+    rows = None
+    if isinstance(node.op, Affine) and len(node.inputs) == 1:
+        rows = node.op.jacobian_rows(pos, node.shape)  # [B, m, *input_shape]
+    if rows is None:
+        rows = indicator_rows(pos, ok, node.shape, lo)
+        return backward(state, k, torch.cat([rows, -rows]), params, tag)
+    src = node.inputs[0]
+    mask = ok.to(rows.dtype).reshape(*ok.shape, *([1] * (rows.dim() - 2)))
+    rows = (rows * mask).transpose(0, 1)  # [m, B, *input_shape]
+    const = 0
+    offset = node.op.offset()
+    if offset is not None:  # <e_p, c> = c_p (zero where not ok)
+        const = (offset.expand(node.shape).reshape(-1)[pos] * ok).T
+        const = torch.cat([const, -const])
+    return backward(state, src, torch.cat([rows, -rows]), params, tag) + const
+
+
 def refine(state: BoundState, k: int, selection: tuple[Tensor, Tensor], params: Params | None = None) -> None:
     """Tighten ``state.bounds[k]`` by CROWN on the neurons of ``selection`` (see ``select_rows``).
 
@@ -185,9 +212,7 @@ def refine(state: BoundState, k: int, selection: tuple[Tensor, Tensor], params: 
     for start in range(0, most, chunk):
         pos, ok = order[:, start : start + chunk], valid[:, start : start + chunk]  # [B, m]
         m = pos.shape[1]
-        rows = indicator_rows(pos, ok, state.graph.nodes[k].shape, lo)
-        rows = torch.cat([rows, -rows])
-        res = backward(state, k, rows, params, tag=(k, start))
+        res = _indicator_bounds(state, k, pos, ok, params, tag=(k, start))
         old_lo, old_hi = lo_flat.gather(1, pos), hi_flat.gather(1, pos)
         lo_flat = lo_flat.scatter(1, pos, torch.where(ok, torch.maximum(old_lo, res[:m].T), old_lo))
         hi_flat = hi_flat.scatter(1, pos, torch.where(ok, torch.minimum(old_hi, -res[m:].T), old_hi))

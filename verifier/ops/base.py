@@ -108,6 +108,13 @@ class Affine(Op):
         _, vjp = torch.func.vjp(lambda x: self.linear(i, x), primal)
         return vjp(a)[0]
 
+    def jacobian_rows(self, positions: Tensor, out_shape: tuple[int, ...]) -> Tensor | None:
+        """``J^T e_p`` for a one-input operator, one per flat output position p of ``positions`` (long,
+        any shape P): [*P, *input_shape], read off the operator's data instead of multiplied out; None
+        when the operator has no such shortcut (the engine then applies ``transpose`` to the indicator
+        rows). ``out_shape``: the per-sample output shape."""
+        return None
+
     def box_lower(self, a: Tensor, centre: Tensor, radius: Tensor) -> Tensor | None:
         """``min <a, J x>`` over the box ``|x - centre| <= radius`` for a one-input operator, computed
         without laying ``J^T a`` out on the input; None when the operator has no such shortcut (the engine

@@ -37,6 +37,10 @@ class Linear(Weighted, Affine):
     def transpose(self, i: int, a: Tensor, in_shape: tuple[int, ...]) -> Tensor:
         return a @ self.weight
 
+    def jacobian_rows(self, positions: Tensor, out_shape: tuple[int, ...]) -> Tensor | None:
+        """Rows of W, for a vector output (over more dimensions, a row sits at one place of the input)."""
+        return self.weight[positions] if len(out_shape) == 1 else None
+
     def rounding_terms(self, in_shape: tuple[int, ...]) -> int:
         return self.weight.shape[1] + 1  # a dot product of in_features terms, plus the bias
 
