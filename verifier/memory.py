@@ -37,7 +37,8 @@ def keep_freed_memory(mmap_bytes: int = MMAP_BYTES, trim_bytes: int = TRIM_BYTES
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # the mmap threshold first: setting either fixes both, and glibc's default trim threshold is small
+    # setting either threshold ends glibc's own adjustment of both (it would raise the trim threshold with the
+    # mmap threshold), so both are set
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_bytes)) and bool(mallopt(M_TRIM_THRESHOLD, trim_bytes))
 
 
