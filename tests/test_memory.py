@@ -24,7 +24,9 @@ print((pages() - before) * os.sysconf("SC_PAGE_SIZE") / size)
 
 def kept_share(**env) -> float:
     """The share of a freed 16 MB block still resident, in a fresh process importing verifier."""
-    out = subprocess.run([sys.executable, "-c", PROBE], env=os.environ | env, capture_output=True, text=True,
+    settings = ("VERIFIER_KEEP_FREED_MEMORY", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    base = {k: v for k, v in os.environ.items() if k not in settings}  # only what the test sets
+    out = subprocess.run([sys.executable, "-c", PROBE], env=base | env, capture_output=True, text=True,
                          check=True)  # fmt: skip
     return float(out.stdout)
 
