@@ -120,22 +120,30 @@ def run_process(instance: Instance, seconds: float, args) -> BatchRow:
         wall = time.monotonic() - start
         text = out.read_text() if out.exists() else ""
     verdict = text.split("\n", 1)[0] if done.returncode == 0 and text else "error"
-    note = "" if verdict != "error" else (done.stderr.strip().splitlines() or ["no result file"])[-1]
-    row = BatchRow(instance.benchmark, instance.onnx, instance.vnnlib, verdict, wall, _stage(done.stdout), seconds,
-                   note)  # fmt: skip
+    reported = _reported(done.stdout)
+    stopped = reported.get("stats", {}).get("bab_stopped", "") if verdict == "unknown" else ""
+    if verdict == "error":
+        note = (done.stderr.strip().splitlines() or ["no result file"])[-1]
+    else:  # as batch mode's rows say it
+        note = f"branch and bound gave up: {stopped}" if stopped else ""
+    row = BatchRow(instance.benchmark, instance.onnx, instance.vnnlib, verdict, wall,
+                   str(reported.get("method") or ""), seconds, note)  # fmt: skip
     if not args.no_progress:
         print(f"{instance.benchmark} {instance.vnnlib}: {verdict} {wall:.2f} s", file=sys.stderr)
     return row
 
 
-def _stage(stdout: str) -> str:
-    """The stage that decided, from ``verify-model --json``'s line ("" when it printed none)."""
+def _reported(stdout: str) -> dict:
+    """The object of ``verify-model --json``'s line (the stage that decided, the stats; {} when it printed
+    none)."""
     for line in reversed(stdout.strip().splitlines()):
         try:
-            return str(json.loads(line).get("method") or "")
-        except (ValueError, AttributeError):
+            reported = json.loads(line)
+        except ValueError:
             continue
-    return ""
+        if isinstance(reported, dict):
+            return reported
+    return {}
 
 
 def main(argv=None) -> int:
