@@ -100,6 +100,26 @@ def test_box_shortcut_is_the_concretised_transpose(case, kind):
     torch.testing.assert_close(op.box_lower(a, (hi + lo) / 2, (hi - lo) / 2), expected)
 
 
+ROWS = [c for c in CASES if isinstance(c.op, Affine) and type(c.op).jacobian_rows is not Affine.jacobian_rows]
+
+
+@pytest.mark.parametrize("case", ROWS, ids=lambda c: c.name)
+def test_jacobian_rows_are_the_transposed_indicator_rows(case):
+    """``jacobian_rows`` (the engine's start of a pass bounding the operator's neurons) equals ``J^T e_p``,
+    where the operator gives it; where it declines (None), the engine pushes the indicators itself."""
+    op, shape = case.op.to(dtype=torch.float64), case.in_shapes[0]
+    out_shape = tuple(op.forward(torch.zeros((1, *shape), dtype=torch.float64)).shape[1:])
+    numel = int(torch.Size(out_shape).numel())
+    positions = torch.arange(numel).flip(0).reshape(1, numel)  # any shape of positions, any order
+    rows = op.jacobian_rows(positions, out_shape)
+    if rows is None:
+        return
+    unit = torch.eye(numel, dtype=torch.float64).flip(0).reshape(numel, *out_shape)
+    expected = op.transpose(0, unit, shape).reshape(1, numel, *shape)
+    torch.testing.assert_close(rows.reshape(expected.shape), expected)
+    assert rows.shape == (1, numel, *shape)
+
+
 def _single_op_graph(op, in_shapes) -> Graph:
     """input (all operands flattened and concatenated) -> one slice per operand -> op."""
     sizes = [int(torch.Size(s).numel()) for s in in_shapes]

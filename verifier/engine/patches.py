@@ -134,8 +134,9 @@ def _sources(state: BoundState, steps: list[_Step]) -> list[Tensor | None]:
             continue
         shape = torch.broadcast_shapes(*(t.shape for t in lines))
         out.append(F.pad(torch.stack([t.expand(shape) for t in lines]), step.pad))
-    lo, hi = state.region.box()
-    out.append(F.pad(torch.stack([(hi + lo) / 2, (hi - lo) / 2]), steps[-1].pad))
+    shape = (state.batch, *state.graph.input_shape)
+    centre, radius = (t.reshape(shape) for t in state.region.centre_radius())  # kept with the box
+    out.append(F.pad(torch.stack([centre, radius]), steps[-1].pad))
     return out
 
 
