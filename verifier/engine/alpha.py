@@ -25,8 +25,9 @@ LR_END = 0.1  # the learning rate decays geometrically to this fraction of cfg.a
 
 def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object] | None = None,
              params: Params | None = None, steps: int | None = None, record: dict[int, Tensor] | None = None,
-             enough: Callable[[Tensor], bool] | None = None) -> Tensor:  # fmt: skip
-    """Lower bounds [S, B] of ``<rows_s, f(x)>`` (rows: [S, B, *out]) with optimised parameters.
+             enough: Callable[[Tensor], bool] | None = None, start: int | None = None) -> Tensor:  # fmt: skip
+    """Lower bounds [S, B] of ``<rows_s, f(x)>`` (rows: [S, B, *out]) with optimised parameters; of
+    ``<rows_s, z_start>`` with ``start`` (a node before the output: its bounds must then be at hand).
 
     ``refresh(params)`` recomputes the intermediate bounds with the same store each iterate (full
     alpha-CROWN); without it the state's intermediate bounds are used as they are (branch and bound reuses a
@@ -39,7 +40,7 @@ def optimise(state: BoundState, rows: Tensor, refresh: Callable[[Params], object
     params = Params() if params is None else params
     steps = state.cfg.alpha_steps if steps is None else steps
     keep_graph = torch.is_grad_enabled()
-    out = state.graph.output
+    out = state.graph.output if start is None else start
     best, best_total, stale, optimiser = None, -float("inf"), 0, None
     for step in range(steps + 1):
         with torch.enable_grad():

@@ -223,11 +223,14 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
         with clock.stage(brancher.name):
             outcome = _branch_and_bound(brancher, loaded, bounder, attack, config, deadline)
         stats["domains"] = outcome.domains
+        if getattr(brancher, "refined", 0):
+            stats["refined_leaves"] = brancher.refined
         if outcome.stopped:
             stats["bab_stopped"] = outcome.stopped
         if outcome.verdict in ("sat", "unsat"):
             # proved at the roots (no split needed): that was the roots' alpha-CROWN
-            stage = "alpha-crown" if outcome.domains == 0 and outcome.verdict == "unsat" else brancher.name
+            roots = outcome.domains == 0 and outcome.verdict == "unsat" and not getattr(brancher, "refined", 0)
+            stage = "alpha-crown" if roots else brancher.name
             return done(outcome.verdict, stage, outcome.counterexample)
     with clock.stage("extra attack"):
         found = _extra_attack(attack, config, deadline)

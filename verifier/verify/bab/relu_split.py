@@ -25,6 +25,7 @@ counterexamples come from its attack on the case's box (``boxes``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ from verifier.engine.bounds import intermediate_bounds, refresh_after
 from verifier.engine.params import Params
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.base import Nonlinear
-from verifier.verify.bab import driver
+from verifier.verify.bab import driver, refine
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline
@@ -62,7 +63,9 @@ class ReluSplitConfig:
     ``branching``: ``"fsb"`` (filtered smart branching: the ``candidates`` best neurons by the BaBSR-style
     score, of which the one whose worse child bounds best in a cheap CROWN pass) or ``"babsr"`` (the best
     by that score alone); ``shallow``: split the neurons of the first layer before any other (ranked among
-    themselves by that score), with ``refresh`` on; None decides at the roots (``cascades``)."""
+    themselves by that score), with ``refresh`` on; None decides at the roots (``cascades``);
+    ``refine_share``: of the time left, what a single root still open after alpha-CROWN may spend
+    tightening its intermediate bounds by ``refine`` (with ``refine``'s settings) before the search."""
 
     steps: int = 8
     lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
@@ -72,6 +75,8 @@ class ReluSplitConfig:
     shallow: bool | None = None
     branching: str = "babsr"  # fsb: fewer domains on small nets, but no more mnist_fc solved in A/B (issue 6)
     candidates: int = 4
+    refine_share: float = 0.25
+    refine: refine.RefineConfig = refine.RefineConfig()
 
     def __post_init__(self):
         if self.branching not in BRANCHING:
@@ -107,6 +112,7 @@ class ReluSplit:
         self.max_parents = config.max_batch  # the driver's rate rule still applies below it
         self._root_bounds: dict[int, tuple[Tensor, Tensor]] = {}  # per node k, [cases, *shape_k] (roots)
         self.shallow = config.shallow  # None until the roots decide
+        self.refined = 0  # leaves the roots' refinement of intermediate bounds bounded (``refine``)
 
     @property
     def refresh(self) -> bool:
@@ -132,13 +138,26 @@ class ReluSplit:
         def enough(best: Tensor) -> bool:
             return closed(best) or (deadline is not None and deadline.expired())
 
-        with torch.no_grad():
-            if alpha.full_fits(self.graph, len(cases), state.cfg):
-                lower = alpha.optimise(state, rows, refresh=lambda p: intermediate_bounds(state, p),
-                                       params=params, enough=enough)  # fmt: skip
-            else:  # too large to optimise every intermediate bound: CROWN's, and the output's slopes
-                intermediate_bounds(state)
-                lower = alpha.optimise(state, rows, params=params, enough=enough)
+        full = alpha.full_fits(self.graph, len(cases), state.cfg)
+
+        def optimise() -> Tensor:
+            with torch.no_grad():
+                if full:
+                    return alpha.optimise(state, rows, refresh=lambda p: intermediate_bounds(state, p),
+                                          params=params, enough=enough)  # fmt: skip
+                # too large to optimise every intermediate bound: CROWN's, and the output's slopes
+                if not state.bounds:
+                    intermediate_bounds(state)
+                return alpha.optimise(state, rows, params=params, enough=enough)
+
+        lower = optimise()
+        share = self.config.refine_share
+        if share > 0 and len(cases) == 1 and deadline is not None and not closed(lower):
+            until = time.monotonic() + share * max(deadline.remaining(), 0.0)
+            # after each node: whether CROWN with the output's slopes so far closes the root already
+            out = lambda: crown.backward(state, self.graph.output, rows, params, ("out",), True)
+            self.refined += refine.refine(state, until, self.config.refine, lambda: closed(out()))
+            lower = torch.maximum(lower, optimise())
         keep = Params()
         keep.tensors = {k: v for k, v in params.tensors.items() if k[1] == "out"}
         keep.projections = {k: params.projections[k] for k in keep.tensors}

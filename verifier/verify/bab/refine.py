@@ -1,0 +1,258 @@
+"""Tighter intermediate bounds at the root, by branch and bound over the neurons before them.
+
+On deep ReLU networks the output bound of the root is loose mostly because the bounds of the middle
+layers are: each is the best linear relaxation can do over every unstable neuron before it. Every domain of
+the search inherits those bounds, so a search on the output alone has to split its way through all of them.
+abcrown refines them at the root with a MILP solver; here the engine's own beta-CROWN branch and bound
+does it. Bounding node k, each unstable neuron i gives two objectives, ``z_k,i`` (its lower bound) and
+``-z_k,i`` (its upper), and each objective gets its own search over splits of the neurons of the nodes
+before k, all in one batch of domains (``leaves``).
+
+A leaf's bound is sound on its domain, and the leaves of an objective cover the region (the children of a
+split cover their parent), so the smallest bound over an objective's leaves is a sound bound of it. A ReLU
+relaxation only needs a bound up to zero: a leaf whose bound reaches 0 is closed, and an objective with no
+open leaf proves its neuron stable (bound 0). The search runs until a deadline and stops early when every
+objective is closed; the bounds it gives are intersected with the ones it started from.
+
+Measured on mnist_fc 256x4 prop_0_0.05 (alpha-CROWN root bound -2.21): bounds attained by gradient descent
+inside the box show the headroom, 35 of the second layer's 86 unstable neurons look stable, and with those
+bounds on the second and third layers the root bound would be +0.95."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from verifier.engine import alpha, branching
+from verifier.engine.bounds import refresh_after
+from verifier.engine.params import Params
+from verifier.engine.state import BoundConfig, BoundState, tighten
+
+
+ROUNDS = 3
+# share of the gap between an objective's first bound and the value found at points that its search may
+# leave: on mnist_fc 256x4 prop_0_0.05, closing it all took the root bound to 0.95, 90% of it to 0.89
+GAP = 0.05
+# what a refined bound gives away against float32 rounding, relative to the node's largest bound (1 +
+# max |bound|): on mnist_fc 256x4 the bounds of leaves with every neuron fixed came within 3e-6 of values
+# reached at points (size 20), 1e-7 relative, as rounding does; the slack leaves 100x that
+ROUNDING = 1e-5
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """``max_objectives``: a node with more unstable neurons than half this is not refined (its searches
+    would each get too little time); ``max_batch``: parents split per iteration; ``steps`` / ``lr``: the
+    leaves' optimisation of slopes and split multipliers (warm-started from the parent's);
+    ``max_leaves``: open leaves held at most (beyond it a node's search ends)."""
+
+    max_objectives: int = 1024
+    max_batch: int = 512
+    steps: int = 6
+    lr: float = 0.05
+    max_leaves: int = 100_000
+
+
+@dataclass
+class _Leaves:
+    """Open domains of the objectives' searches, N of them: ``obj`` [N] (which objective), ``lower`` [N]
+    (its bound on the domain), ``splits`` per node [N, *shape], ``params`` (batch dimension N) and the
+    neuron each would split next, ``node`` / ``pos`` [N] (``node`` -1: nothing left to split)."""
+
+    obj: Tensor
+    lower: Tensor
+    splits: dict[int, Tensor]
+    params: Params
+    node: Tensor
+    pos: Tensor
+
+    def take(self, index: Tensor) -> _Leaves:
+        return _Leaves(self.obj[index], self.lower[index], {j: s[index] for j, s in self.splits.items()},
+                       self.params.select(index), self.node[index], self.pos[index])  # fmt: skip
+
+    @staticmethod
+    def cat(a: _Leaves, b: _Leaves) -> _Leaves:
+        params = Params()
+        for key, t in a.params.tensors.items():
+            params.tensors[key] = torch.cat([t.detach(), b.params.tensors[key].detach()], 1)
+            params.projections[key] = a.params.projections[key]
+        return _Leaves(torch.cat([a.obj, b.obj]), torch.cat([a.lower, b.lower]),
+                       {j: torch.cat([s, b.splits[j]]) for j, s in a.splits.items()}, params,
+                       torch.cat([a.node, b.node]), torch.cat([a.pos, b.pos]))  # fmt: skip
+
+
+def refine(state: BoundState, until: float, config: RefineConfig = RefineConfig(),
+           enough: Callable[[], bool] = lambda: False) -> int:  # fmt: skip
+    """Tighten, in place, the bounds of the nodes of ``state`` (one domain, every node bounded) that feed
+    splittable neurons and have some before them, first to last, until ``time.monotonic()`` reaches
+    ``until`` or ``enough()`` (asked after each node) says so; the nodes after a refined one are then
+    refreshed by CROWN. The nodes are refined in ``ROUNDS`` passes, each with twice the time of the one
+    before, each from the bounds the last one left. Returns the leaves bounded."""
+    if state.batch != 1:
+        raise ValueError("refine takes the state of one domain")
+    nodes = _split_nodes(state)
+    visited, begin = 0, time.monotonic()
+    for r in range(ROUNDS):  # doubling budgets: an easy root stops after a short first round
+        end = begin + (until - begin) * (2 ** (r + 1) - 1) / (2**ROUNDS - 1)
+        for n, k in enumerate(nodes[1:], start=1):
+            now = time.monotonic()
+            if now >= end:
+                break
+            share = now + (end - now) / (len(nodes) - n)  # what is left, shared among the nodes left
+            visited += _refine_node(state, k, nodes[:n], share, config)
+            with torch.no_grad():
+                refresh_after(state, k)
+            if enough():
+                return visited
+    return visited
+
+
+def _split_nodes(state: BoundState) -> list[int]:
+    """The bounded nodes whose neurons a split makes exact (inputs of ReLU-like or S-shaped nodes)."""
+    graph = state.graph
+    return [
+        k for k in sorted(graph.needs_bounds())
+        if any(branching.splittable(graph.nodes[j].op) for j in graph.nonlinear_consumers(k))
+    ]  # fmt: skip
+
+
+def _refine_node(root: BoundState, k: int, before: list[int], until: float, config: RefineConfig) -> int:
+    lo, hi = (t.flatten() for t in root.bounds[k])
+    unstable = ((lo < 0) & (hi > 0)).nonzero().flatten()
+    count = 2 * len(unstable)
+    if count == 0 or count > config.max_objectives:
+        return 0
+    pos = unstable.repeat(2)
+    sign = torch.cat([torch.ones(len(unstable)), -torch.ones(len(unstable))]).to(lo)
+    rows = lo.new_zeros(count, lo.numel())
+    rows[torch.arange(count), pos] = sign
+    rows = rows.reshape(1, count, *root.graph.nodes[k].shape)
+    cfg = BoundConfig(method="alpha-crown", alpha_steps=config.steps, alpha_lr=config.lr)
+
+    def bound(leaves: _Leaves) -> None:
+        """Bound ``leaves`` (their ``lower`` only rises) and choose their next splits."""
+        n = len(leaves.obj)
+        state = BoundState(root.graph, root.region.select(torch.zeros(n, dtype=torch.long)), cfg)
+        for j in before:
+            if leaves.splits[j].any():
+                state.splits[j] = leaves.splits[j]
+            state.set_bounds(j, tuple(t.expand(n, *t.shape[1:]) for t in root.bounds[j]))
+        record: dict[int, Tensor] = {}
+        with torch.no_grad():
+            lower = alpha.optimise(state, rows[:, leaves.obj], params=leaves.params, record=record, start=k,
+                                   enough=lambda best: bool((best >= 0).all()))  # fmt: skip
+        lower = lower[0].masked_fill(state.infeasible(), torch.inf)
+        leaves.lower = torch.maximum(leaves.lower, lower)
+        scores = branching.split_scores(state, record, torch.ones(1, n))
+        node, pos_, ok = branching.choose(scores)
+        leaves.node, leaves.pos = node.masked_fill(~ok, -1), pos_
+
+    start = torch.where(sign > 0, lo[pos], -hi[pos])
+    # float32 rounding of a bound of values of size ``scale`` (a few ulps a layer) is far below this
+    slack = ROUNDING * (1 + float(torch.maximum(lo.abs(), hi.abs()).max()))
+    # a search ends once its bound is within GAP of what no bound can beat: the least value found at
+    # points of the region (or 0, past which nothing is gained)
+    reached = _reached(root, k, pos, sign).clamp(max=0)
+    goal = reached - GAP * (reached - start)
+    empty = lambda j: torch.zeros(count, *root.bounds[j][0].shape[1:], dtype=torch.int8)
+    leaves = _Leaves(torch.arange(count), start, {j: empty(j) for j in before}, _fresh(before, count, root),
+                     torch.zeros(count, dtype=torch.long), torch.zeros(count, dtype=torch.long))  # fmt: skip
+    bound(leaves)
+    visited = count
+    while True:
+        leaves = leaves.take(leaves.lower <= slack)  # a leaf above 0 no longer bounds the relaxation
+        splittable = leaves.node >= 0
+        if not splittable.any() or time.monotonic() >= until or len(leaves.obj) > config.max_leaves:
+            break
+        bound_now = torch.full((count,), torch.inf).scatter_reduce(0, leaves.obj, leaves.lower, "amin")
+        open_ = bound_now < goal  # objectives whose search can still gain something worth having
+        parents = _worst(leaves, splittable & open_[leaves.obj], config.max_batch)
+        if not len(parents):
+            break
+        keep = torch.ones(len(leaves.obj), dtype=torch.bool)
+        keep[parents] = False
+        children = _split(leaves.take(parents), root, before)
+        bound(children)
+        visited += len(children.obj)
+        leaves = _Leaves.cat(leaves.take(keep), children)
+    # every objective's bound: the lowest of its open leaves less the slack (0 once none is open)
+    best = torch.zeros(count).scatter_reduce(0, leaves.obj, (leaves.lower - slack).clamp(max=0), "amin")
+    new_lo, new_hi = lo.clone(), hi.clone()
+    half = len(unstable)
+    new_lo[unstable] = torch.maximum(lo[unstable], best[:half])
+    new_hi[unstable] = torch.minimum(hi[unstable], -best[half:])
+    shape = root.bounds[k][0].shape
+    tightened = tighten(root.bounds[k], (new_lo.reshape(shape), new_hi.reshape(shape)))
+    root.best[k] = tightened if k not in root.best else tighten(root.best[k], tightened)
+    root.set_bounds(k, root.best[k])
+    return visited
+
+
+def _fresh(before: list[int], count: int, root: BoundState) -> Params:
+    """Zero split multipliers for every node a leaf may split (each leaf carries the same keys)."""
+    params = Params()
+    for j in before:
+        params.tensors[("beta", j)] = torch.zeros(1, count, *root.bounds[j][0].shape[1:]).requires_grad_(True)
+        params.projections[("beta", j)] = lambda t: t.clamp(min=0)
+    return params
+
+
+def _worst(leaves: _Leaves, splittable: Tensor, limit: int) -> Tensor:
+    """Indices of up to ``limit`` splittable leaves: each objective's lowest first, then its next ones."""
+    index = splittable.nonzero().flatten()
+    order = index[torch.argsort(leaves.lower[index])]
+    obj = leaves.obj[order]
+    # rank of each leaf within its objective (by bound): stable sort by objective keeps bound order
+    by_obj = torch.argsort(obj, stable=True)
+    sorted_obj = obj[by_obj]
+    first = torch.ones_like(sorted_obj, dtype=torch.bool)
+    first[1:] = sorted_obj[1:] != sorted_obj[:-1]
+    starts = torch.cummax(torch.where(first, torch.arange(len(obj)), 0), 0).values
+    rank = torch.empty_like(by_obj)
+    rank[by_obj] = torch.arange(len(obj)) - starts
+    chosen = order[torch.argsort(rank, stable=True)][:limit]
+    return chosen
+
+
+def _split(parents: _Leaves, root: BoundState, before: list[int]) -> _Leaves:
+    """Two children per parent (its chosen neuron inactive, then active), warm-started from it."""
+    n = len(parents.obj)
+    index = torch.arange(n).repeat_interleave(2)
+    sign = torch.tensor([-1, 1], dtype=torch.int8).repeat(n)
+    children = parents.take(index)
+    for j in before:
+        rows = (children.node == j).nonzero().flatten()
+        if len(rows):
+            flat = children.splits[j].reshape(2 * n, -1).clone()
+            flat[rows, children.pos[rows]] = sign[rows]
+            children.splits[j] = flat.reshape(children.splits[j].shape)
+    return children
+
+
+def _reached(root: BoundState, k: int, pos: Tensor, sign: Tensor, steps: int = 100, starts: int = 4) -> Tensor:
+    """Per objective, the least value of ``sign * z_k[pos]`` found at points of the region (projected
+    signed-gradient descent from the box's centre and from ``starts - 1`` random points, seeded): no sound
+    bound can be above it."""
+    prefix = dataclasses.replace(root.graph, output=k)
+    lo, hi = (t.repeat(starts * len(pos), *([1] * (t.dim() - 1))) for t in root.region.box())
+    pos, sign = pos.repeat(starts), sign.repeat(starts)
+    generator = torch.Generator(device=lo.device).manual_seed(0)
+    x = lo + (hi - lo) * torch.rand(lo.shape, generator=generator, device=lo.device)
+    x[: len(pos) // starts] = (lo + hi)[: len(pos) // starts] / 2
+    best = torch.full((len(pos),), torch.inf)
+    for step in range(steps + 1):
+        x.requires_grad_(True)
+        with torch.enable_grad():
+            value = sign * prefix.forward(x).flatten(1).gather(1, pos[:, None])[:, 0]
+            grad = torch.autograd.grad(value.sum(), x)[0] if step < steps else None
+        best = torch.minimum(best, value.detach())
+        if grad is None:
+            break
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - (hi - lo) * (0.1 * (1 - step / steps)) * grad.sign(), lo), hi)
+    return best.reshape(starts, -1).amin(0)
