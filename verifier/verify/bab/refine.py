@@ -33,7 +33,7 @@ from verifier.engine.bounds import refresh_after
 from verifier.engine.params import Params
 from verifier.engine.state import BoundConfig, BoundState, tighten
 
-
+# passes over the nodes, each with twice the time of the one before (``refine``)
 ROUNDS = 3
 # share of the gap between an objective's first bound and the value found at points that its search may
 # leave: on mnist_fc 256x4 prop_0_0.05, closing it all took the root bound to 0.95, 90% of it to 0.89
@@ -234,7 +234,9 @@ def _split(parents: _Leaves, root: BoundState, before: list[int]) -> _Leaves:
     return children
 
 
-def _reached(root: BoundState, k: int, pos: Tensor, sign: Tensor, steps: int = 100, starts: int = 4) -> Tensor:
+def _reached(
+    root: BoundState, k: int, pos: Tensor, sign: Tensor, steps: int = 100, starts: int = 4
+) -> Tensor:
     """Per objective, the least value of ``sign * z_k[pos]`` found at points of the region (projected
     signed-gradient descent from the box's centre and from ``starts - 1`` random points, seeded): no sound
     bound can be above it."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ class ReluSplitConfig:
     branching: str = "babsr"  # fsb: fewer domains on small nets, but no more mnist_fc solved in A/B (issue 6)
     candidates: int = 4
     refine_share: float = 0.25
-    refine: refine.RefineConfig = refine.RefineConfig()
+    refine: refine.RefineConfig = field(default_factory=refine.RefineConfig)
 
     def __post_init__(self):
         if self.branching not in BRANCHING:
