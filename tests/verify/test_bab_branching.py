@@ -97,7 +97,9 @@ def test_children_lower_is_sound_on_each_side(instance):
 def test_fsb_needs_fewer_domains_than_babsr(instance):
     domains = {}
     for rule in ("fsb", "babsr"):
-        config = dataclasses.replace(CONFIG, relu_split=ReluSplitConfig(branching=rule, max_batch=1, refine_share=0))
+        config = dataclasses.replace(
+            CONFIG, relu_split=ReluSplitConfig(branching=rule, max_batch=1, refine_share=0)
+        )
         result = verify_instance(instance.onnx, instance.vnnlib, config)
         assert result.verdict == "unsat" and result.method == "bab-relu"
         domains[rule] = result.stats["domains"]

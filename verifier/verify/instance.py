@@ -17,6 +17,7 @@ deadline; a single engine call is not interruptible, so overruns are bounded by 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -229,7 +230,9 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
             stats["bab_stopped"] = outcome.stopped
         if outcome.verdict in ("sat", "unsat"):
             # proved at the roots (no split needed): that was the roots' alpha-CROWN
-            roots = outcome.domains == 0 and outcome.verdict == "unsat" and not getattr(brancher, "refined", 0)
+            roots = (
+                outcome.domains == 0 and outcome.verdict == "unsat" and not getattr(brancher, "refined", 0)
+            )
             stage = "alpha-crown" if roots else brancher.name
             return done(outcome.verdict, stage, outcome.counterexample)
     with clock.stage("extra attack"):
@@ -268,10 +271,22 @@ def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack
     """Branch and bound on the cases the bound methods left open, in this process or, for several
     ``workers`` or a ``cluster``, shared between workers (``shards``)."""
     problem = driver.Problem(bounder, loaded.checker, loaded.prop, attack)
-    roots = brancher.roots(np.flatnonzero(~bounder.case_excluded()), deadline)
-    if config.workers > 1 or config.cluster is not None:
-        return shards.run(brancher, roots, problem, config.bab, deadline, config.workers, config.cluster)
-    return driver.run(brancher, roots, problem, config.bab, deadline)
+    cases = np.flatnonzero(~bounder.case_excluded())
+
+    def search(roots, until: Deadline) -> driver.BabResult:
+        if config.workers > 1 or config.cluster is not None:
+            return shards.run(brancher, roots, problem, config.bab, until, config.workers, config.cluster)
+        return driver.run(brancher, roots, problem, config.bab, until)
+
+    roots = brancher.roots(cases, deadline)
+    if not (isinstance(brancher, ReluSplit) and brancher.can_refine(cases)):
+        return search(roots, deadline)
+    # a first search on a short budget; if it gives no answer, refined roots and a second search
+    first = search(roots, deadline.sub(config.relu_split.probe_share * deadline.remaining()))
+    if first.verdict in ("sat", "unsat") or deadline.expired():
+        return first
+    second = search(brancher.roots(cases, deadline, refined=True), deadline)
+    return dataclasses.replace(second, domains=first.domains + second.domains)
 
 
 def _extra_attack(attack: Attack, config: VerifyConfig, deadline: Deadline) -> Counterexample | None:

@@ -65,7 +65,9 @@ class ReluSplitConfig:
     by that score alone); ``shallow``: split the neurons of the first layer before any other (ranked among
     themselves by that score), with ``refresh`` on; None decides at the roots (``cascades``);
     ``refine_share``: of the time left, what a single root still open after alpha-CROWN may spend
-    tightening its intermediate bounds by ``refine`` (with ``refine``'s settings) before the search."""
+    tightening its intermediate bounds by ``refine`` (with ``refine``'s settings) before a second search,
+    when a first one has not ended within ``probe_share`` of the time (``instance``; most searches that
+    end at all end soon: refining first cost the easy ones 30x)."""
 
     steps: int = 8
     lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
@@ -75,6 +77,7 @@ class ReluSplitConfig:
     shallow: bool | None = None
     branching: str = "babsr"  # fsb: fewer domains on small nets, but no more mnist_fc solved in A/B (issue 6)
     candidates: int = 4
+    probe_share: float = 0.1
     refine_share: float = 0.25
     refine: refine.RefineConfig = field(default_factory=refine.RefineConfig)
 
@@ -124,9 +127,16 @@ class ReluSplit:
         on each side (S-shaped)."""
         return any(isinstance(n.op, Nonlinear) and branching.splittable(n.op) for n in model.graph.nodes)
 
-    def roots(self, cases: np.ndarray, deadline: Deadline | None = None) -> Domains:
+    def can_refine(self, cases: np.ndarray) -> bool:
+        """Whether ``roots(cases, refined=True)`` would refine (``refine``: one root, a share to spend)."""
+        return self.config.refine_share > 0 and len(cases) == 1
+
+    def roots(self, cases: np.ndarray, deadline: Deadline | None = None, refined: bool = False) -> Domains:
         """One domain per case: full alpha-CROWN on its box, keeping bounds and output parameters. The
-        optimisation ends early, with the bounds so far, once ``deadline`` has passed."""
+        optimisation ends early, with the bounds so far, once ``deadline`` has passed. With ``refined`` (and
+        ``can_refine``), a root still open then spends ``refine_share`` of the time left tightening its
+        intermediate bounds (``refine.refine``), and is optimised again from them."""
+        self.shallow = self.config.shallow  # decided anew for the search these roots start
         case = torch.as_tensor(cases, dtype=torch.int64)
         state = BoundState(
             self.graph, self._box(case), BoundConfig(method="alpha-crown", alpha_steps=self.config.root_steps)
@@ -151,9 +161,8 @@ class ReluSplit:
                 return alpha.optimise(state, rows, params=params, enough=enough)
 
         lower = optimise()
-        share = self.config.refine_share
-        if share > 0 and len(cases) == 1 and deadline is not None and not closed(lower):
-            until = time.monotonic() + share * max(deadline.remaining(), 0.0)
+        if refined and self.can_refine(cases) and deadline is not None and not closed(lower):
+            until = time.monotonic() + self.config.refine_share * max(deadline.remaining(), 0.0)
             # after each node: whether CROWN with the output's slopes so far closes the root already
             out = lambda: crown.backward(state, self.graph.output, rows, params, ("out",), True)
             self.refined += refine.refine(state, until, self.config.refine, lambda: closed(out()))
