@@ -49,13 +49,13 @@ class RefineConfig:
     """``max_objectives``: a node with more unstable neurons than half this is not refined (its searches
     would each get too little time); ``max_batch``: parents split per iteration; ``steps`` / ``lr``: the
     leaves' optimisation of slopes and split multipliers (warm-started from the parent's);
-    ``max_leaves``: open leaves held at most (beyond it a node's search ends)."""
+    ``max_bytes``: memory the open leaves may hold (beyond it a node's search ends)."""
 
     max_objectives: int = 1024
     max_batch: int = 512
     steps: int = 6
     lr: float = 0.05
-    max_leaves: int = 100_000
+    max_bytes: int = 2**30
 
 
 @dataclass
@@ -70,6 +70,10 @@ class _Leaves:
     params: Params
     node: Tensor
     pos: Tensor
+
+    def nbytes(self) -> int:
+        tensors = [self.obj, self.lower, *self.splits.values(), *self.params.tensors.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def take(self, index: Tensor) -> _Leaves:
         return _Leaves(self.obj[index], self.lower[index], {j: s[index] for j, s in self.splits.items()},
@@ -90,26 +94,37 @@ def refine(state: BoundState, until: float, config: RefineConfig = RefineConfig(
            enough: Callable[[], bool] = lambda: False) -> int:  # fmt: skip
     """Tighten, in place, the bounds of the nodes of ``state`` (one domain, every node bounded) that feed
     splittable neurons and have some before them, first to last, until ``time.monotonic()`` reaches
-    ``until`` or ``enough()`` (asked after each node) says so; the nodes after a refined one are then
-    refreshed by CROWN. The nodes are refined in ``ROUNDS`` passes, each with twice the time of the one
-    before, each from the bounds the last one left. Returns the leaves bounded."""
+    ``until`` or ``enough()`` (asked after each node) says so. Only nodes read by ReLU-like neurons alone
+    are refined (``_relu_like``); the nodes after a refined one are then refreshed by CROWN. The nodes are
+    refined in ``ROUNDS`` passes, each with twice the time of the one before, each from the bounds the
+    last one left. Returns the leaves bounded."""
     if state.batch != 1:
         raise ValueError("refine takes the state of one domain")
     nodes = _split_nodes(state)
+    targets = [n for n, k in enumerate(nodes) if n > 0 and _relu_like(state, k)]
     visited, begin = 0, time.monotonic()
     for r in range(ROUNDS):  # doubling budgets: an easy root stops after a short first round
         end = begin + (until - begin) * (2 ** (r + 1) - 1) / (2**ROUNDS - 1)
-        for n, k in enumerate(nodes[1:], start=1):
+        for i, n in enumerate(targets):
             now = time.monotonic()
             if now >= end:
                 break
-            share = now + (end - now) / (len(nodes) - n)  # what is left, shared among the nodes left
+            share = now + (end - now) / (len(targets) - i)  # what is left, shared among the nodes left
+            k = nodes[n]
             visited += _refine_node(state, k, nodes[:n], share, config)
             with torch.no_grad():
                 refresh_after(state, k)
             if enough():
                 return visited
     return visited
+
+
+def _relu_like(state: BoundState, k: int) -> bool:
+    """Whether every nonlinear node reading node k is linear on each side of zero (ReLU-like): then a bound
+    past 0 buys nothing, and an objective is closed there (an S-shaped node's relaxation tightens with
+    every bound, which these searches do not chase)."""
+    graph = state.graph
+    return all(graph.nodes[j].op.linear_on_each_side_of_zero for j in graph.nonlinear_consumers(k))
 
 
 def _split_nodes(state: BoundState) -> list[int]:
@@ -167,7 +182,7 @@ def _refine_node(root: BoundState, k: int, before: list[int], until: float, conf
     while True:
         leaves = leaves.take(leaves.lower <= slack)  # a leaf above 0 no longer bounds the relaxation
         splittable = leaves.node >= 0
-        if not splittable.any() or time.monotonic() >= until or len(leaves.obj) > config.max_leaves:
+        if not splittable.any() or time.monotonic() >= until or leaves.nbytes() > config.max_bytes:
             break
         bound_now = torch.full((count,), torch.inf).scatter_reduce(0, leaves.obj, leaves.lower, "amin")
         open_ = bound_now < goal  # objectives whose search can still gain something worth having

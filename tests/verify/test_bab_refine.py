@@ -1,0 +1,124 @@
+"""Refinement of intermediate bounds by branch and bound (``verify.bab.refine``): every refined bound holds
+the neuron's exact range (MILP over the network up to that neuron), it is never looser than before, and
+``verify-model``'s ReLU splitting uses it only when a first search gives no answer."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import verifier
+from tests.exact.milp import minimise
+from tests.exact.nets import ReluNet, Sizes, random_direction, random_net
+from tests.exact.properties import ExactCase, write_instance
+from verifier.engine.bounds import intermediate_bounds
+from verifier.engine.params import Params
+from verifier.engine.state import BoundConfig, BoundState
+from verifier.spec.vnnlib import load_property
+from verifier.verify.bab import refine
+from verifier.verify.bab.input_split import InputSplitConfig
+from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
+from verifier.verify.bounding import Bounder
+from verifier.verify.deadline import Deadline
+from verifier.verify.instance import VerifyConfig, load_model, verify_instance
+from verifier.verify.spec_batch import spec_batch
+
+DEEP = Sizes(inputs=(4, 6), depth=(3, 3), width=(8, 12), outputs=(2, 3))
+# 6-16-16-16-3 nets whose property (exact margin 0.05) a search from the alpha-CROWN root alone does not
+# settle in 60 s, and one from refined roots does in about 20 (seed 11)
+HARD = Sizes(inputs=(6, 6), depth=(3, 3), width=(16, 16), outputs=(3, 3))
+CONFIG = VerifyConfig(timeout=60, extra_attack_seconds=0.2, input_split=InputSplitConfig(max_inputs=0))
+
+
+def _refined(net: ReluNet, seconds: float) -> tuple[BoundState, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """The CROWN bounds of every node of ``net`` over its box, refined for at most ``seconds``, and the
+    bounds before refining."""
+    lo, hi = net.box()
+    model = verifier.load(net.module(), lo)
+    state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
+    with torch.no_grad():
+        intermediate_bounds(state)
+    before = {k: (lo_.clone(), hi_.clone()) for k, (lo_, hi_) in state.bounds.items()}
+    refine.refine(state, time.monotonic() + seconds)
+    return state, before
+
+
+def _pre_activations(state: BoundState) -> list[int]:
+    """The nodes of the hidden layers' pre-activations, in order (``net.layers[m]`` gives the m-th)."""
+    return [k for k, node in enumerate(state.graph.nodes) if type(node.op).__name__ == "Linear"][:-1]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_refined_bounds_hold_every_neurons_exact_range_and_are_tighter(seed):
+    net = random_net(seed, DEEP)
+    state, before = _refined(net, 3.0)
+    gained = 0.0
+    for m, k in list(enumerate(_pre_activations(state)))[1:]:  # the first layer's bounds are exact
+        lo, hi = (t[0].double().numpy() for t in state.bounds[k])
+        old_lo, old_hi = (t[0].double().numpy() for t in before[k])
+        assert (lo >= old_lo).all() and (hi <= old_hi).all(), f"node {k}: refined bounds looser than before"
+        gained += float((old_hi - old_lo).sum() - (hi - lo).sum())
+        prefix = dataclasses.replace(net, layers=net.layers[: m + 1])  # its output: layer m's pre-activations
+        for j in np.flatnonzero((old_lo < 0) & (old_hi > 0)):
+            e = np.zeros(len(lo))
+            e[j] = 1.0
+            least, most = minimise(prefix, e).value, -minimise(prefix, -e).value
+            assert lo[j] <= least + 1e-5 * (1 + abs(least)), f"node {k} neuron {j}: {lo[j]} above min {least}"
+            assert hi[j] >= most - 1e-5 * (1 + abs(most)), f"node {k} neuron {j}: {hi[j]} below max {most}"
+    assert gained > 0, "refining gained nothing on a 3-layer net with unstable neurons"
+
+
+def test_worst_takes_each_objectives_lowest_leaf_first():
+    leaves = refine._Leaves(
+        obj=torch.tensor([0, 0, 1, 1, 2]), lower=torch.tensor([-1.0, -3.0, -0.5, -0.2, -9.0]), splits={},
+        params=Params(), node=torch.zeros(5, dtype=torch.long), pos=torch.zeros(5, dtype=torch.long),
+    )  # fmt: skip
+    splittable = torch.tensor([True, True, True, True, False])
+    assert refine._worst(leaves, splittable, 2).tolist() == [1, 2]  # objective 0's -3, then 1's -0.5
+    assert refine._worst(leaves, splittable, 10).tolist() == [1, 2, 0, 3]  # then the next of each
+    assert refine._worst(leaves, ~splittable, 10).tolist() == [4]
+
+
+def _instance(directory, seed: int = 11, margin: float = 0.05):
+    """A property of the ``HARD``-sized net of ``seed`` with exact margin ``margin``."""
+    net = random_net(seed, HARD)
+    c = random_direction(net, np.random.default_rng(10_000 + seed))
+    return write_instance(ExactCase(net, c[None], (minimise(net, c),)), 0, margin, directory)
+
+
+def test_refined_roots_bound_higher_than_plain_ones(tmp_path):
+    instance = _instance(tmp_path)
+    checker, model = load_model(instance.onnx)
+    bounder = Bounder(model, spec_batch(load_property(instance.vnnlib), checker.dtype))
+    brancher = ReluSplit(bounder, ReluSplitConfig(refine_share=0.5))
+    plain = float(brancher.roots(np.arange(1), Deadline(60))["lower"][0, 0])
+    refined = float(brancher.roots(np.arange(1), Deadline(4), refined=True)["lower"][0, 0])
+    assert brancher.refined > 0
+    assert refined > plain + 0.05, (plain, refined)
+    assert refined <= instance.d + instance.margin + 1e-4  # never above the exact minimum
+
+
+def test_an_easy_search_never_refines_and_a_long_one_does(tmp_path):
+    easy = _instance(tmp_path, 4, 0.1)
+    result = verify_instance(easy.onnx, easy.vnnlib, CONFIG)
+    assert result.verdict == "unsat" and "refined_leaves" not in result.stats
+    hard = _instance(tmp_path)
+    result = verify_instance(hard.onnx, hard.vnnlib, dataclasses.replace(CONFIG, timeout=4))
+    assert result.verdict in ("unsat", "timeout") and result.stats["refined_leaves"] > 0
+
+
+@pytest.mark.slow
+def test_refined_roots_settle_what_a_search_alone_does_not(tmp_path):
+    instance = _instance(tmp_path)
+    alone = verify_instance(
+        instance.onnx,
+        instance.vnnlib,
+        dataclasses.replace(CONFIG, relu_split=ReluSplitConfig(refine_share=0)),
+    )
+    assert alone.verdict == "timeout"
+    result = verify_instance(instance.onnx, instance.vnnlib, CONFIG)
+    assert result.verdict == "unsat" and result.stats["refined_leaves"] > 0
