@@ -122,3 +122,30 @@ def test_refined_roots_settle_what_a_search_alone_does_not(tmp_path):
     assert alone.verdict == "timeout"
     result = verify_instance(instance.onnx, instance.vnnlib, CONFIG)
     assert result.verdict == "unsat" and result.stats["refined_leaves"] > 0
+
+
+def test_refined_bounds_hold_sampled_values_on_a_net_with_s_shaped_neurons():
+    """Sigmoid neurons between ReLU layers: only nodes read by ReLUs alone are refined (the sigmoid's
+    inputs stay as they were), splits of sigmoid inputs are allowed, and every bound holds sampled values."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 10), torch.nn.ReLU(), torch.nn.Linear(10, 10), torch.nn.Sigmoid(),
+        torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 2),
+    ).eval()  # fmt: skip
+    lo, hi = -torch.ones(1, 4), torch.ones(1, 4)
+    model = verifier.load(net, lo)
+    state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
+    with torch.no_grad():
+        intermediate_bounds(state)
+    before = {k: (a.clone(), b.clone()) for k, (a, b) in state.bounds.items()}
+    refine.refine(state, time.monotonic() + 3.0)
+    sigmoid_input = next(k for k, n in enumerate(model.graph.nodes) if type(n.op).__name__ == "SShaped") - 1
+    assert all(torch.equal(a, b) for a, b in zip(state.bounds[sigmoid_input], before[sigmoid_input]))
+    assert any(not torch.equal(state.bounds[k][0], before[k][0]) for k in state.bounds), "nothing refined"
+    x = lo + (hi - lo) * torch.rand(20000, 4, generator=torch.Generator().manual_seed(1))
+    values = {0: x}
+    with torch.no_grad():
+        for k, node in enumerate(model.graph.nodes[1:], start=1):
+            values[k] = node.op.forward(*[values[i] for i in node.inputs])
+    for k, (a, b) in state.bounds.items():
+        assert (values[k] >= a - 1e-5).all() and (values[k] <= b + 1e-5).all(), f"node {k}"

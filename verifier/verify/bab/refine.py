@@ -153,8 +153,8 @@ def _refine_node(root: BoundState, k: int, before: list[int], until: float, conf
         """Bound ``leaves`` (their ``lower`` only rises) and choose their next splits."""
         n = len(leaves.obj)
         state = BoundState(root.graph, root.region.select(torch.zeros(n, dtype=torch.long)), cfg)
-        for j in before:
-            if leaves.splits[j].any():
+        for j in (j for j in root.bounds if j < k):  # the root's, clamped to the leaf's splits
+            if j in leaves.splits and leaves.splits[j].any():
                 state.splits[j] = leaves.splits[j]
             state.set_bounds(j, tuple(t.expand(n, *t.shape[1:]) for t in root.bounds[j]))
         record: dict[int, Tensor] = {}
