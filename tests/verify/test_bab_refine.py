@@ -124,16 +124,29 @@ def test_refined_roots_settle_what_a_search_alone_does_not(tmp_path):
     assert result.verdict == "unsat" and result.stats["refined_leaves"] > 0
 
 
+def _mixed_net(*activations: type[torch.nn.Module]) -> verifier.BoundedModel:
+    """4-10-...-10-2 with the given activation after each hidden layer (seeded weights)."""
+    torch.manual_seed(0)
+    parts, width = [], 4
+    for act in activations:
+        parts += [torch.nn.Linear(width, 10), act()]
+        width = 10
+    return verifier.load(torch.nn.Sequential(*parts, torch.nn.Linear(width, 2)).eval(), -torch.ones(1, 4))
+
+
+def test_targets_are_nodes_read_by_relus_alone_after_a_split_node():
+    graph = _mixed_net(torch.nn.ReLU, torch.nn.Sigmoid, torch.nn.ReLU, torch.nn.ReLU).graph
+    # nodes: 1 Linear, 2 ReLU, 3 Linear, 4 Sigmoid, 5 Linear, 6 ReLU, 7 Linear, 8 ReLU, 9 Linear
+    assert refine.targets(graph) == [(5, [1, 3]), (7, [1, 3, 5])]
+    assert refine.targets(_mixed_net(torch.nn.Sigmoid, torch.nn.Sigmoid).graph) == []
+    assert refine.targets(_mixed_net(torch.nn.ReLU).graph) == []  # nothing before the only ReLU layer
+
+
 def test_refined_bounds_hold_sampled_values_on_a_net_with_s_shaped_neurons():
     """Sigmoid neurons between ReLU layers: only nodes read by ReLUs alone are refined (the sigmoid's
     inputs stay as they were), splits of sigmoid inputs are allowed, and every bound holds sampled values."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(4, 10), torch.nn.ReLU(), torch.nn.Linear(10, 10), torch.nn.Sigmoid(),
-        torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 10), torch.nn.ReLU(), torch.nn.Linear(10, 2),
-    ).eval()  # fmt: skip
+    model = _mixed_net(torch.nn.ReLU, torch.nn.Sigmoid, torch.nn.ReLU, torch.nn.ReLU)
     lo, hi = -torch.ones(1, 4), torch.ones(1, 4)
-    model = verifier.load(net, lo)
     state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
     with torch.no_grad():
         intermediate_bounds(state)

@@ -6,17 +6,19 @@ the search inherits those bounds, so a search on the output alone has to split i
 abcrown refines them at the root with a MILP solver; here the engine's own beta-CROWN branch and bound
 does it. Bounding node k, each unstable neuron i gives two objectives, ``z_k,i`` (its lower bound) and
 ``-z_k,i`` (its upper), and each objective gets its own search over splits of the neurons of the nodes
-before k, all in one batch of domains (``leaves``).
+before k, all in one batch of domains (``_Leaves``), each objective's lowest leaves split first.
 
 A leaf's bound is sound on its domain, and the leaves of an objective cover the region (the children of a
 split cover their parent), so the smallest bound over an objective's leaves is a sound bound of it. A ReLU
 relaxation only needs a bound up to zero: a leaf whose bound reaches 0 is closed, and an objective with no
-open leaf proves its neuron stable (bound 0). The search runs until a deadline and stops early when every
-objective is closed; the bounds it gives are intersected with the ones it started from.
+open leaf proves its neuron stable (bound 0). An objective's search also stops once its bound comes within
+``GAP`` of the value reached at points of the region (no bound can pass that). The bounds are intersected
+with the ones the node had.
 
-Measured on mnist_fc 256x4 prop_0_0.05 (alpha-CROWN root bound -2.21): bounds attained by gradient descent
-inside the box show the headroom, 35 of the second layer's 86 unstable neurons look stable, and with those
-bounds on the second and third layers the root bound would be +0.95."""
+Measured on mnist_fc 256x4 prop_0_0.05: alpha-CROWN's root bound is -2.21; after 10 s of refining, the
+second layer's unstable neurons went from 86 to 53, the third's from 6 to 0, the fourth's from 67 to 4, and
+alpha-CROWN from those bounds gave +0.89 (+0.95 after 25 s): verified at the root. Bounds attained by
+gradient descent inside the box had put the headroom at +0.95."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from verifier.engine import alpha, branching
 from verifier.engine.bounds import refresh_after
 from verifier.engine.params import Params
 from verifier.engine.state import BoundConfig, BoundState, tighten
+from verifier.graph.graph import Graph
 
 # passes over the nodes, each with twice the time of the one before (``refine``)
 ROUNDS = 3
@@ -92,26 +95,23 @@ class _Leaves:
 
 def refine(state: BoundState, until: float, config: RefineConfig = RefineConfig(),
            enough: Callable[[], bool] = lambda: False) -> int:  # fmt: skip
-    """Tighten, in place, the bounds of the nodes of ``state`` (one domain, every node bounded) that feed
-    splittable neurons and have some before them, first to last, until ``time.monotonic()`` reaches
-    ``until`` or ``enough()`` (asked after each node) says so. Only nodes read by ReLU-like neurons alone
-    are refined (``_relu_like``); the nodes after a refined one are then refreshed by CROWN. The nodes are
-    refined in ``ROUNDS`` passes, each with twice the time of the one before, each from the bounds the
-    last one left. Returns the leaves bounded."""
+    """Tighten, in place, the bounds of the ``targets`` of ``state`` (one domain, every node bounded), first
+    to last, until ``time.monotonic()`` reaches ``until`` or ``enough()`` (asked after each node) says so;
+    the nodes after a refined one are then refreshed by CROWN. The nodes are refined in ``ROUNDS`` passes,
+    each with twice the time of the one before, each from the bounds the last one left. Returns the
+    leaves bounded."""
     if state.batch != 1:
         raise ValueError("refine takes the state of one domain")
-    nodes = _split_nodes(state)
-    targets = [n for n, k in enumerate(nodes) if n > 0 and _relu_like(state, k)]
+    nodes = targets(state.graph)
     visited, begin = 0, time.monotonic()
     for r in range(ROUNDS):  # doubling budgets: an easy root stops after a short first round
         end = begin + (until - begin) * (2 ** (r + 1) - 1) / (2**ROUNDS - 1)
-        for i, n in enumerate(targets):
+        for i, (k, before) in enumerate(nodes):
             now = time.monotonic()
             if now >= end:
                 break
-            share = now + (end - now) / (len(targets) - i)  # what is left, shared among the nodes left
-            k = nodes[n]
-            visited += _refine_node(state, k, nodes[:n], share, config)
+            share = now + (end - now) / (len(nodes) - i)  # what is left, shared among the nodes left
+            visited += _refine_node(state, k, before, share, config)
             with torch.no_grad():
                 refresh_after(state, k)
             if enough():
@@ -119,20 +119,17 @@ def refine(state: BoundState, until: float, config: RefineConfig = RefineConfig(
     return visited
 
 
-def _relu_like(state: BoundState, k: int) -> bool:
-    """Whether every nonlinear node reading node k is linear on each side of zero (ReLU-like): then a bound
-    past 0 buys nothing, and an objective is closed there (an S-shaped node's relaxation tightens with
-    every bound, which these searches do not chase)."""
-    graph = state.graph
-    return all(graph.nodes[j].op.linear_on_each_side_of_zero for j in graph.nonlinear_consumers(k))
-
-
-def _split_nodes(state: BoundState) -> list[int]:
-    """The bounded nodes whose neurons a split makes exact (inputs of ReLU-like or S-shaped nodes)."""
-    graph = state.graph
+def targets(graph: Graph) -> list[tuple[int, list[int]]]:
+    """The nodes ``refine`` tightens, first to last, each with the nodes whose neurons its searches split:
+    bounded nodes read only by ReLU-like neurons (linear on each side of zero: a bound past 0 buys them
+    nothing, so an objective is closed there; an S-shaped node's relaxation tightens with every bound,
+    which these searches do not chase), after at least one node read by splittable neurons (ReLU-like or
+    S-shaped)."""
+    consumers = lambda k: [graph.nodes[j].op for j in graph.nonlinear_consumers(k)]
+    split = [k for k in sorted(graph.needs_bounds()) if any(branching.splittable(op) for op in consumers(k))]
     return [
-        k for k in sorted(graph.needs_bounds())
-        if any(branching.splittable(graph.nodes[j].op) for j in graph.nonlinear_consumers(k))
+        (k, split[:n]) for n, k in enumerate(split)
+        if n > 0 and all(op.linear_on_each_side_of_zero for op in consumers(k))
     ]  # fmt: skip
 
 
