@@ -162,3 +162,18 @@ def test_refined_bounds_hold_sampled_values_on_a_net_with_s_shaped_neurons():
             values[k] = node.op.forward(*[values[i] for i in node.inputs])
     for k, (a, b) in state.bounds.items():
         assert (values[k] >= a - 1e-5).all() and (values[k] <= b + 1e-5).all(), f"node {k}"
+
+
+def test_refining_stops_at_the_first_check_that_says_enough():
+    net = random_net(0, DEEP)
+    lo, hi = net.box()
+    model = verifier.load(net.module(), lo)
+    state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
+    with torch.no_grad():
+        intermediate_bounds(state)
+    first = refine.targets(model.graph)[0][0]
+    objectives = 2 * int(((state.bounds[first][0] < 0) & (state.bounds[first][1] > 0)).sum())
+    asked = []
+    config = refine.RefineConfig(check_seconds=0.0)
+    visited = refine.refine(state, time.monotonic() + 60, config, lambda: asked.append(1) or True)
+    assert asked == [1] and visited == objectives > 0  # the first leaves only, then the check

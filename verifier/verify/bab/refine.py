@@ -52,13 +52,15 @@ class RefineConfig:
     """``max_objectives``: a node with more unstable neurons than half this is not refined (its searches
     would each get too little time); ``max_batch``: parents split per iteration; ``steps`` / ``lr``: the
     leaves' optimisation of slopes and split multipliers (warm-started from the parent's);
-    ``max_bytes``: memory the open leaves may hold (beyond it a node's search ends)."""
+    ``max_bytes``: memory the open leaves may hold (beyond it a node's search ends); ``check_seconds``:
+    how often a node's search writes its bounds back and asks whether they are enough."""
 
     max_objectives: int = 1024
     max_batch: int = 512
     steps: int = 6
     lr: float = 0.05
     max_bytes: int = 2**30
+    check_seconds: float = 5.0
 
 
 @dataclass
@@ -96,10 +98,10 @@ class _Leaves:
 def refine(state: BoundState, until: float, config: RefineConfig = RefineConfig(),
            enough: Callable[[], bool] = lambda: False) -> int:  # fmt: skip
     """Tighten, in place, the bounds of the ``targets`` of ``state`` (one domain, every node bounded), first
-    to last, until ``time.monotonic()`` reaches ``until`` or ``enough()`` (asked after each node) says so;
-    the nodes after a refined one are then refreshed by CROWN. The nodes are refined in ``ROUNDS`` passes,
-    each with twice the time of the one before, each from the bounds the last one left. Returns the
-    leaves bounded."""
+    to last, until ``time.monotonic()`` reaches ``until`` or ``enough()`` (asked after each node, and every
+    ``check_seconds`` within one) says so; the nodes after a refined one are then refreshed by CROWN. The
+    nodes are refined in ``ROUNDS`` passes, each with twice the time of the one before, each from the
+    bounds the last one left. Returns the leaves bounded."""
     if state.batch != 1:
         raise ValueError("refine takes the state of one domain")
     nodes = targets(state.graph)
@@ -111,7 +113,10 @@ def refine(state: BoundState, until: float, config: RefineConfig = RefineConfig(
             if now >= end:
                 break
             share = now + (end - now) / (len(nodes) - i)  # what is left, shared among the nodes left
-            visited += _refine_node(state, k, before, share, config)
+            bounded, done = _refine_node(state, k, before, share, config, enough)
+            visited += bounded
+            if done:
+                return visited
             with torch.no_grad():
                 refresh_after(state, k)
             if enough():
@@ -133,12 +138,15 @@ def targets(graph: Graph) -> list[tuple[int, list[int]]]:
     ]  # fmt: skip
 
 
-def _refine_node(root: BoundState, k: int, before: list[int], until: float, config: RefineConfig) -> int:
+def _refine_node(root: BoundState, k: int, before: list[int], until: float, config: RefineConfig,
+                 enough: Callable[[], bool]) -> tuple[int, bool]:  # fmt: skip
+    """Refine node k's bounds in ``root`` until ``until``; returns the leaves bounded and whether
+    ``enough()`` (asked every ``config.check_seconds``, the bounds so far written back) said so."""
     lo, hi = (t.flatten() for t in root.bounds[k])
     unstable = ((lo < 0) & (hi > 0)).nonzero().flatten()
     count = 2 * len(unstable)
     if count == 0 or count > config.max_objectives:
-        return 0
+        return 0, False
     pos = unstable.repeat(2)
     sign = torch.cat([torch.ones(len(unstable)), -torch.ones(len(unstable))]).to(lo)
     rows = lo.new_zeros(count, lo.numel())
@@ -175,12 +183,32 @@ def _refine_node(root: BoundState, k: int, before: list[int], until: float, conf
     leaves = _Leaves(torch.arange(count), start, {j: empty(j) for j in before}, _fresh(before, count, root),
                      torch.zeros(count, dtype=torch.long), torch.zeros(count, dtype=torch.long))  # fmt: skip
     bound(leaves)
-    visited = count
+
+    def write_back() -> None:
+        """Node k's bounds from every objective's lowest open leaf less the slack (0 once none is open)."""
+        best = torch.zeros(count).scatter_reduce(0, leaves.obj, (leaves.lower - slack).clamp(max=0), "amin")
+        new_lo, new_hi = lo.clone(), hi.clone()
+        half = len(unstable)
+        new_lo[unstable] = torch.maximum(lo[unstable], best[:half])
+        new_hi[unstable] = torch.minimum(hi[unstable], -best[half:])
+        shape = root.bounds[k][0].shape
+        tightened = tighten(root.bounds[k], (new_lo.reshape(shape), new_hi.reshape(shape)))
+        root.best[k] = tightened if k not in root.best else tighten(root.best[k], tightened)
+        root.set_bounds(k, root.best[k])
+
+    visited, checked = count, time.monotonic()
     while True:
         leaves = leaves.take(leaves.lower <= slack)  # a leaf above 0 no longer bounds the relaxation
         splittable = leaves.node >= 0
         if not splittable.any() or time.monotonic() >= until or leaves.nbytes() > config.max_bytes:
             break
+        if time.monotonic() - checked > config.check_seconds:  # the bounds so far may be enough already
+            write_back()
+            with torch.no_grad():
+                refresh_after(root, k)
+            if enough():
+                return visited, True
+            checked = time.monotonic()
         bound_now = torch.full((count,), torch.inf).scatter_reduce(0, leaves.obj, leaves.lower, "amin")
         open_ = bound_now < goal  # objectives whose search can still gain something worth having
         parents = _worst(leaves, splittable & open_[leaves.obj], config.max_batch)
@@ -192,17 +220,8 @@ def _refine_node(root: BoundState, k: int, before: list[int], until: float, conf
         bound(children)
         visited += len(children.obj)
         leaves = _Leaves.cat(leaves.take(keep), children)
-    # every objective's bound: the lowest of its open leaves less the slack (0 once none is open)
-    best = torch.zeros(count).scatter_reduce(0, leaves.obj, (leaves.lower - slack).clamp(max=0), "amin")
-    new_lo, new_hi = lo.clone(), hi.clone()
-    half = len(unstable)
-    new_lo[unstable] = torch.maximum(lo[unstable], best[:half])
-    new_hi[unstable] = torch.minimum(hi[unstable], -best[half:])
-    shape = root.bounds[k][0].shape
-    tightened = tighten(root.bounds[k], (new_lo.reshape(shape), new_hi.reshape(shape)))
-    root.best[k] = tightened if k not in root.best else tighten(root.best[k], tightened)
-    root.set_bounds(k, root.best[k])
-    return visited
+    write_back()
+    return visited, False
 
 
 def _fresh(before: list[int], count: int, root: BoundState) -> Params:

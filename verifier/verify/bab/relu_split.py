@@ -77,7 +77,7 @@ class ReluSplitConfig:
     shallow: bool | None = None
     branching: str = "babsr"  # fsb: fewer domains on small nets, but no more mnist_fc solved in A/B (issue 6)
     candidates: int = 4
-    probe_share: float = 0.1
+    probe_share: float = 0.05
     refine_share: float = 0.25
     refine: refine.RefineConfig = field(default_factory=refine.RefineConfig)
 
