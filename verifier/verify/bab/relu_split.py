@@ -164,9 +164,12 @@ class ReluSplit:
         lower = optimise()
         if refined and self.can_refine(cases) and deadline is not None and not closed(lower):
             until = time.monotonic() + self.config.refine_share * max(deadline.remaining(), 0.0)
-            # after each node: whether CROWN with the output's slopes so far closes the root already
-            out = lambda: crown.backward(state, self.graph.output, rows, params, ("out",), True)
-            self.refined += refine.refine(state, until, self.config.refine, lambda: closed(out()))
+
+            def verified() -> bool:  # whether CROWN with the output's slopes so far closes the root already
+                with torch.no_grad():
+                    return closed(crown.backward(state, self.graph.output, rows, params, ("out",), True))
+
+            self.refined += refine.refine(state, until, self.config.refine, verified)
             lower = torch.maximum(lower, optimise())
         keep = Params()
         keep.tensors = {k: v for k, v in params.tensors.items() if k[1] == "out"}
