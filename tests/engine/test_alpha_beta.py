@@ -14,7 +14,7 @@ from tests.helpers import BOX_KINDS, assert_inside, joint_samples, samples
 from tests.ops.cases import CASES
 from verifier.engine import alpha, branching, crown
 from verifier.engine.bounds import intermediate_bounds, refresh_after
-from verifier.engine.params import Params
+from verifier.engine.params import Params, nonnegative
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.errors import BoundComputationError
 from verifier.ops.base import JointRelaxation, Nonlinear, RelaxConfig
@@ -422,3 +422,17 @@ def test_adam_agrees_with_torchs_and_leaves_a_leaf_without_gradient_alone(kind, 
         monkeypatch.setattr(torch, "_fused_adam_", failing)
     for got, want in zip(run(ours), reference):
         torch.testing.assert_close(got, want)
+
+
+def test_params_concat_joins_stores_along_the_batch_dimension():
+    store = Params()
+    store.get(("beta", 3), lambda: torch.arange(12.0).reshape(2, 3, 2), nonnegative)
+    store.get(("slope", "out", 5), lambda: -torch.arange(6.0).reshape(2, 3, 1), lambda t: t)
+    first, second = store.select(torch.tensor([2, 0])), store.select(torch.tensor([1]))
+    joined = Params.concat([first, second])
+    whole = store.select(torch.tensor([2, 0, 1]))
+    assert joined.tensors.keys() == whole.tensors.keys()
+    for key, t in whole.tensors.items():
+        assert torch.equal(joined.tensors[key], t) and joined.tensors[key].requires_grad
+        assert joined.projections[key] is store.projections[key]
+    assert torch.equal(nonnegative(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from verifier.engine import patches
-from verifier.engine.params import Params
+from verifier.engine.params import Params, nonnegative
 from verifier.engine.state import BoundState, apply_joint_relaxation, apply_relaxation
 from verifier.errors import BoundComputationError, VerifierError
 from verifier.ops.base import Affine, JointRelaxation
@@ -132,7 +132,7 @@ def _split_multipliers(state: BoundState, k: int, a: Tensor, params: Params | No
     split = state.splits[k]
     if params is None or not split.any():
         return a
-    beta = params.get(("beta", k), lambda: torch.zeros_like(a), lambda t: t.clamp(min=0))
+    beta = params.get(("beta", k), lambda: torch.zeros_like(a), nonnegative)
     return a if beta is None else a - beta * split.to(a.dtype)
 
 

@@ -20,6 +20,11 @@ from torch import Tensor
 Projection = Callable[[Tensor], Tensor]
 
 
+def nonnegative(t: Tensor) -> Tensor:
+    """The projection of split multipliers (``beta >= 0``)."""
+    return t.clamp(min=0)
+
+
 class Params:
     def __init__(self):
         self.tensors: dict[Hashable, Tensor] = {}
@@ -50,6 +55,15 @@ class Params:
         """Move every tensor onto its sound set, in place (the optimiser's iterate stays a leaf)."""
         for key, t in self.tensors.items():
             t.copy_(self.projections[key](t))
+
+    @staticmethod
+    def concat(stores: list[Params]) -> Params:
+        """One store whose tensors are those of ``stores`` (same keys) joined along the batch dimension."""
+        out = Params()
+        for key in stores[0].tensors:
+            out.tensors[key] = torch.cat([s.tensors[key].detach() for s in stores], 1).requires_grad_(True)
+            out.projections[key] = stores[0].projections[key]
+        return out
 
     def select(self, index: Tensor, keep: Callable[[Hashable], bool] = lambda key: True) -> Params:
         """A new store with every tensor's batch dimension (dim 1) indexed by ``index``: sub-batches or

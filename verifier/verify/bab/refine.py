@@ -32,7 +32,7 @@ from torch import Tensor
 
 from verifier.engine import alpha, branching
 from verifier.engine.bounds import refresh_after
-from verifier.engine.params import Params
+from verifier.engine.params import Params, nonnegative
 from verifier.engine.state import BoundConfig, BoundState, tighten
 from verifier.graph.graph import Graph
 
@@ -86,13 +86,10 @@ class _Leaves:
 
     @staticmethod
     def cat(a: _Leaves, b: _Leaves) -> _Leaves:
-        params = Params()
-        for key, t in a.params.tensors.items():
-            params.tensors[key] = torch.cat([t.detach(), b.params.tensors[key].detach()], 1)
-            params.projections[key] = a.params.projections[key]
         return _Leaves(torch.cat([a.obj, b.obj]), torch.cat([a.lower, b.lower]),
-                       {j: torch.cat([s, b.splits[j]]) for j, s in a.splits.items()}, params,
-                       torch.cat([a.node, b.node]), torch.cat([a.pos, b.pos]))  # fmt: skip
+                       {j: torch.cat([s, b.splits[j]]) for j, s in a.splits.items()},
+                       Params.concat([a.params, b.params]), torch.cat([a.node, b.node]),
+                       torch.cat([a.pos, b.pos]))  # fmt: skip
 
 
 def refine(state: BoundState, until: float, config: RefineConfig = RefineConfig(),
@@ -229,7 +226,7 @@ def _fresh(before: list[int], count: int, root: BoundState) -> Params:
     params = Params()
     for j in before:
         params.tensors[("beta", j)] = torch.zeros(1, count, *root.bounds[j][0].shape[1:]).requires_grad_(True)
-        params.projections[("beta", j)] = lambda t: t.clamp(min=0)
+        params.projections[("beta", j)] = nonnegative
     return params
 
 

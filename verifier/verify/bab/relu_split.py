@@ -36,7 +36,7 @@ from torch import Tensor
 import verifier
 from verifier.engine import alpha, branching, crown, lp
 from verifier.engine.bounds import intermediate_bounds, refresh_after
-from verifier.engine.params import Params
+from verifier.engine.params import Params, nonnegative
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.base import Nonlinear
 from verifier.verify.bab import driver, refine
@@ -378,5 +378,5 @@ class ReluSplit:
 
     def _projection(self, key):
         if key[0] == "beta":
-            return lambda t: t.clamp(min=0)
+            return nonnegative
         return self.graph.nodes[key[-1]].op.project
