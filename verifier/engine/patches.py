@@ -109,11 +109,10 @@ def refine(state: BoundState, k: int, selection: tuple[Tensor, Tensor], steps: l
         part = slice(start, start + chunk)
         m = chan[part].numel()
         unit = F.one_hot(chan[part], channels).to(lo.dtype).reshape(m, channels, 1, 1)
-        rows = torch.cat([unit, -unit])
-        res = _lower(state, steps, sources, batch_of[part].repeat(2), origin[part].repeat(2, 1), rows)
+        res = _lower(state, steps, sources, batch_of[part], origin[part], torch.stack([unit, -unit]))
         where = (batch_of[part], pos[part])
-        lo_flat[where] = torch.maximum(lo_flat[where], res[:m])
-        hi_flat[where] = torch.minimum(hi_flat[where], -res[m:])
+        lo_flat[where] = torch.maximum(lo_flat[where], res[0])
+        hi_flat[where] = torch.minimum(hi_flat[where], -res[1])
     state.set_bounds(k, (lo_flat.reshape(lo.shape), hi_flat.reshape(hi.shape)))
 
 
@@ -141,18 +140,19 @@ def _sources(state: BoundState, steps: list[_Step]) -> list[Tensor | None]:
 
 
 def _lower(state, steps: list[_Step], sources, batch_of: Tensor, origin: Tensor, a: Tensor) -> Tensor:
-    """Lower bounds [R] over the box of ``<a_r, z_k>``, for rows a [R, C_k, h, w] on windows at ``origin``
-    [R, 2] of node k, row r in batch element ``batch_of[r]``. Every step keeps ``<a, z_k> >= <a_j, z_j> +
-    const`` on the region, as the dense pass does: the coefficients outside the windows are zero."""
+    """Lower bounds [K, R] over the box of ``<a_kr, z_k>``, for rows a [K, R, C_k, h, w] on windows at
+    ``origin`` [R, 2] of node k, rows r in batch element ``batch_of[r]`` (the K rows of a window share its
+    reads: both signs of a neuron's row). Every step keeps ``<a, z_k> >= <a_j, z_j> + const`` on the
+    region, as the dense pass does: the coefficients outside the windows are zero."""
     nodes = state.graph.nodes
-    const = a.new_zeros(a.shape[0])
+    const = a.new_zeros(a.shape[:2])
     for step, source in zip(steps, sources):
         node = nodes[step.j]
         if step.matrix is not None:
             offset = node.op.offset()
             if offset is not None:  # a is zero off the node's grid (rows start on it; relaxations zero it)
-                const = const + a.sum((2, 3)) @ offset.flatten()
-            a = (a.flatten(1) @ step.matrix).reshape(a.shape[0], -1, *step.size)
+                const = const + a.sum((3, 4)) @ offset.flatten()
+            a = (a.flatten(2) @ step.matrix).reshape(*a.shape[:2], -1, *step.size)
             origin = origin * origin.new_tensor(node.op.stride) - origin.new_tensor(node.op.padding)
             if source is not None:  # drop what fell on the zero padding of a convolution's output
                 a = a * _windows(source, torch.zeros_like(batch_of), origin, step)[0]
@@ -161,10 +161,10 @@ def _lower(state, steps: list[_Step], sources, batch_of: Tensor, origin: Tensor,
             # the positive part of a row takes the lower line, the negative part the upper one
             neg = a.clamp(max=0)
             pos = a - neg
-            const = const + torch.addcmul(pos * b_lo, neg, b_up).flatten(1).sum(1)
+            const = const + torch.addcmul(pos * b_lo, neg, b_up).flatten(2).sum(2)
             a = torch.addcmul(pos * a_lo, neg, a_up)
     centre, radius = _windows(sources[-1], batch_of, origin, steps[-1])
-    return const + (a * centre).flatten(1).sum(1) - (a.abs() * radius).flatten(1).sum(1)
+    return const + (a * centre).flatten(2).sum(2) - (a.abs() * radius).flatten(2).sum(2)
 
 
 def _windows(source: Tensor, batch_of: Tensor, origin: Tensor, step: _Step) -> Tensor:
