@@ -78,13 +78,11 @@ def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | 
     if isinstance(node.op, Affine):
         offset = node.op.offset()
         const = _offset_term(a, offset) if offset is not None else 0
-        if not linear and state.region.is_box and node.inputs == (0,) and state.graph.consumers[0] == (j,):
+        if not linear and node.inputs == (0,) and state.graph.consumers[0] == (j,):
             # j alone reads the input: the minimum over the box of <a, J x> is exactly its concretisation
-            shape = (b, *nodes[0].shape)
-            centre, radius = (t.reshape(shape) for t in state.region.centre_radius())
-            lower = node.op.box_lower(a, centre, radius)
-            if lower is not None:
-                return const + lower
+            form = state.box_form(j)
+            if form is not None:
+                return const + node.op.box_lower(a, form)
         flat = a.reshape(s * b, *node.shape)
         for i, src in enumerate(node.inputs):
             shape = nodes[src].shape

@@ -81,6 +81,8 @@ class BoundState:
     _relaxers: dict[int, Callable[[Tensor | None], Relaxation | JointRelaxation]] = field(
         default_factory=dict, repr=False
     )
+    _plain: dict[int, Relaxation | JointRelaxation] = field(default_factory=dict, repr=False)
+    _box_forms: dict[int, object] = field(default_factory=dict, repr=False)
 
     @property
     def batch(self) -> int:
@@ -97,6 +99,7 @@ class BoundState:
         self.bounds[k] = (lo, hi)
         for j in self.graph.nonlinear_consumers(k):
             self._relaxers.pop(j, None)
+            self._plain.pop(j, None)
 
     def input_bounds(self, j: int) -> list[Tensor]:
         """The bounds of node j's inputs, flattened in order (``lo_0, hi_0, lo_1, hi_1, ...``): what
@@ -106,11 +109,31 @@ class BoundState:
     def relaxation(self, j: int, param: Tensor | None = None) -> Relaxation | JointRelaxation:
         """The relaxation of nonlinear node j from the current bounds of its inputs, with ``param`` (its
         operator's ``relaxer`` is kept until those bounds change: what does not depend on the parameter
-        is built once per bounds, not once per optimiser step)."""
+        is built once per bounds, not once per optimiser step; without a parameter, the relaxation itself
+        is kept, for the chunks of a pass)."""
         if j not in self._relaxers:
             op = self.graph.nodes[j].op
             self._relaxers[j] = op.relaxer(*self.input_bounds(j), cfg=self.cfg.relax)
-        return self._relaxers[j](param)
+        if param is not None:
+            return self._relaxers[j](param)
+        if j not in self._plain:
+            self._plain[j] = self._relaxers[j](None)
+        return self._plain[j]
+
+    def box_form(self, j: int) -> object | None:
+        """Node j's layout of the input box (``Affine.box_form``), None when the region is no box or the
+        operator has no shortcut; kept with the state unless the box carries gradients (each use's graph
+        must then own it)."""
+        if not self.region.is_box:
+            return None
+        if j in self._box_forms:
+            return self._box_forms[j]
+        shape = (self.batch, *self.graph.input_shape)
+        centre, radius = (t.reshape(shape) for t in self.region.centre_radius())
+        form = self.graph.nodes[j].op.box_form(centre, radius)
+        if not (centre.requires_grad or radius.requires_grad):
+            self._box_forms[j] = form
+        return form
 
     def exact_relaxations(self) -> Tensor:
         """[B] bool: domains where every nonlinear node's two lines coincide (the network is then one
@@ -162,7 +185,7 @@ def apply_joint_relaxation(a: Tensor, rel: JointRelaxation, op: Op) -> tuple[lis
     takes the lower planes, the negative part the upper ones. Returns the coefficients on each input,
     [S * B, *input_shape_i] (summed over the positions broadcasting copied), and the constant term [S, B]."""
     pos, neg = sign_split(a)
-    const = _offset_sum(pos, _nonzero(rel.b_lo), neg, _nonzero(rel.b_up))
+    const = _offset_sum(pos, rel.offsets[0], neg, rel.offsets[1])
     coeffs = [
         op.unbroadcast(i, torch.addcmul(pos * a_lo, neg, a_up).flatten(0, 1))
         for i, (a_lo, a_up) in enumerate(zip(rel.a_lo, rel.a_up))
@@ -177,7 +200,7 @@ def apply_relaxation(a: Tensor, rel: Relaxation, in_numel: int) -> tuple[Tensor,
     coefficients takes the lower line, the negative part the upper line. Lines may carry a leading row
     dimension (parameterised per row). Returns the coefficients on the operator's input,
     [S, B, in_numel], and the constant term [S, B]."""
-    lines = (rel.a_lo, rel.a_up, _nonzero(rel.b_lo), _nonzero(rel.b_up))
+    lines = (rel.a_lo, rel.a_up, *rel.offsets)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, *lines)):
         new, const = _RelaxationStep.apply(a, *lines)
     else:  # no gradient wanted: the same values, without the autograd Function's bookkeeping
@@ -258,13 +281,6 @@ def sign_split(a: Tensor) -> tuple[Tensor, Tensor]:
     gradient at ``a == 0`` goes to ``a-`` (the upper line's), as with ``clamp(max=0)``."""
     pos = torch.relu(a)
     return pos, a - pos
-
-
-def _nonzero(offset: Tensor) -> Tensor | None:
-    """``offset``, or None for a constant offset that is 0 everywhere (ReLU's lines through the origin): its
-    term is exactly 0 and has no gradient, and would cost a product over every coefficient, forward and
-    backward."""
-    return offset if offset.requires_grad or offset.any() else None
 
 
 def _offset_sum(pos: Tensor, b_lo: Tensor | None, neg: Tensor, b_up: Tensor | None) -> Tensor:

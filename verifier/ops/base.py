@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar
 
 import torch
@@ -115,11 +116,16 @@ class Affine(Op):
         rows). ``out_shape``: the per-sample output shape."""
         return None
 
-    def box_lower(self, a: Tensor, centre: Tensor, radius: Tensor) -> Tensor | None:
-        """``min <a, J x>`` over the box ``|x - centre| <= radius`` for a one-input operator, computed
-        without laying ``J^T a`` out on the input; None when the operator has no such shortcut (the engine
-        then concretises ``J^T a``). a: [S, B, *output_shape]; centre, radius: [B, *input_shape]; -> [S, B]."""
+    def box_form(self, centre: Tensor, radius: Tensor) -> object | None:
+        """The box ``|x - centre| <= radius`` (centre, radius: [B, *input_shape]) laid out as ``box_lower``
+        reads it, for a one-input operator that can bound over a box without laying ``J^T a`` out on its
+        input; None when it has no such shortcut (the engine then concretises ``J^T a``). The engine builds
+        it once per bound computation."""
         return None
+
+    def box_lower(self, a: Tensor, form: object) -> Tensor:
+        """``min <a, J x>`` over the box of ``form`` (``box_form``). a: [S, B, *output_shape]; -> [S, B]."""
+        raise NotImplementedError
 
     def rounding_terms(self, in_shape: tuple[int, ...]) -> int | None:
         """``m``: an upper bound on the terms of the float sum computing any one output (a dot product of
@@ -183,8 +189,22 @@ def unbounded_where_nan(lo: Tensor, hi: Tensor) -> Interval:
     return lo, hi
 
 
+class _Offsets:
+    """The offsets of a relaxation's lines as the backward step uses them."""
+
+    b_lo: Tensor
+    b_up: Tensor
+
+    @cached_property
+    def offsets(self) -> tuple[Tensor | None, Tensor | None]:
+        """``(b_lo, b_up)``, each None when it is a constant 0 everywhere (ReLU's lines through the origin):
+        its term is exactly 0 and has no gradient, and would cost a product over every coefficient, forward
+        and backward. Tested once per relaxation: a chunked pass applies the same one many times."""
+        return tuple(b if b.requires_grad or b.any() else None for b in (self.b_lo, self.b_up))
+
+
 @dataclass(frozen=True)
-class Relaxation:
+class Relaxation(_Offsets):
     """Linear lines around a nonlinear operator, valid for every input in its bounds.
 
     With ``v = x.flatten(1)[:, index]`` (or ``v = x`` when ``index`` is None), for every x in the box:
@@ -199,7 +219,7 @@ class Relaxation:
 
 
 @dataclass(frozen=True)
-class JointRelaxation:
+class JointRelaxation(_Offsets):
     """Planes around an operator of several inputs, valid for every input in their boxes.
 
     With ``x_i`` broadcast to the output's shape: ``sum_i a_lo[i] * x_i + b_lo <= op(x) <= sum_i a_up[i] *

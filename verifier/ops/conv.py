@@ -126,18 +126,23 @@ class Conv(Weighted, Affine):
             # training step differentiates through it) measured 1.4-2x faster than that of the phase grid's
             convt = _CONV_TRANSPOSE[self.weight.dim() - 2]  # stride 1: the output has the input's size
             return convt(a, self.weight, None, 1, self.padding, 0, self.groups, self.dilation)
-        grid, plan = self._phase_grid(a, in_shape)
+        plan = self._phase_plan(in_shape)
+        grid = self._grid(a, plan)
         cells = plan.cell_of_input.to(grid.device)  # a gather over a 2-d view: ~3x faster than x[..., i]
         return grid.reshape(-1, grid.shape[-1]).index_select(1, cells).reshape(a.shape[0], *in_shape)
 
-    def box_lower(self, a: Tensor, centre: Tensor, radius: Tensor) -> Tensor:
+    def box_form(self, centre: Tensor, radius: Tensor) -> tuple[Tensor, _PhasePlan] | None:
+        """Centre and radius on the phase grid ([2, B, cells], one gather for both): cells outside the input
+        get 0 (they are no coordinate), and every input position is exactly one cell."""
+        plan = self._phase_plan(tuple(centre.shape[1:]))
+        return _on_grid(torch.cat([centre, radius]), plan).reshape(2, centre.shape[0], -1), plan
+
+    def box_lower(self, a: Tensor, form: tuple[Tensor, _PhasePlan]) -> Tensor:
         """``<J^T a, centre> - <|J^T a|, radius>``, the exact minimum of ``<a, J x>`` over the box, summed
-        over the phase grid instead of the input: cells outside the input get centre and radius 0 (they
-        are no coordinate), every input position is exactly one cell, so the sums are the same."""
+        over the phase grid instead of the input (the same sums: see ``box_form``)."""
+        (c, r), plan = form
         s, b = a.shape[:2]
-        grid, plan = self._phase_grid(a.flatten(0, 1), tuple(centre.shape[1:]))
-        grid = grid.reshape(s, b, -1)
-        c, r = _on_grid(torch.cat([centre, radius]), plan).reshape(2, b, -1)  # one gather for both
+        grid = self._grid(a.flatten(0, 1), plan).reshape(s, b, -1)
         # vecdot broadcasts centre and radius over the rows: einsum's batched matrix-vector product on the
         # same operands measured 4x slower (oval21 CNN, batch 64)
         return torch.linalg.vecdot(grid, c) - torch.linalg.vecdot(grid.abs(), r)
@@ -162,14 +167,25 @@ class Conv(Weighted, Affine):
                                     self.groups, self.dilation)  # fmt: skip
         return window.flatten(1)
 
-    def _phase_grid(self, a: Tensor, in_shape: tuple[int, ...]) -> tuple[Tensor, _PhasePlan]:
-        """``J^T a`` on the phase grid, [N, C_in, cells], for a of shape [N, *output_shape]."""
+    def _geometry(self) -> tuple[Tensor, tuple, tuple, tuple]:
+        """Weight, stride, padding and dilation as 2-d ones (a 1-d convolution runs over a unit height)."""
         w, stride, padding, dilation = self.weight, self.stride, self.padding, self.dilation
-        if w.dim() == 3:  # 1-d: a 2-d convolution over a unit height
+        if w.dim() == 3:
             w, stride, padding, dilation = w.unsqueeze(2), (1, *stride), (0, *padding), (1, *dilation)
-        a = a.reshape(*a.shape[:2], -1, a.shape[-1])
+        return w, stride, padding, dilation
+
+    def _phase_plan(self, in_shape: tuple[int, ...]) -> _PhasePlan:
+        """The phase split of this convolution on an input of per-sample shape ``in_shape``."""
+        w, stride, padding, dilation = self._geometry()
         in_hw = tuple(in_shape[1:]) if len(in_shape) == 3 else (1, in_shape[1])
-        plan = _phase_plan(tuple(w.shape[2:]), stride, padding, dilation, in_hw, tuple(a.shape[2:]))
+        out_hw = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                       for n, k, s, p, d in zip(in_hw, w.shape[2:], stride, padding, dilation))  # fmt: skip
+        return _phase_plan(tuple(w.shape[2:]), stride, padding, dilation, in_hw, out_hw)
+
+    def _grid(self, a: Tensor, plan: _PhasePlan) -> Tensor:
+        """``J^T a`` on the phase grid of ``plan``, [N, C_in, cells], for a of shape [N, *output_shape]."""
+        w = self._geometry()[0]
+        a = a.reshape(*a.shape[:2], -1, a.shape[-1])
         g, (c_out, c_in) = self.groups, w.shape[:2]
         taps = w.reshape(g, c_out // g, c_in, -1)
         taps = torch.cat([taps, taps.new_zeros(*taps.shape[:3], 1)], 3)[..., plan.kernel_index.to(w.device)]
@@ -177,7 +193,7 @@ class Conv(Weighted, Affine):
         if any(plan.extra_padding):
             a = F.pad(a, plan.extra_padding)
         grid = F.conv2d(a, kernel, None, 1, plan.padding, 1, g)
-        return grid.reshape(grid.shape[0], g * c_in, -1), plan
+        return grid.reshape(grid.shape[0], g * c_in, -1)
 
 
 @register
