@@ -131,21 +131,26 @@ class Conv(Weighted, Affine):
         cells = plan.cell_of_input.to(grid.device)  # a gather over a 2-d view: ~3x faster than x[..., i]
         return grid.reshape(-1, grid.shape[-1]).index_select(1, cells).reshape(a.shape[0], *in_shape)
 
-    def box_form(self, centre: Tensor, radius: Tensor) -> tuple[Tensor, _PhasePlan] | None:
-        """Centre and radius on the phase grid ([2, B, cells], one gather for both): cells outside the input
-        get 0 (they are no coordinate), and every input position is exactly one cell."""
+    def box_form(self, centre: Tensor, radius: Tensor) -> tuple[Tensor, Tensor, _PhasePlan]:
+        """``J centre`` ([B, *output_shape]: the centre's term is ``<a, J centre>``, read on the coefficients
+        instead of their transpose) and the radius on the phase grid ([B, cells]: cells outside the input
+        get 0, as they are no coordinate, and every input position is exactly one cell)."""
         plan = self._phase_plan(tuple(centre.shape[1:]))
-        return _on_grid(torch.cat([centre, radius]), plan).reshape(2, centre.shape[0], -1), plan
+        return self.linear(0, centre), _on_grid(radius, plan), plan
 
-    def box_lower(self, a: Tensor, form: tuple[Tensor, _PhasePlan]) -> Tensor:
-        """``<J^T a, centre> - <|J^T a|, radius>``, the exact minimum of ``<a, J x>`` over the box, summed
-        over the phase grid instead of the input (the same sums: see ``box_form``)."""
-        (c, r), plan = form
+    def box_lower(self, a: Tensor, form: tuple[Tensor, Tensor, _PhasePlan]) -> Tensor:
+        """``<a, J centre> - <|J^T a|, radius>``, the exact minimum of ``<a, J x>`` over the box, with the
+        radius's sum over the phase grid instead of the input (the same sum: see ``box_form``)."""
+        moved, r, plan = form
         s, b = a.shape[:2]
         grid = self._grid(a.flatten(0, 1), plan).reshape(s, b, -1)
-        # vecdot broadcasts centre and radius over the rows: einsum's batched matrix-vector product on the
-        # same operands measured 4x slower (oval21 CNN, batch 64)
-        return torch.linalg.vecdot(grid, c) - torch.linalg.vecdot(grid.abs(), r)
+        # vecdot broadcasts the box over the rows: einsum's batched matrix-vector product on the same
+        # operands measured 4x slower (oval21 CNN, batch 64)
+        centre_term = torch.linalg.vecdot(a.flatten(2), moved.flatten(1))
+        if torch.is_grad_enabled() and grid.requires_grad:
+            return centre_term - torch.linalg.vecdot(grid.abs(), r)
+        # in place on the grid, a temporary: no new tensors of its size (as large as a cache, at batch 64)
+        return centre_term - grid.abs_().mul_(r).sum(-1)
 
     def window(self, size: tuple[int, int]) -> tuple[int, int]:
         """The input window read by an ``h x w`` window of a 2-d convolution's output: ``(h', w') =
