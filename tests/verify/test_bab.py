@@ -331,6 +331,28 @@ def test_relu_split_domains_get_their_parents_bounds_clamped_by_the_new_split(ti
         assert sum(int((t != 0).sum()) for t in rebuilt.splits.values()) > 0
 
 
+def test_relu_split_domains_store_parameters_at_half_precision_and_unpack_them_projected(tiny):
+    """The queue keeps slopes and multipliers as bfloat16 (half the bytes); unpacked, they are float32 on
+    their sound sets again (rounding may leave them: values pushed off both ends here must come back)."""
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    brancher = ReluSplit(problem.bounder, ReluSplitConfig(shallow=False))
+    roots = driver.settle(brancher, brancher.roots(np.arange(1)), problem)
+    children = driver.settle(brancher, brancher.split(roots), problem)
+    keys = [key for key in children if key.startswith("param:")]
+    assert {key.split("/")[0] for key in keys} == {"param:slope", "param:beta"}
+    for key in keys:
+        t = children[key]
+        assert t.dtype == torch.bfloat16, key
+        off = torch.where(torch.arange(t.numel()) % 2 == 0, 3.0, -3.0).reshape(t.shape)
+        children[key] = t + off.to(t.dtype)
+    _, params = brancher._unpack(children)
+    for key, t in params.tensors.items():
+        assert t.dtype == torch.float32 and t.requires_grad
+        assert torch.equal(t.detach(), params.projections[key](t.detach())), key
+    assert brancher.bound(children).isfinite().any()
+
+
 def test_relu_splitting_proves_a_disjunction_and_finds_a_counterexample_of_one_disjunct(tiny):
     path, _, low, high = tiny
     problem = problem_for(path, property_of(*(low - 2e-3)))

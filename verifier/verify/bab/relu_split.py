@@ -89,6 +89,16 @@ class ReluSplitConfig:
             raise ValueError(f"unknown branching {self.branching!r}; choose one of {', '.join(BRANCHING)}")
 
 
+# the queue stores float32 slopes and multipliers as bfloat16, half the bytes (on the oval21 CNNs they are
+# most of a domain): they only warm-start the children's optimisation, and any value projected onto its
+# sound set (``_unpack``) gives a sound bound
+STORED = {torch.float32: torch.bfloat16}
+
+
+def _stored(dtype: torch.dtype) -> torch.dtype:
+    return STORED.get(dtype, dtype)
+
+
 def cascades(state: BoundState) -> bool:
     """Whether the roots' bounds look like a cascade: a network with several layers of ReLU-like neurons
     whose deepest such layer is at least ``CASCADE`` unstable (over every root), its bounds loose because
@@ -168,9 +178,9 @@ class ReluSplit:
         if refined and self.can_refine(cases) and deadline is not None and not closed(lower):
             until = time.monotonic() + self.config.refine_share * max(deadline.remaining(), 0.0)
 
-            def verified() -> bool:  # whether the output's slopes, optimised again on the bounds so far, close
-                # the root already (the slopes the root had were chosen for its old bounds: with them, CROWN
-                # verified roots that alpha-CROWN would have found closed long before)
+            def verified() -> bool:
+                """Whether the output's slopes, optimised again on the bounds so far, close the root already
+                (the root's slopes were chosen for its old bounds)."""
                 with torch.no_grad():
                     return closed(alpha.optimise(state, rows, params=params, enough=closed))
 
@@ -357,8 +367,8 @@ class ReluSplit:
                 out[f"lo:{k}"], out[f"hi:{k}"] = lo, hi
             split = state.splits.get(k)
             out[f"split:{k}"] = torch.zeros(lo.shape, dtype=torch.int8) if split is None else split
-        for key, t in params.tensors.items():
-            out["param:" + "/".join(map(str, key))] = t.detach().transpose(0, 1)
+        for key, t in params.tensors.items():  # see STORED
+            out["param:" + "/".join(map(str, key))] = t.detach().transpose(0, 1).to(_stored(t.dtype))
         return out
 
     def _unpack(self, domains: Domains) -> tuple[BoundState, Params]:
@@ -373,12 +383,14 @@ class ReluSplit:
                 lo, hi = self._root_bounds[k]
                 state.set_bounds(k, (lo[case], hi[case]))
         params = Params()
+        dtype = state.region.box()[0].dtype
         for name, t in domains.items():
             if name.startswith("param:"):
                 kind, *rest = name[len("param:") :].split("/")
                 key = (kind, *(int(r) if r.lstrip("-").isdigit() else r for r in rest))
-                params.tensors[key] = t.transpose(0, 1).clone().requires_grad_(True)
+                params.tensors[key] = t.transpose(0, 1).to(dtype, copy=True).requires_grad_(True)
                 params.projections[key] = self._projection(key)
+        params.project_()  # values rounded in storage may have left their sound set
         return state, params
 
     def _projection(self, key):
