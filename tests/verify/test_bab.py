@@ -20,7 +20,7 @@ from verifier.verify.bab import driver
 from verifier.verify.bab.input_split import InputSplit, InputSplitConfig, joint_gaps
 from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
 from verifier.verify.bounding import Bounder, UnsoundBoundError
-from verifier.verify.deadline import Deadline
+from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.instance import load_model
 from verifier.verify.onnx_check import in_box, violated_disjunct
 from verifier.verify.spec_batch import spec_batch
@@ -84,6 +84,24 @@ def test_a_small_positive_margin_is_proved(tiny):
     assert not problem.bounder.case_excluded().all(), "CROWN alone should not decide this property"
     result = run_bab(problem)
     assert result.verdict == "unsat" and result.domains > 0
+
+
+def test_a_deadline_passing_inside_an_attack_round_does_not_end_the_instance(tiny, monkeypatch):
+    """The attack inside a search polls the search's deadline. When that is a sub-deadline (the probe
+    search before refining), its passing mid-round is the search's business: the search goes on to its
+    own end, instead of the exception ending the whole instance as a ``timeout`` (oval21 cifar_base
+    img9410 ended at 37.7 s of 720 so)."""
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    rounds = []
+
+    def deadline_passes(*args):
+        rounds.append(1)
+        raise DeadlineReached("the probe's budget passed during the round")
+
+    monkeypatch.setattr(problem.attacker, "attack_boxes", deadline_passes)
+    result = run_bab(problem)
+    assert rounds and result.verdict == "unsat"
 
 
 def test_a_narrow_unsafe_region_gives_a_checked_counterexample(tiny):

@@ -42,7 +42,7 @@ from verifier.spec.property import Property
 from verifier.verify.attack import Attack
 from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, concat, domain_count, take
 from verifier.verify.bounding import Bounder, UnsoundBoundError, check_against_samples
-from verifier.verify.deadline import Deadline
+from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.onnx_check import Counterexample, OnnxChecker
 from verifier.verify.spec_batch import disjunct_min, lowest, per_disjunct
 
@@ -244,7 +244,10 @@ def bound_batch(brancher: Brancher, parents: Domains, problem: Problem, config: 
     start = time.monotonic()
     if attack:
         nearest = torch.argsort(parents[MARGIN])[: config.attack_domains]
-        found = _attack(brancher, take(parents, nearest), problem, deadline)
+        try:
+            found = _attack(brancher, take(parents, nearest), problem, deadline)
+        except DeadlineReached:  # the search's deadline (maybe a probe's): the search loop ends it
+            found = None
         attacked = time.monotonic() - start
         if found is not None:
             none = take(parents, torch.zeros(0, dtype=torch.long))
