@@ -47,9 +47,10 @@ def test_unsat(tmp_path, capsys):
 
 def test_timeout_is_reported_and_written(tmp_path, capsys):
     """Stopping within the budget in wall-clock time: test_process_stops_within_its_budget_including_start_up
-    (slow, as it measures time)."""
+    (slow, as it measures time). The budget is far below what the instance needs: at 0.5 s, input
+    splitting sometimes proved it in time (this test then failed, whichever code ran)."""
     status, out, _ = run(
-        capsys, *HARD, "--timeout", "0.5", "--attack-seconds", "100", "--out", tmp_path / "r"
+        capsys, *HARD, "--timeout", "0.05", "--attack-seconds", "100", "--out", tmp_path / "r"
     )
     assert status == 0 and out == "timeout\n" and (tmp_path / "r").read_text() == "timeout\n"
 
