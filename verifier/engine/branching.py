@@ -133,4 +133,4 @@ def split(state: BoundState, params: Params, nodes: Tensor, pos: Tensor) -> tupl
         flat[rows, pos[index][rows]] = sign[rows]
         child.splits[k] = s
         child.set_bounds(k, child.bounds[k])
-    return child, params.select(index, keep=lambda key: key[0] == "beta" or key[1] == "out")
+    return child, params.select(index, keep=lambda key: key[0] in ("beta", "cut") or key[1] == "out")

@@ -3,13 +3,16 @@
 With a ``Params`` store, the relaxations of nonlinear nodes take their free parameters from it (alpha
 slopes, one set per row of the pass), and split constraints of the domain enter the output's bound through
 multipliers ``beta >= 0`` (beta-CROWN): on the domain, ``s_k * z_k >= 0`` for split sign ``s_k``, so
-``<a, z_k> >= <a - beta s_k, z_k>`` there, and the pass continues with the shifted coefficients."""
+``<a, z_k> >= <a - beta s_k, z_k>`` there, and the pass continues with the shifted coefficients. Cutting
+planes of the state (``engine.cuts``) enter the output's bound the same way, through multipliers
+``mu >= 0``."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from verifier.engine import cuts as cutting
 from verifier.engine import patches
 from verifier.engine.params import Params, nonnegative
 from verifier.engine.state import BoundState, apply_joint_relaxation, apply_relaxation
@@ -46,6 +49,11 @@ def _backward(state, start, a, params, tag, beta, record, linear):
     """``backward``; with ``linear``, the linear function of the input instead of its minimum."""
     pending: dict[int, Tensor] = {start: a}
     const = a.new_zeros(a.shape[:2])
+    indicators: dict[int, Tensor] = {}
+    cut = beta and params is not None and state.cuts is not None and start == state.graph.output
+    if cut:
+        const = const + _cut_terms(state, a, params, pending, indicators)
+        cut_rows = state.cuts.applies(a)
     for j in range(start, 0, -1):
         a = pending.pop(j, None)
         if a is None:
@@ -55,7 +63,7 @@ def _backward(state, start, a, params, tag, beta, record, linear):
                 a = _split_multipliers(state, j, a, params)
             if record is not None and not isinstance(state.graph.nodes[j].op, Affine):
                 record[j] = a.detach()
-            const = const + _step(state, j, a, pending, params, tag, linear)
+            const = const + _step(state, j, a, pending, params, tag, linear, indicators.get(j))
         except VerifierError:
             raise
         except Exception as exc:
@@ -67,18 +75,22 @@ def _backward(state, start, a, params, tag, beta, record, linear):
     if linear:
         shape = (*const.shape, *state.graph.input_shape)
         return (const.new_zeros(shape) if coeffs is None else coeffs), const
-    return const if coeffs is None else state.region.concretize(coeffs, const)
+    lower = const if coeffs is None else state.region.concretize(coeffs, const)
+    if cut:  # the rows of cuts with a cutoff are bounded by it too (``engine.cuts``)
+        lower = torch.where(cut_rows, lower.clamp(max=state.cuts.cutoff), lower)
+    return lower
 
 
 def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | None, tag,
-          linear: bool = False) -> Tensor:  # fmt: skip
-    """Pass node j's coefficients ``a`` to its inputs; return the constant term it adds ([S, B])."""
+          linear: bool = False, indicator: Tensor | None = None) -> Tensor:  # fmt: skip
+    """Pass node j's coefficients ``a`` to its inputs; return the constant term it adds ([S, B]).
+    ``indicator``: coefficients [S, B, *shape_j] of cuts on ReLU node j's indicators (``_cut_terms``)."""
     nodes = state.graph.nodes
     node, (s, b) = nodes[j], a.shape[:2]
     if isinstance(node.op, Affine):
         offset = node.op.offset()
         const = _offset_term(a, offset) if offset is not None else 0
-        if not linear and node.inputs == (0,) and state.graph.consumers[0] == (j,):
+        if not linear and node.inputs == (0,) and state.graph.consumers[0] == (j,) and 0 not in pending:
             # j alone reads the input: the minimum over the box of <a, J x> is exactly its concretisation
             form = state.box_form(j)
             if form is not None:
@@ -101,9 +113,14 @@ def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | 
         return const
     src = node.inputs[0]
     shape = nodes[src].shape
+    extra = 0
+    if indicator is not None:  # <q, d> >= <out, z_j> + <into, z_src> + extra (the op's big-M lines)
+        out, into, extra = node.op.indicator_lines(indicator, *state.bounds[src])
+        a = a + out
+        _accumulate(pending, src, into)
     new, const = apply_relaxation(a, rel, int(torch.Size(shape).numel()))
     _accumulate(pending, src, new.reshape(s, b, *shape))
-    return const
+    return const + extra
 
 
 def _offset_term(a: Tensor, offset: Tensor) -> Tensor:
@@ -132,6 +149,27 @@ def _split_multipliers(state: BoundState, k: int, a: Tensor, params: Params | No
         return a
     beta = params.get(("beta", k), lambda: torch.zeros_like(a), nonnegative)
     return a if beta is None else a - beta * split.to(a.dtype)
+
+
+def _cut_terms(state: BoundState, a: Tensor, params: Params, pending: dict[int, Tensor],
+               indicators: dict[int, Tensor]) -> Tensor:  # fmt: skip
+    """The Lagrangian term ``mu . (H z + Q d - rhs)`` of the state's cuts (``engine.cuts``), never positive
+    on the region: ``mu H_j`` joins node j's pending coefficients, ``mu Q_j`` goes to ``indicators[j]``
+    for ReLU node j's step, and ``-mu . rhs`` [S, B] is returned."""
+    cuts = state.cuts
+    s, b = a.shape[:2]
+    mu = params.get(cutting.KEY, lambda: a.new_zeros(s, b, cuts.count), nonnegative)
+    if mu is None:
+        return 0
+    mu = mu * cuts.applies(a).unsqueeze(-1)  # rows the cuts do not hold for take none of them
+    nodes = state.graph.nodes
+    for j, matrix in cuts.values.items():
+        _accumulate(pending, j, cutting.spread(matrix, mu, nodes[j].shape))
+    for j, matrix in cuts.indicators.items():
+        indicators[j] = cutting.spread(matrix, mu, nodes[j].shape)
+        if j not in pending:  # the step must run even where nothing else reaches node j
+            pending[j] = torch.zeros_like(indicators[j])
+    return -(mu * cuts.rhs).sum(-1)
 
 
 def _accumulate(pending: dict[int, Tensor], k: int, a: Tensor) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from verifier.engine.cuts import Cuts
 from verifier.graph.graph import Graph
 from verifier.ops.base import Interval, JointRelaxation, Nonlinear, Op, Relaxation, RelaxConfig
 from verifier.spec.regions import Region
@@ -69,7 +70,8 @@ class BoundState:
     ``z_k <= 0``, 0 free. Bounds stored through ``set_bounds`` honour them, so the relaxation of a split
     neuron is exact on its side; beta multipliers (``crown.backward``) add the constraint to the output's
     linear bound. ``best`` holds, per node, the tightest bounds seen across the iterations of an
-    optimisation (each iterate is sound, so their intersection is too)."""
+    optimisation (each iterate is sound, so their intersection is too). ``cuts``, valid at every point of
+    the region, join the output's bound with their own multipliers (``engine.cuts``)."""
 
     graph: Graph
     region: Region
@@ -77,6 +79,7 @@ class BoundState:
     bounds: dict[int, Interval] = field(default_factory=dict)
     splits: dict[int, Tensor] = field(default_factory=dict)
     best: dict[int, Interval] = field(default_factory=dict)
+    cuts: Cuts | None = None  # cutting planes valid on the whole region (``engine.cuts``)
     selections: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
     _relaxers: dict[int, Callable[[Tensor | None], Relaxation | JointRelaxation]] = field(
         default_factory=dict, repr=False
@@ -165,6 +168,7 @@ class BoundState:
             self.cfg,
             bounds={k: (pick(lo), pick(hi)) for k, (lo, hi) in self.bounds.items()},
             splits={k: pick(s) for k, s in self.splits.items()},
+            cuts=self.cuts,
         )
 
 

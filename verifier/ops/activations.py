@@ -48,6 +48,23 @@ class ReLU(Nonlinear):
             return torch.where(bounds[0][1] + e <= 0, 0.0, e)
         return lipschitz_error(max(1.0, a), e, a * magnitude(bounds[0], e), 1.0, fmt)
 
+    def indicator_lines(self, q: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Lines bounding ``<q, d>`` from below, where ``d = 1[h > 0]`` is ReLU's indicator in the big-M
+        encoding (``y <= u d``, ``y <= h - l (1 - d)``, d in {0, 1}) and q [S, B, *shape] coefficients of
+        cutting planes on it (``engine.cuts``): ``(out, into, const)`` with ``<q, d> >= <out, y> +
+        <into, h> + const`` [S, B] at every h in ``[lo, hi]`` and ``y = relu(h)``, for d = 1 where
+        ``lo >= 0`` and d = 0 where ``hi <= 0`` (a choice of d the encoding allows there). Crossing zero,
+        ``d >= y / u`` bounds the positive coefficients and ``d <= 1 + (y - h) / l`` the negative ones."""
+        if self.negative_slope:
+            raise NotImplementedError("indicator cuts are defined for ReLU only, not LeakyReLU")
+        active, crossing = lo >= 0, (lo < 0) & (hi > 0)
+        pos, neg = q.clamp(min=0), q.clamp(max=0)
+        up, low = torch.where(crossing, hi, 1.0), torch.where(crossing, lo, -1.0)
+        out = torch.where(crossing, pos / up + neg / low, 0.0)
+        into = torch.where(crossing, -neg / low, 0.0)
+        const = torch.where(active, q, 0.0) + torch.where(crossing, neg, 0.0)
+        return out, into, const.flatten(2).sum(-1)
+
     def _slope_range(self) -> tuple[float, float]:
         """Slopes of lines through the origin that stay on one side of f: between the two pieces' slopes."""
         return min(self.negative_slope, 1.0), max(self.negative_slope, 1.0)

@@ -1,0 +1,75 @@
+"""General cutting planes in the output's bound (GCP-CROWN, Zhang et al. 2022).
+
+A cut is a linear inequality over the values of graph nodes and over ReLU indicators,
+
+    sum_j <H_j[c], z_j> + sum_j <Q_j[c], d_j> <= rhs[c],     d_j = 1[input of ReLU node j > 0],
+
+that holds at every point of the region (for some choice of ``d`` where a ReLU's input is exactly 0): the
+cuts a MILP solver derives from the big-M encoding of the network over the region's box and bounds
+(``verify.bab.mip_cuts``) are such inequalities. For multipliers ``mu >= 0`` the term
+``mu . (H z + Q d - rhs)`` is never positive there, so adding it to the output's linear bound keeps a lower
+bound: ``crown.backward`` adds ``mu H_j`` to the coefficients of node j, ``-mu . rhs`` to the constant, and
+hands ``q = mu Q_j`` to ReLU node j, which bounds ``<q, d>`` by lines in its input and output
+(``ReLU.indicator_lines``). The multipliers are free parameters under ``("cut",)`` of the pass's
+``Params``, optimised with the slopes and split multipliers (``alpha.optimise``), one per row and domain.
+
+Cuts may hold only where one specification row is low: a MILP solver given an objective cutoff ``t`` (it
+then looks for solutions of ``c . f <= t`` only, and tightens with that) derives cuts valid on that part of
+the region alone. Such cuts (``row`` = c, ``cutoff`` = t) enter the bound of row c only, which is then
+clamped to t: if some point has ``c . f <= t``, it satisfies the cuts, and the bound L cannot pass its value;
+if none has, t is a lower bound itself. Either way ``min(L, t)`` bounds row c from below, and a verifier
+whose threshold lies below t loses nothing to the clamp.
+
+Split constraints and tighter bounds only shrink the set of points, so cuts valid on the region stay valid
+on every sub-domain of a branch and bound."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+KEY = ("cut",)
+
+
+@dataclass(frozen=True)
+class Cuts:
+    """``m`` cuts: ``values[j]`` and ``indicators[j]`` are sparse [numel_j, m] matrices, column c cut c's
+    coefficients on node j's values (on ReLU node j's indicators); ``rhs`` [m] (already relaxed against
+    rounding by whoever made the cuts); ``row`` [n_out], if given, the only specification row whose bound
+    may use them (module docstring)."""
+
+    values: dict[int, Tensor]
+    indicators: dict[int, Tensor]
+    rhs: Tensor
+    row: Tensor | None = None
+    cutoff: float = float("inf")
+
+    @property
+    def count(self) -> int:
+        return self.rhs.shape[0]
+
+    def to(self, device=None, dtype=None) -> Cuts:
+        move = lambda t: t.to(device=device, dtype=dtype)
+        return Cuts(
+            {j: move(t) for j, t in self.values.items()},
+            {j: move(t) for j, t in self.indicators.items()},
+            move(self.rhs),
+            None if self.row is None else move(self.row),
+            self.cutoff,
+        )
+
+    def applies(self, rows: Tensor) -> Tensor:
+        """[S, B] bool: which of the rows [S, B, *out] may use the cuts."""
+        if self.row is None:
+            return torch.ones(rows.shape[:2], dtype=torch.bool, device=rows.device)
+        return (rows.flatten(2) == self.row).all(-1)
+
+
+def spread(matrix: Tensor, mu: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``sum_c mu[s, b, c] matrix[:, c]`` as [S, B, *shape]: the coefficients the multipliers ``mu``
+    [S, B, m] put on one node's values (or indicators)."""
+    s, b, m = mu.shape
+    out = torch.sparse.mm(matrix, mu.reshape(s * b, m).T)  # [numel, S*B]
+    return out.T.reshape(s, b, *shape)
