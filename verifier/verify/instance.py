@@ -226,6 +226,8 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
         stats["domains"] = outcome.domains
         if getattr(brancher, "refined", 0):
             stats["refined_leaves"] = brancher.refined
+        if getattr(brancher, "cuts", None) is not None:
+            stats["cuts"] = brancher.cuts.count
         if outcome.stopped:
             stats["bab_stopped"] = outcome.stopped
         if outcome.verdict in ("sat", "unsat"):

@@ -35,11 +35,13 @@ from torch import Tensor
 
 import verifier
 from verifier.engine import alpha, branching, crown, lp
+from verifier.engine import cuts as cutting
 from verifier.engine.bounds import intermediate_bounds, refresh_after
+from verifier.engine.cuts import Cuts
 from verifier.engine.params import Params, nonnegative
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.base import Nonlinear
-from verifier.verify.bab import driver, refine
+from verifier.verify.bab import driver, mip_cuts, refine
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline
@@ -50,6 +52,9 @@ BRANCHING = ("fsb", "babsr")
 # (prop_3: bound -18.6, unsat in 53 s shallow-first, nowhere near by output scores), 256x4 prop_0_0.05
 # 67/256 (output scores do better there)
 CASCADE = 0.9
+# relative margin above a row's threshold at which HiGHS's search for cuts is cut off (``_cut_job``): far
+# above its tolerances (1e-6), so that no point at the threshold is beyond the cutoff
+CUTOFF = 1e-4
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,9 @@ class ReluSplitConfig:
     11_0.05, 13_0.05 and 14_0.05 (300 s) a quarter of the time left the roots open (-0.84 on prop_1
     after it) and the searches timed out; 0.85 verified them in 113-237 s. Where refining does not close
     the root, it takes that share from the search: on oval21 cifar_deep img1052 (720 s) it ran until about
-    620 s and left the root no tighter than 235 s of it had (both end open)."""
+    620 s and left the root no tighter than 235 s of it had (both end open). ``cuts``: while a root
+    refines, HiGHS looks for cutting planes at the root of its MILP (``mip_cuts``, in a child process, for
+    at most ``cut_share`` of the time left), which then join every domain's bound (``engine.cuts``)."""
 
     steps: int = 8
     lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
@@ -85,6 +92,8 @@ class ReluSplitConfig:
     probe_share: float = 0.05
     refine_share: float = 0.85
     refine: refine.RefineConfig = field(default_factory=refine.RefineConfig)
+    cuts: bool = True
+    cut_share: float = 0.6
 
     def __post_init__(self):
         if self.branching not in BRANCHING:
@@ -131,6 +140,7 @@ class ReluSplit:
         self._root_bounds: dict[int, tuple[Tensor, Tensor]] = {}  # per node k, [cases, *shape_k] (roots)
         self.shallow = config.shallow  # None until the roots decide
         self.refined = 0  # leaves the roots' refinement of intermediate bounds bounded (``refine``)
+        self.cuts: Cuts | None = None  # the single root's cutting planes, once found (``mip_cuts``)
 
     @property
     def refresh(self) -> bool:
@@ -179,17 +189,38 @@ class ReluSplit:
         lower = optimise()
         if refined and self.can_refine(cases) and deadline is not None and not closed(lower):
             until = time.monotonic() + self.config.refine_share * max(deadline.remaining(), 0.0)
+            job = self._cut_job(state, case, rows, lower, deadline)
+
+            def take(wait: float = 0.0) -> None:
+                """The job's cuts into the state and the (frozen) store, multipliers from 0, once it has
+                answered (waiting ``wait`` seconds at most)."""
+                if job is None or job.answered:
+                    return
+                self.cuts = state.cuts = self._as_cuts(job, job.result(wait), state)
+                if self.cuts is not None:
+                    params.tensors[cutting.KEY] = lower.new_zeros(
+                        *lower.shape, self.cuts.count
+                    ).requires_grad_(True)
+                    params.projections[cutting.KEY] = nonnegative
 
             def verified() -> bool:
-                """Whether the output's slopes, optimised again on the bounds so far, close the root already
-                (the root's slopes were chosen for its old bounds)."""
+                """Whether the output's slopes, optimised again on the bounds so far (with the cuts, once they
+                are in), close the root already (the root's slopes were chosen for its old bounds)."""
+                take()
                 with torch.no_grad():
                     return closed(alpha.optimise(state, rows, params=params, enough=closed))
 
-            self.refined += refine.refine(state, until, self.config.refine, verified)
-            lower = torch.maximum(lower, optimise())
+            try:
+                self.refined += refine.refine(state, until, self.config.refine, verified)
+                lower = torch.maximum(lower, optimise())
+                if job is not None and not closed(lower):
+                    take(job.until - time.monotonic())
+                    lower = torch.maximum(lower, optimise())
+            finally:
+                if job is not None:
+                    job.stop()
         keep = Params()
-        keep.tensors = {k: v for k, v in params.tensors.items() if k[1] == "out"}
+        keep.tensors = {k: v for k, v in params.tensors.items() if k == cutting.KEY or k[1] == "out"}
         keep.projections = {k: params.projections[k] for k in keep.tensors}
         rows = rows.shape[0]
         for k in self.nodes:  # every domain carries the same keys (the queue concatenates them)
@@ -202,6 +233,37 @@ class ReluSplit:
         domains.update(self._pack(state, keep))
         self._choose(domains, state, keep)
         return domains
+
+    def _cut_job(self, state: BoundState, case: Tensor, rows: Tensor, lower: Tensor,
+                 deadline: Deadline) -> mip_cuts.CutJob | None:  # fmt: skip
+        """HiGHS's root separation on the single root's MILP, started in a child process: the objective
+        its lowest row (``rows`` [R, 1, n_out], bounds ``lower`` [R, 1]), cut off at that row's threshold
+        (``d`` plus the verdict's tolerance and ``CUTOFF`` more: the solver's own tolerance), so that its
+        cuts hold wherever that row could be violated (``engine.cuts``). None where cuts are off or the graph
+        has no encoding (``mip_cuts.encodable``)."""
+        if not (self.config.cuts and mip_cuts.available() and mip_cuts.encodable(self.graph)):
+            return None
+        lo, hi = (t[0].detach().reshape(-1).double().numpy() for t in state.region.box())
+        bounds = {
+            k: tuple(t[0].detach().reshape(-1).double().numpy() for t in b) for k, b in state.bounds.items()
+        }
+        encoding = mip_cuts.encode(self.graph, lo, hi, bounds)
+        r, c = int(lower[:, 0].argmin()), int(case[0])
+        objective = rows[r, 0].detach().reshape(-1).double().numpy()
+        threshold = float(self.bounder.spec.d[c, r] + self.bounder.decide_tol[c, r])
+        cutoff = threshold + CUTOFF * (1 + abs(threshold))
+        return mip_cuts.CutJob(
+            encoding, objective, cutoff, self.config.cut_share * max(deadline.remaining(), 0.0)
+        )
+
+    def _as_cuts(self, job: mip_cuts.CutJob, found, state: BoundState) -> Cuts | None:
+        """The job's answer ``found`` as the engine's cuts, for its objective's row alone (None for none)."""
+        if found is None:
+            return None
+        dtype = state.region.box()[0].dtype
+        return mip_cuts.to_cuts(
+            job.encoding, self.graph, *found, dtype=dtype, row=job.objective, cutoff=job.cutoff
+        )
 
     def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]:
         c = domains["case"].numpy()
@@ -375,7 +437,7 @@ class ReluSplit:
 
     def _unpack(self, domains: Domains) -> tuple[BoundState, Params]:
         case = domains["case"]
-        state = BoundState(self.graph, self._box(case), self.cfg)
+        state = BoundState(self.graph, self._box(case), self.cfg, cuts=self.cuts)
         for k in self.nodes:
             if domains[f"split:{k}"].any():
                 state.splits[k] = domains[f"split:{k}"]
@@ -396,6 +458,6 @@ class ReluSplit:
         return state, params
 
     def _projection(self, key):
-        if key[0] == "beta":
+        if key[0] in ("beta", cutting.KEY[0]):
             return nonnegative
         return self.graph.nodes[key[-1]].op.project

@@ -1,0 +1,337 @@
+"""Cutting planes for ReLU branch and bound from a MILP solver's root node (GCP-CROWN's MIP cuts).
+
+The network on a root's box is a mixed-integer linear program (big-M, Tjeng et al. 2019): a variable per
+neuron of every node up to the output, equalities for the affine nodes, and per ReLU neuron crossing zero an
+indicator ``d`` in {0, 1} with ``y >= h``, ``y >= 0``, ``y <= u d``, ``y <= h - l (1 - d)`` on its input's
+bounds ``[l, u]`` (stable neurons: ``y = h`` or ``y = 0``). Every point of the box, with ``d = 1[h > 0]``,
+is a solution, so an inequality valid for every solution holds on the whole root: a cut. HiGHS, asked to
+minimise a spec row, strengthens its LP relaxation at the root with such cuts (mixed-integer rounding,
+implied bounds, flow covers, ...); the separation rounds' cuts come back through its cut-pool callback and
+enter every domain's bound with their own multipliers (``engine.cuts``), as abcrown's CPLEX cuts do. The
+solver runs in a child process beside the search (``CutJob``); its cuts reach the search once it ends.
+
+Soundness: the encoding's bounds are the engine's sound bounds (the box, the roots' intermediate bounds, and
+interval arithmetic in float64 elsewhere), the weights the graph's own float32 values in float64, so every
+point of the root and its activations satisfy it. HiGHS derives its cuts in floating point with feasibility
+tolerances of about 1e-6; each cut's right-hand side is relaxed by ``SLACK`` times its scale (``1 + |rhs| +
+sum |a_i| max|v_i|``), far beyond the error of such derivations."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import verifier
+
+# scipy.sparse is imported where it is used: ~0.1 s that every verify-model start would otherwise pay
+from verifier.engine.cuts import Cuts
+from verifier.graph.graph import Graph
+from verifier.ops.activations import ReLU
+from verifier.ops.base import Affine
+
+# relative slack of a cut's right-hand side against the solver's rounding (module docstring)
+SLACK = 1e-5
+# the largest affine map (inputs x outputs) written out as a matrix; larger graphs get no cuts
+MAX_ENTRIES = 3 * 10**7
+VALUE, INDICATOR = 0, 1
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """The MILP of a graph over one box: variables ``lower <= v <= upper`` (``integer`` marks the
+    indicators), rows ``row_lower <= matrix v <= row_upper``; ``owner`` [n_vars, 3] names each variable
+    (node, VALUE or INDICATOR, flat position); ``output`` the output node's variables."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    integer: np.ndarray
+    matrix: object  # scipy.sparse.csc_matrix
+    row_lower: np.ndarray
+    row_upper: np.ndarray
+    owner: np.ndarray
+    output: np.ndarray
+
+
+def encodable(graph: Graph) -> bool:
+    """Whether every node is an affine map of one input or a ReLU (the networks ``encode`` takes), and
+    every affine map small enough to write out."""
+    for node in graph.nodes[1 : graph.output + 1]:
+        if isinstance(node.op, ReLU):
+            ok = not node.op.negative_slope
+        else:
+            size = _numel(graph.nodes[node.inputs[0]].shape) * _numel(node.shape)
+            ok = isinstance(node.op, Affine) and len(node.inputs) == 1 and size <= MAX_ENTRIES
+        if not ok:
+            return False
+    return True
+
+
+def encode(graph: Graph, box_lo: np.ndarray, box_hi: np.ndarray,
+           bounds: dict[int, tuple[np.ndarray, np.ndarray]]) -> Encoding:  # fmt: skip
+    """The MILP of ``graph`` (``encodable``) on the box ``[box_lo, box_hi]`` (flat), with ``bounds`` (flat,
+    per node) wherever the engine has them."""
+    import scipy.sparse as sp
+
+    graph = graph.to(dtype=torch.float64)
+    program = _Program()
+    lo, hi = np.asarray(box_lo, np.float64), np.asarray(box_hi, np.float64)
+    var = {0: program.block(lo, hi, 0, VALUE)}
+    span = {0: (lo, hi)}
+    for j in range(1, graph.output + 1):
+        node = graph.nodes[j]
+        src = node.inputs[0]
+        l_in, u_in = span[src]
+        if isinstance(node.op, ReLU):
+            var[j], span[j] = _relu(program, j, var[src], l_in, u_in)
+            continue
+        jac, offset = _affine(node.op, graph.nodes[src].shape, node.shape)
+        centre, radius = jac @ ((l_in + u_in) / 2) + offset, abs(jac) @ ((u_in - l_in) / 2)
+        lo, hi = _widen(centre - radius, centre + radius)
+        if j in bounds:
+            lo, hi = np.maximum(lo, bounds[j][0]), np.minimum(hi, bounds[j][1])
+        var[j], span[j] = program.block(lo, hi, j, VALUE), (lo, hi)
+        n = len(lo)
+        program.add([(sp.identity(n), var[j]), (-jac, var[src])], offset, offset)
+    return program.finish(var[graph.output])
+
+
+def _numel(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _widen(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Interval bounds in float64 widened against their own rounding."""
+    return lo - 1e-9 * (1 + abs(lo)), hi + 1e-9 * (1 + abs(hi))
+
+
+def _affine(op: Affine, in_shape, out_shape) -> tuple[object, np.ndarray]:
+    """The operator's matrix (sparse, float64) and offset (flat)."""
+    import scipy.sparse as sp
+
+    n_in = _numel(in_shape)
+    with torch.no_grad():
+        eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *in_shape)
+        cols = op.linear(0, eye).reshape(n_in, -1)
+        offset = op.offset()
+        offset = np.zeros(_numel(out_shape)) if offset is None else offset.expand(1, *out_shape).reshape(-1)
+    return sp.csr_matrix(cols.T.numpy()), np.asarray(offset, np.float64)
+
+
+def _relu(program: _Program, j: int, h: np.ndarray, l: np.ndarray, u: np.ndarray):
+    """ReLU node j's variables and rows on input variables ``h`` with bounds ``[l, u]``."""
+    import scipy.sparse as sp
+
+    y = program.block(np.maximum(l, 0), np.maximum(u, 0), j, VALUE)
+    active, crossing = np.flatnonzero(l >= 0), np.flatnonzero((l < 0) & (u > 0))
+    if len(active):
+        eye = sp.identity(len(active))
+        program.add([(eye, y[active]), (-eye, h[active])], np.zeros(len(active)), np.zeros(len(active)))
+    m = len(crossing)
+    if m:
+        d = program.block(np.zeros(m), np.ones(m), j, INDICATOR, positions=crossing, integer=True)
+        eye, lc, uc = sp.identity(m), l[crossing], u[crossing]
+        inf, zero = np.full(m, np.inf), np.zeros(m)
+        program.add([(eye, y[crossing]), (-eye, h[crossing])], zero, inf)  # y >= h
+        program.add([(eye, y[crossing]), (sp.diags(-uc), d)], -inf, zero)  # y <= u d
+        program.add([(eye, y[crossing]), (-eye, h[crossing]), (sp.diags(-lc), d)], -inf, -lc)
+    return y, (np.maximum(l, 0), np.maximum(u, 0))
+
+
+class _Program:
+    """Variables allocated block by block and sparse rows over them."""
+
+    def __init__(self):
+        self.lower, self.upper, self.integer, self.owner = [], [], [], []
+        self.pieces, self.row_lower, self.row_upper = [], [], []
+        self.rows = 0
+
+    def block(self, lower, upper, node: int, kind: int, positions=None, integer: bool = False) -> np.ndarray:
+        start = sum(len(b) for b in self.lower)
+        n = len(lower)
+        self.lower.append(np.asarray(lower, np.float64))
+        self.upper.append(np.asarray(upper, np.float64))
+        self.integer.append(np.full(n, integer))
+        pos = np.arange(n) if positions is None else positions
+        self.owner.append(np.stack([np.full(n, node), np.full(n, kind), pos], 1))
+        return np.arange(start, start + n)
+
+    def add(self, terms, lower, upper) -> None:
+        """Rows ``lower <= sum_k M_k v[idx_k] <= upper`` for ``terms = [(M_k, idx_k)]``."""
+        import scipy.sparse as sp
+
+        for matrix, idx in terms:
+            coo = sp.coo_matrix(matrix)
+            self.pieces.append((coo.row + self.rows, idx[coo.col], coo.data))
+        self.row_lower.append(np.asarray(lower, np.float64))
+        self.row_upper.append(np.asarray(upper, np.float64))
+        self.rows += len(lower)
+
+    def finish(self, output: np.ndarray) -> Encoding:
+        import scipy.sparse as sp
+
+        rows, cols, vals = (np.concatenate(p) for p in zip(*self.pieces))
+        lower = np.concatenate(self.lower)
+        matrix = sp.csc_matrix((vals, (rows, cols)), shape=(self.rows, len(lower)))
+        return Encoding(lower, np.concatenate(self.upper), np.concatenate(self.integer), matrix,
+                        np.concatenate(self.row_lower), np.concatenate(self.row_upper),
+                        np.concatenate(self.owner), output)  # fmt: skip
+
+
+def to_cuts(encoding: Encoding, graph: Graph, matrix, lower: np.ndarray, upper: np.ndarray,
+            dtype: torch.dtype = torch.float32, row: np.ndarray | None = None,
+            cutoff: float = float("inf")) -> Cuts | None:  # fmt: skip
+    """The engine's cuts (``a v <= rhs``) of rows ``lower <= matrix v <= upper`` over the encoding's
+    variables, each right-hand side relaxed by ``SLACK`` times its scale, for the spec row ``row`` alone
+    if given, valid where it is at most ``cutoff`` (``engine.cuts``); None for no finite side."""
+    import scipy.sparse as sp
+
+    matrix = sp.csr_matrix(matrix)
+    below, above = np.isfinite(upper), np.isfinite(lower)
+    a = sp.vstack([matrix[below], -matrix[above]]).tocsr()
+    rhs = np.concatenate([upper[below], -lower[above]])
+    if not len(rhs):
+        return None
+    size = np.maximum(abs(encoding.lower), abs(encoding.upper))
+    rhs = rhs + SLACK * (1 + abs(rhs) + abs(a) @ size)
+    coo = a.tocoo()
+    owner = encoding.owner[coo.col]
+    parts: tuple[dict[int, Tensor], dict[int, Tensor]] = ({}, {})
+    for node, kind in sorted({(int(n), int(k)) for n, k, _ in owner}):
+        pick = (owner[:, 0] == node) & (owner[:, 1] == kind)
+        index = torch.as_tensor(np.stack([owner[pick, 2], coo.row[pick]]))
+        shape = (_numel(graph.nodes[node].shape), len(rhs))
+        values = torch.as_tensor(coo.data[pick], dtype=dtype)
+        parts[kind][node] = torch.sparse_coo_tensor(index, values, shape, check_invariants=True).coalesce()
+    row = None if row is None else torch.as_tensor(row, dtype=dtype)
+    return Cuts(parts[VALUE], parts[INDICATOR], torch.as_tensor(rhs, dtype=dtype), row, float(cutoff))
+
+
+# ------------------------------------------------------------------------------------------------ solver
+
+
+def available() -> bool:
+    """Whether HiGHS's Python interface (``highspy``, the optional ``cuts`` extra) is installed."""
+    try:
+        import highspy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def root_cuts(encoding: Encoding, objective: np.ndarray, cutoff: float, seconds: float):
+    """HiGHS's cuts at the root of ``min objective . v[output]`` with the objective cutoff ``cutoff``:
+    ``(matrix, lower, upper)`` (CSR over the encoding's variables), valid on the solutions whose objective
+    is at most ``cutoff`` (HiGHS tightens with the cutoff, and with any solution it finds, after which its
+    cuts need not hold even at that solution: measured on a small CNN, cuts taken after HiGHS had found
+    the optimum cut it off by 2.9). None when the solver ends before its root separation does (time, or a
+    root that needs none), or has found a solution by then (one at or below the cutoff: the cuts may
+    exclude it). Single-threaded, presolve off (its cuts would be over the presolved model's variables),
+    no primal heuristics (their time is not the cuts')."""
+    import highspy
+    import scipy.sparse as sp
+
+    h = highspy.Highs()
+    for key, value in [("output_flag", False), ("presolve", "off"), ("threads", 1), ("time_limit", seconds),
+                       ("objective_bound", cutoff),
+                       ("mip_heuristic_effort", 0.0), ("mip_heuristic_run_feasibility_jump", False),
+                       ("mip_heuristic_run_rins", False), ("mip_heuristic_run_rens", False),
+                       ("mip_heuristic_run_root_reduced_cost", False)]:  # fmt: skip
+        h.setOptionValue(key, value)
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = len(encoding.lower), len(encoding.row_lower)
+    cost = np.zeros(lp.num_col_)
+    cost[encoding.output] = objective
+    lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, encoding.lower, encoding.upper
+    lp.row_lower_, lp.row_upper_ = encoding.row_lower, encoding.row_upper
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    m = encoding.matrix
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = m.indptr, m.indices, m.data
+    kinds = highspy.HighsVarType
+    lp.integrality_ = [kinds.kInteger if i else kinds.kContinuous for i in encoding.integer]
+    h.passModel(lp)
+    found = []
+    pool, interrupt = (
+        highspy.cb.HighsCallbackType.kCallbackMipGetCutPool,
+        highspy.cb.HighsCallbackType.kCallbackMipInterrupt,
+    )
+
+    def callback(kind, message, out, into, user):
+        if kind == pool and not found:
+            if out.mip_primal_bound < cutoff:  # a solution (without one, HiGHS reports the cutoff)
+                found.append(None)
+                return
+            starts = np.array(out.cutpool_start)
+            found.append((
+                sp.csr_matrix((np.array(out.cutpool_value), np.array(out.cutpool_index), starts),
+                              shape=(out.cutpool_num_cut, out.cutpool_num_col)),
+                np.array(out.cutpool_lower), np.array(out.cutpool_upper)))  # fmt: skip
+        elif kind == interrupt and found:
+            into.user_interrupt = 1  # the cuts are in: the rest of the search is not ours to wait for
+
+    h.setCallback(callback, None)
+    h.startCallback(pool)
+    h.startCallback(interrupt)
+    h.run()
+    return found[0] if found else None
+
+
+def serve() -> None:
+    """The child's side of ``CutJob``: ``(encoding, objective, cutoff, seconds, parent pid)`` pickled on stdin,
+    ``root_cuts``'s answer pickled on stdout. It exits as soon as its parent is gone (a verify-model
+    worker killed at its deadline must not leave a solver running)."""
+    encoding, objective, cutoff, seconds, parent = pickle.load(sys.stdin.buffer)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    pickle.dump(root_cuts(encoding, objective, cutoff, seconds), sys.stdout.buffer)
+    sys.stdout.flush()
+
+
+class CutJob:
+    """``root_cuts`` in a child process beside the search (a fresh interpreter, as ``shards`` starts its
+    workers: verify-model's own worker is a daemon process, which may not start ``multiprocessing``
+    children): ``result()`` waits for its answer, ``stop()`` ends it."""
+
+    def __init__(self, encoding: Encoding, objective: np.ndarray, cutoff: float, seconds: float):
+        code = "from verifier.verify.bab.mip_cuts import serve; serve()"
+        # the child imports this very package, wherever it was imported from here
+        path = os.pathsep.join([str(Path(verifier.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+        self._process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, env=os.environ | {"PYTHONPATH": path})  # fmt: skip
+        self._process.stdin.write(pickle.dumps((encoding, objective, cutoff, seconds, os.getpid())))
+        self._process.stdin.close()
+        self.encoding, self.objective, self.cutoff = encoding, objective, cutoff
+        self.until = time.monotonic() + seconds
+        self.answered, self._answer = False, None
+
+    def result(self, wait: float = 0.0):
+        """The child's ``root_cuts`` answer (None for no cuts), or None if it has not answered within
+        ``wait`` seconds (``answered`` tells the two apart)."""
+        if not self.answered and select.select([self._process.stdout], [], [], max(wait, 0.0))[0]:
+            self.answered = True
+            try:
+                self._answer = pickle.loads(self._process.stdout.read())
+            except (EOFError, pickle.UnpicklingError):  # the child died without an answer
+                pass
+        return self._answer
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        self._process.stdout.close()
