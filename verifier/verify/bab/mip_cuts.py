@@ -236,14 +236,15 @@ def root_cuts(encoding: Encoding, objective: np.ndarray, cutoff: float, seconds:
     cuts need not hold even at that solution: measured on a small CNN, cuts taken after HiGHS had found
     the optimum cut it off by 2.9). None when the solver ends before its root separation does (time, or a
     root that needs none), or has found a solution by then (one at or below the cutoff: the cuts may
-    exclude it). Single-threaded, presolve off (its cuts would be over the presolved model's variables),
-    no primal heuristics (their time is not the cuts')."""
+    exclude it). No optimality gaps (HiGHS would prune solutions within them of the cutoff), single-threaded,
+    presolve off (its cuts would be over the presolved model's variables), no primal heuristics (their
+    time is not the cuts')."""
     import highspy
     import scipy.sparse as sp
 
     h = highspy.Highs()
     for key, value in [("output_flag", False), ("presolve", "off"), ("threads", 1), ("time_limit", seconds),
-                       ("objective_bound", cutoff),
+                       ("objective_bound", cutoff), ("mip_rel_gap", 0.0), ("mip_abs_gap", 0.0),
                        ("mip_heuristic_effort", 0.0), ("mip_heuristic_run_feasibility_jump", False),
                        ("mip_heuristic_run_rins", False), ("mip_heuristic_run_rens", False),
                        ("mip_heuristic_run_root_reduced_cost", False)]:  # fmt: skip
