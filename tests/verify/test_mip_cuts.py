@@ -187,12 +187,12 @@ def test_refined_roots_take_highs_cuts_and_stay_below_the_exact_minimum(tmp_path
     instance = _instance(tmp_path)
     checker, model = load_model(instance.onnx)
     bounder = Bounder(model, spec_batch(load_property(instance.vnnlib), checker.dtype))
-    brancher = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02))
+    brancher = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02, cuts=True))
     roots = brancher.roots(np.arange(1), Deadline(20), refined=True)
     assert brancher.cuts is not None and brancher.cuts.count > 0
     assert roots["param:cut"].shape == (1, 1, brancher.cuts.count)
     assert float(roots["lower"][0, 0]) <= instance.d + instance.margin + 1e-4
-    without = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02, cuts=False))
+    without = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02))  # no convolution: no cuts by default
     assert "param:cut" not in without.roots(np.arange(1), Deadline(20), refined=True)
     assert without.cuts is None
 
@@ -202,6 +202,6 @@ def test_a_search_with_cuts_gives_the_exact_answer(tmp_path):
     """The hard property of ``test_bab_refine`` (exact margin 0.05): unsat or out of time, never sat,
     through roots refined briefly and cut, and children that carry the cuts' multipliers."""
     instance = _instance(tmp_path)
-    config = dataclasses.replace(CONFIG, timeout=15, relu_split=ReluSplitConfig(refine_share=0.05))
+    config = dataclasses.replace(CONFIG, timeout=15, relu_split=ReluSplitConfig(refine_share=0.05, cuts=True))
     result = verify_instance(instance.onnx, instance.vnnlib, config)
     assert result.verdict in ("unsat", "timeout") and result.stats["cuts"] > 0

@@ -41,6 +41,7 @@ from verifier.engine.cuts import Cuts
 from verifier.engine.params import Params, nonnegative
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.base import Nonlinear
+from verifier.ops.conv import Conv
 from verifier.verify.bab import driver, mip_cuts, refine
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
@@ -79,7 +80,12 @@ class ReluSplitConfig:
     the root, it takes that share from the search: on oval21 cifar_deep img1052 (720 s) it ran until about
     620 s and left the root no tighter than 235 s of it had (both end open). ``cuts``: while a root
     refines, HiGHS looks for cutting planes at the root of its MILP (``mip_cuts``, in a child process, for
-    at most ``cut_share`` of the time left), which then join every domain's bound (``engine.cuts``)."""
+    at most ``cut_share`` of the time left), which then join every domain's bound (``engine.cuts``); None
+    decides by the network: on those with a convolution. Measured at the instances' limits, two at a time on
+    one thread each (HiGHS's child a third and fourth process): oval21 cifar_deep img4405 and img9931 went
+    from timeouts to unsat (583 and 327 s; img1052 unsat in 455 s alone); on the fully connected mnist_fc
+    nets, where refining closes the roots, the child only took their core: 256x6 prop_12_0.05 from 278 s
+    to a timeout, prop_14_0.05 from 116 to 240 s."""
 
     steps: int = 8
     lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
@@ -92,7 +98,7 @@ class ReluSplitConfig:
     probe_share: float = 0.05
     refine_share: float = 0.85
     refine: refine.RefineConfig = field(default_factory=refine.RefineConfig)
-    cuts: bool = True
+    cuts: bool | None = None
     cut_share: float = 0.6
 
     def __post_init__(self):
@@ -241,7 +247,10 @@ class ReluSplit:
         (``d`` plus the verdict's tolerance and ``CUTOFF`` more: the solver's own tolerance), so that its
         cuts hold wherever that row could be violated (``engine.cuts``). None where cuts are off or the graph
         has no encoding (``mip_cuts.encodable``)."""
-        if not (self.config.cuts and mip_cuts.available() and mip_cuts.encodable(self.graph)):
+        wanted = self.config.cuts
+        if wanted is None:
+            wanted = any(isinstance(node.op, Conv) for node in self.graph.nodes)
+        if not (wanted and mip_cuts.available() and mip_cuts.encodable(self.graph)):
             return None
         lo, hi = (t[0].detach().reshape(-1).double().numpy() for t in state.region.box())
         bounds = {
