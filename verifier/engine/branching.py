@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from verifier.engine import crown
-from verifier.engine.params import Params
+from verifier.engine.params import Params, of_output
 from verifier.engine.state import BoundState
 
 
@@ -133,4 +133,4 @@ def split(state: BoundState, params: Params, nodes: Tensor, pos: Tensor) -> tupl
         flat[rows, pos[index][rows]] = sign[rows]
         child.splits[k] = s
         child.set_bounds(k, child.bounds[k])
-    return child, params.select(index, keep=lambda key: key[0] in ("beta", "cut") or key[1] == "out")
+    return child, params.select(index, keep=of_output)

@@ -50,16 +50,6 @@ class Cuts:
     def count(self) -> int:
         return self.rhs.shape[0]
 
-    def to(self, device=None, dtype=None) -> Cuts:
-        move = lambda t: t.to(device=device, dtype=dtype)
-        return Cuts(
-            {j: move(t) for j, t in self.values.items()},
-            {j: move(t) for j, t in self.indicators.items()},
-            move(self.rhs),
-            None if self.row is None else move(self.row),
-            self.cutoff,
-        )
-
     def applies(self, rows: Tensor) -> Tensor:
         """[S, B] bool: which of the rows [S, B, *out] may use the cuts."""
         if self.row is None:

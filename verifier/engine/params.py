@@ -20,6 +20,20 @@ from torch import Tensor
 Projection = Callable[[Tensor], Tensor]
 
 
+# key kinds of Lagrange multipliers (>= 0): split constraints (``("beta", k)``), cutting planes (``("cut",)``)
+MULTIPLIERS = ("beta", "cut")
+
+
+def multiplier(key: Hashable) -> bool:
+    return key[0] in MULTIPLIERS
+
+
+def of_output(key: Hashable) -> bool:
+    """Whether ``key`` parameterises the output's pass: its slopes and every multiplier (what branch and
+    bound carries from a domain to its children)."""
+    return multiplier(key) or key[1] == "out"
+
+
 def nonnegative(t: Tensor) -> Tensor:
     """The projection of split multipliers (``beta >= 0``)."""
     return t.clamp(min=0)

@@ -38,10 +38,9 @@ from verifier.engine import alpha, branching, crown, lp
 from verifier.engine import cuts as cutting
 from verifier.engine.bounds import intermediate_bounds, refresh_after
 from verifier.engine.cuts import Cuts
-from verifier.engine.params import Params, nonnegative
+from verifier.engine.params import Params, multiplier, nonnegative, of_output
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.base import Nonlinear
-from verifier.ops.conv import Conv
 from verifier.verify.bab import driver, mip_cuts, refine
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bounding import Bounder
@@ -53,9 +52,6 @@ BRANCHING = ("fsb", "babsr")
 # (prop_3: bound -18.6, unsat in 53 s shallow-first, nowhere near by output scores), 256x4 prop_0_0.05
 # 67/256 (output scores do better there)
 CASCADE = 0.9
-# relative margin above a row's threshold at which HiGHS's search for cuts is cut off (``_cut_job``): far
-# above its tolerances (1e-6), so that no point at the threshold is beyond the cutoff
-CUTOFF = 1e-4
 
 
 @dataclass(frozen=True)
@@ -81,11 +77,7 @@ class ReluSplitConfig:
     620 s and left the root no tighter than 235 s of it had (both end open). ``cuts``: while a root
     refines, HiGHS looks for cutting planes at the root of its MILP (``mip_cuts``, in a child process, for
     at most ``cut_share`` of the time left), which then join every domain's bound (``engine.cuts``); None
-    decides by the network: on those with a convolution. Measured at the instances' limits, two at a time on
-    one thread each (HiGHS's child a third and fourth process): oval21 cifar_deep img4405 and img9931 went
-    from timeouts to unsat (583 and 327 s; img1052 unsat in 455 s alone); on the fully connected mnist_fc
-    nets, where refining closes the roots, the child only took their core: 256x6 prop_12_0.05 from 278 s
-    to a timeout, prop_14_0.05 from 116 to 240 s."""
+    decides by the network (``mip_cuts.wanted``: on those with a convolution)."""
 
     steps: int = 8
     lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
@@ -202,7 +194,7 @@ class ReluSplit:
                 answered (waiting ``wait`` seconds at most)."""
                 if job is None or job.answered:
                     return
-                self.cuts = state.cuts = self._as_cuts(job, job.result(wait), state)
+                self.cuts = state.cuts = job.cuts(self.graph, state.region.box()[0], wait)
                 if self.cuts is not None:
                     params.tensors[cutting.KEY] = lower.new_zeros(
                         *lower.shape, self.cuts.count
@@ -226,7 +218,7 @@ class ReluSplit:
                 if job is not None:
                     job.stop()
         keep = Params()
-        keep.tensors = {k: v for k, v in params.tensors.items() if k == cutting.KEY or k[1] == "out"}
+        keep.tensors = {k: v for k, v in params.tensors.items() if of_output(k)}
         keep.projections = {k: params.projections[k] for k in keep.tensors}
         rows = rows.shape[0]
         for k in self.nodes:  # every domain carries the same keys (the queue concatenates them)
@@ -242,37 +234,16 @@ class ReluSplit:
 
     def _cut_job(self, state: BoundState, case: Tensor, rows: Tensor, lower: Tensor,
                  deadline: Deadline) -> mip_cuts.CutJob | None:  # fmt: skip
-        """HiGHS's root separation on the single root's MILP, started in a child process: the objective
-        its lowest row (``rows`` [R, 1, n_out], bounds ``lower`` [R, 1]), cut off at that row's threshold
-        (``d`` plus the verdict's tolerance and ``CUTOFF`` more: the solver's own tolerance), so that its
-        cuts hold wherever that row could be violated (``engine.cuts``). None where cuts are off or the graph
-        has no encoding (``mip_cuts.encodable``)."""
-        wanted = self.config.cuts
-        if wanted is None:
-            wanted = any(isinstance(node.op, Conv) for node in self.graph.nodes)
-        if not (wanted and mip_cuts.available() and mip_cuts.encodable(self.graph)):
+        """HiGHS's root separation for the single root (``mip_cuts.start``) on its lowest row (``rows``
+        [R, 1, n_out], bounds ``lower`` [R, 1]) at that row's threshold (``d`` plus the verdict's tolerance);
+        None where the network gets no cuts."""
+        if not mip_cuts.wanted(self.graph, self.config.cuts):
             return None
-        lo, hi = (t[0].detach().reshape(-1).double().numpy() for t in state.region.box())
-        bounds = {
-            k: tuple(t[0].detach().reshape(-1).double().numpy() for t in b) for k, b in state.bounds.items()
-        }
-        encoding = mip_cuts.encode(self.graph, lo, hi, bounds)
         r, c = int(lower[:, 0].argmin()), int(case[0])
         objective = rows[r, 0].detach().reshape(-1).double().numpy()
         threshold = float(self.bounder.spec.d[c, r] + self.bounder.decide_tol[c, r])
-        cutoff = threshold + CUTOFF * (1 + abs(threshold))
-        return mip_cuts.CutJob(
-            encoding, objective, cutoff, self.config.cut_share * max(deadline.remaining(), 0.0)
-        )
-
-    def _as_cuts(self, job: mip_cuts.CutJob, found, state: BoundState) -> Cuts | None:
-        """The job's answer ``found`` as the engine's cuts, for its objective's row alone (None for none)."""
-        if found is None:
-            return None
-        dtype = state.region.box()[0].dtype
-        return mip_cuts.to_cuts(
-            job.encoding, self.graph, *found, dtype=dtype, row=job.objective, cutoff=job.cutoff
-        )
+        seconds = self.config.cut_share * max(deadline.remaining(), 0.0)
+        return mip_cuts.start(self.graph, state, objective, threshold, seconds)
 
     def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]:
         c = domains["case"].numpy()
@@ -467,6 +438,6 @@ class ReluSplit:
         return state, params
 
     def _projection(self, key):
-        if key[0] in ("beta", cutting.KEY[0]):
+        if multiplier(key):
             return nonnegative
         return self.graph.nodes[key[-1]].op.project
