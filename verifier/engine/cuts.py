@@ -50,6 +50,12 @@ class Cuts:
     def count(self) -> int:
         return self.rhs.shape[0]
 
+    def to(self, device=None, dtype=None) -> Cuts:
+        """These cuts with every tensor on ``device`` in ``dtype``."""
+        move = lambda parts: {k: v.to(device, dtype) for k, v in parts.items()}
+        row = None if self.row is None else self.row.to(device, dtype)
+        return Cuts(move(self.values), move(self.indicators), self.rhs.to(device, dtype), row, self.cutoff)
+
     def applies(self, rows: Tensor) -> Tensor:
         """[S, B] bool: which of the rows [S, B, *out] may use the cuts."""
         if self.row is None:

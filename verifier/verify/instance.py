@@ -280,15 +280,18 @@ def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack
             return shards.run(brancher, roots, problem, config.bab, until, config.workers, config.cluster)
         return driver.run(brancher, roots, problem, config.bab, until)
 
-    roots = brancher.roots(cases, deadline)
     if not (isinstance(brancher, ReluSplit) and brancher.can_refine(cases)):
-        return search(roots, deadline)
-    # a first search on a short budget; if it gives no answer, refined roots and a second search
-    first = search(roots, deadline.sub(config.relu_split.probe_share * deadline.remaining()))
-    if first.verdict in ("sat", "unsat") or deadline.expired():
-        return first
-    second = search(brancher.roots(cases, deadline, refined=True), deadline)
-    return dataclasses.replace(second, domains=first.domains + second.domains)
+        return search(brancher.roots(cases, deadline), deadline)
+    try:  # the roots may start a cut job (``ReluSplit.close``)
+        roots = brancher.roots(cases, deadline)
+        # a first search on a short budget; if it gives no answer, refined roots and a second search
+        first = search(roots, deadline.sub(config.relu_split.probe_share * deadline.remaining()))
+        if first.verdict in ("sat", "unsat") or deadline.expired():
+            return first
+        second = search(brancher.roots(cases, deadline, refined=True), deadline)
+        return dataclasses.replace(second, domains=first.domains + second.domains)
+    finally:
+        brancher.close()
 
 
 def _extra_attack(attack: Attack, config: VerifyConfig, deadline: Deadline) -> Counterexample | None:

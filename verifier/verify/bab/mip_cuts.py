@@ -85,12 +85,12 @@ def start(graph: Graph, state, objective: np.ndarray, threshold: float, seconds:
     that row is at or below the threshold; None without HiGHS or an encoding."""
     if not (available() and encodable(graph)):
         return None
-    lo, hi = (t[0].detach().reshape(-1).double().numpy() for t in state.region.box())
+    lo, hi = (t[0].detach().reshape(-1).double().cpu().numpy() for t in state.region.box())
     bounds = {
-        k: tuple(t[0].detach().reshape(-1).double().numpy() for t in b) for k, b in state.bounds.items()
+        k: tuple(t[0].detach().reshape(-1).double().cpu().numpy() for t in b) for k, b in state.bounds.items()
     }
     cutoff = threshold + CUTOFF * (1 + abs(threshold))
-    return CutJob(encode(graph, lo, hi, bounds), objective, cutoff, seconds)
+    return CutJob(graph.to(device="cpu"), lo, hi, bounds, objective, cutoff, seconds)
 
 
 def encodable(graph: Graph) -> bool:
@@ -321,10 +321,11 @@ def root_cuts(encoding: Encoding, objective: np.ndarray, cutoff: float, seconds:
 
 
 def serve() -> None:
-    """The child's side of ``CutJob``: ``(encoding, objective, cutoff, seconds, parent pid)`` pickled on stdin,
-    ``root_cuts``'s answer pickled on stdout. It exits as soon as its parent is gone (a verify-model
-    worker killed at its deadline must not leave a solver running)."""
-    encoding, objective, cutoff, seconds, parent = pickle.load(sys.stdin.buffer)
+    """The child's side of ``CutJob``: ``(graph, box_lo, box_hi, bounds, objective, cutoff, seconds, parent
+    pid)`` pickled on stdin; the engine's cuts (``to_cuts``, on the CPU, in float64) of
+    ``root_cuts``'s answer on the MILP ``encode`` writes, or None, pickled on stdout. It exits as soon as
+    its parent is gone (a verify-model worker killed at its deadline must not leave a solver running)."""
+    graph, lo, hi, bounds, objective, cutoff, seconds, parent = pickle.load(sys.stdin.buffer)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -332,45 +333,44 @@ def serve() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
-    pickle.dump(root_cuts(encoding, objective, cutoff, seconds), sys.stdout.buffer)
+    until = time.monotonic() + seconds
+    encoding = encode(graph, lo, hi, bounds)
+    found = root_cuts(encoding, objective, cutoff, max(until - time.monotonic(), 0.0))
+    cuts = None if found is None else to_cuts(encoding, graph, *found, torch.float64, objective, cutoff)
+    pickle.dump(cuts, sys.stdout.buffer)
     sys.stdout.flush()
 
 
 class CutJob:
-    """``root_cuts`` in a child process beside the search (a fresh interpreter, as ``shards`` starts its
+    """``serve`` in a child process beside the search (a fresh interpreter, as ``shards`` starts its
     workers: verify-model's own worker is a daemon process, which may not start ``multiprocessing``
-    children): ``result()`` waits for its answer, ``stop()`` ends it."""
+    children): the MILP is written and solved there, so the search only pays for pickling the graph and
+    its bounds. ``cuts()`` takes its answer, ``stop()`` ends it."""
 
-    def __init__(self, encoding: Encoding, objective: np.ndarray, cutoff: float, seconds: float):
+    def __init__(self, graph: Graph, box_lo: np.ndarray, box_hi: np.ndarray,
+                 bounds: dict[int, tuple[np.ndarray, np.ndarray]], objective: np.ndarray, cutoff: float,
+                 seconds: float):  # fmt: skip
         code = "from verifier.verify.bab.mip_cuts import serve; serve()"
         # the child imports this very package, wherever it was imported from here
         path = os.pathsep.join([str(Path(verifier.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
         self._process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, env=os.environ | {"PYTHONPATH": path})  # fmt: skip
-        self._process.stdin.write(pickle.dumps((encoding, objective, cutoff, seconds, os.getpid())))
+        task = (graph, box_lo, box_hi, bounds, objective, cutoff, seconds, os.getpid())
+        self._process.stdin.write(pickle.dumps(task))
         self._process.stdin.close()
-        self.encoding, self.objective, self.cutoff = encoding, objective, cutoff
         self.until = time.monotonic() + seconds
         self.answered, self._answer = False, None
 
-    def result(self, wait: float = 0.0):
-        """The child's ``root_cuts`` answer (None for no cuts), or None if it has not answered within
-        ``wait`` seconds (``answered`` tells the two apart)."""
+    def cuts(self, like: Tensor, wait: float = 0.0) -> Cuts | None:
+        """The child's cuts (for its objective's row alone) in ``like``'s dtype and device, or None: for
+        none, or none yet within ``wait`` seconds (``answered`` tells the two apart)."""
         if not self.answered and select.select([self._process.stdout], [], [], max(wait, 0.0))[0]:
             self.answered = True
             try:
                 self._answer = pickle.loads(self._process.stdout.read())
             except (EOFError, pickle.UnpicklingError):  # the child died without an answer
                 pass
-        return self._answer
-
-    def cuts(self, graph: Graph, like: Tensor, wait: float = 0.0) -> Cuts | None:
-        """The engine's cuts of the answer (``result(wait)``), for the objective's row alone, in ``like``'s
-        dtype and device; None for none (yet)."""
-        found = self.result(wait)
-        if found is None:
-            return None
-        return to_cuts(self.encoding, graph, *found, like.dtype, self.objective, self.cutoff, like.device)
+        return None if self._answer is None else self._answer.to(like.device, like.dtype)
 
     def stop(self) -> None:
         if self._process.poll() is None:
