@@ -5,6 +5,7 @@ strong cut raises the bound as far as the cut allows."""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
@@ -190,6 +191,7 @@ def test_refined_roots_take_highs_cuts_and_stay_below_the_exact_minimum(tmp_path
     brancher = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02, cuts=True))
     roots = brancher.roots(np.arange(1), Deadline(20), refined=True)
     assert brancher.cuts is not None and brancher.cuts.count > 0
+    assert 0 < brancher.cut_seconds < 20
     assert roots["param:cut"].shape == (1, 1, brancher.cuts.count)
     assert float(roots["lower"][0, 0]) <= instance.d + instance.margin + 1e-4
     without = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02))  # no convolution: no cuts by default
@@ -205,3 +207,40 @@ def test_a_search_with_cuts_gives_the_exact_answer(tmp_path):
     config = dataclasses.replace(CONFIG, timeout=15, relu_split=ReluSplitConfig(refine_share=0.05, cuts=True))
     result = verify_instance(instance.onnx, instance.vnnlib, config)
     assert result.verdict in ("unsat", "timeout") and result.stats["cuts"] > 0
+
+
+@pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")
+def test_the_cut_job_starts_with_the_first_roots_and_stays_in_their_process(tmp_path):
+    instance = _instance(tmp_path)
+    checker, model = load_model(instance.onnx)
+    bounder = Bounder(model, spec_batch(load_property(instance.vnnlib), checker.dtype))
+    brancher = ReluSplit(bounder, ReluSplitConfig(cuts=True))
+    brancher.roots(np.arange(1), Deadline(20))  # the first search's roots: open, so HiGHS starts
+    job = brancher._job
+    assert job is not None and job._process.poll() is None
+    copy = pickle.loads(pickle.dumps(brancher))  # as ``shards`` sends it to its workers
+    assert copy._job is None and brancher._job is job
+    brancher.close()
+    assert job._process.poll() is not None and brancher._job is None
+    default = ReluSplit(bounder, ReluSplitConfig())
+    default.roots(np.arange(1), Deadline(20))
+    assert default._job is None
+
+
+@pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")
+def test_a_search_that_ends_before_refining_stops_the_cut_job(tmp_path, monkeypatch):
+    jobs = []
+
+    class Recorded(mip_cuts.CutJob):
+        def __init__(self, *args):
+            super().__init__(*args)
+            jobs.append(self)
+
+    monkeypatch.setattr(mip_cuts, "CutJob", Recorded)
+    instance = _instance(tmp_path)
+    split = ReluSplitConfig(cuts=True, probe_share=1.0)  # the first search takes the whole budget
+    result = verify_instance(
+        instance.onnx, instance.vnnlib, dataclasses.replace(CONFIG, timeout=4, relu_split=split)
+    )
+    assert result.verdict in ("unsat", "timeout") and "cuts" not in result.stats
+    assert len(jobs) == 1 and jobs[0]._process.poll() is not None

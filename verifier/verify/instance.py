@@ -228,6 +228,8 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
             stats["refined_leaves"] = brancher.refined
         if getattr(brancher, "cuts", None) is not None:
             stats["cuts"] = brancher.cuts.count
+        if getattr(brancher, "cut_seconds", None) is not None:  # HiGHS's root ended, with cuts or without
+            stats["cut_seconds"] = round(brancher.cut_seconds, 1)
         if outcome.stopped:
             stats["bab_stopped"] = outcome.stopped
         if outcome.verdict in ("sat", "unsat"):

@@ -323,7 +323,8 @@ def root_cuts(encoding: Encoding, objective: np.ndarray, cutoff: float, seconds:
 def serve() -> None:
     """The child's side of ``CutJob``: ``(graph, box_lo, box_hi, bounds, objective, cutoff, seconds, parent
     pid)`` pickled on stdin; the engine's cuts (``to_cuts``, on the CPU, in float64) of
-    ``root_cuts``'s answer on the MILP ``encode`` writes, or None, pickled on stdout. It exits as soon as
+    ``root_cuts``'s answer on the MILP ``encode`` writes, or None, and the seconds it took, pickled on
+    stdout. It exits as soon as
     its parent is gone (a verify-model worker killed at its deadline must not leave a solver running)."""
     graph, lo, hi, bounds, objective, cutoff, seconds, parent = pickle.load(sys.stdin.buffer)
 
@@ -333,11 +334,11 @@ def serve() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
-    until = time.monotonic() + seconds
+    start = time.monotonic()
     encoding = encode(graph, lo, hi, bounds)
-    found = root_cuts(encoding, objective, cutoff, max(until - time.monotonic(), 0.0))
+    found = root_cuts(encoding, objective, cutoff, max(start + seconds - time.monotonic(), 0.0))
     cuts = None if found is None else to_cuts(encoding, graph, *found, torch.float64, objective, cutoff)
-    pickle.dump(cuts, sys.stdout.buffer)
+    pickle.dump((cuts, time.monotonic() - start), sys.stdout.buffer)
     sys.stdout.flush()
 
 
@@ -360,6 +361,7 @@ class CutJob:
         self._process.stdin.close()
         self.until = time.monotonic() + seconds
         self.answered, self._answer = False, None
+        self.seconds: float | None = None  # what the child took, once it has answered
 
     def cuts(self, like: Tensor, wait: float = 0.0) -> Cuts | None:
         """The child's cuts (for its objective's row alone) in ``like``'s dtype and device, or None: for
@@ -367,7 +369,7 @@ class CutJob:
         if not self.answered and select.select([self._process.stdout], [], [], max(wait, 0.0))[0]:
             self.answered = True
             try:
-                self._answer = pickle.loads(self._process.stdout.read())
+                self._answer, self.seconds = pickle.loads(self._process.stdout.read())
             except (EOFError, pickle.UnpicklingError):  # the child died without an answer
                 pass
         return None if self._answer is None else self._answer.to(like.device, like.dtype)

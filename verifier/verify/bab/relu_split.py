@@ -143,6 +143,7 @@ class ReluSplit:
         self.refined = 0  # leaves the roots' refinement of intermediate bounds bounded (``refine``)
         self.cuts: Cuts | None = None  # the single root's cutting planes, once found (``mip_cuts``)
         self._job: mip_cuts.CutJob | None = None  # the search for them, from the first roots to the refined
+        self.cut_seconds: float | None = None  # what that search took, if it ended in time to be asked
 
     def __getstate__(self) -> dict:
         """Without the cut job: a child process belongs to the process that started it (``shards`` sends
@@ -213,6 +214,7 @@ class ReluSplit:
                 if job is None or job.answered:
                     return
                 self.cuts = state.cuts = job.cuts(state.region.box()[0], wait)
+                self.cut_seconds = job.seconds
                 if self.cuts is not None:
                     params.tensors[cutting.KEY] = lower.new_zeros(
                         *lower.shape, self.cuts.count
