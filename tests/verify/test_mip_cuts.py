@@ -73,6 +73,29 @@ def test_every_point_of_the_box_solves_the_encoding(seed):
         assert (row >= encoding.row_lower - 1e-9).all() and (row <= encoding.row_upper + 1e-9).all()
 
 
+def test_weights_that_highs_would_ignore_move_into_the_rows_sides():
+    """HiGHS drops matrix entries of magnitude at most 1e-9 from its model; the encoding has none, and
+    every point of the box still solves it (the dropped terms widen the affine rows)."""
+    net = random_net(5)
+    rng = np.random.default_rng(5)
+    (w, b), *rest = net.layers
+    w = np.where(rng.uniform(size=w.shape) < 0.5, np.float32(1e-9) * np.sign(w), w).astype(np.float32)
+    net = dataclasses.replace(net, layers=((w, b), *rest))
+    lo, hi = (torch.from_numpy(v)[None].double() for v in (net.lo, net.hi))
+    model = verifier.load(net.module(), lo.float()).to(dtype=torch.float64)
+    state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
+    intermediate_bounds(state)
+    bounds = {k: tuple(t[0].reshape(-1).numpy() for t in b) for k, b in state.bounds.items()}
+    encoding = mip_cuts.encode(model.graph, net.lo, net.hi, bounds)
+    assert (abs(encoding.matrix.data) > mip_cuts.TINY).all()
+    both = np.isfinite(encoding.row_lower) & np.isfinite(encoding.row_upper)  # the affine rows
+    assert (encoding.row_upper[both] > encoding.row_lower[both]).any()
+    for x in net.lo + (net.hi - net.lo) * rng.uniform(size=(64, net.n_in)):
+        v = _point_values(model, encoding, x)
+        row = encoding.matrix @ v
+        assert (row >= encoding.row_lower - 1e-12).all() and (row <= encoding.row_upper + 1e-12).all()
+
+
 def test_indicator_lines_bound_the_indicator():
     gen = torch.Generator().manual_seed(5)
     lo = -torch.rand(2, 50, generator=gen, dtype=torch.float64)

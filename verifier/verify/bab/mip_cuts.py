@@ -46,6 +46,8 @@ SLACK = 1e-5
 # relative margin above a row's threshold at which HiGHS's search is cut off (``start``): far above its
 # tolerances (1e-6), so that no point at the threshold is beyond the cutoff
 CUTOFF = 1e-4
+# matrix entries HiGHS ignores (its ``small_matrix_value``): ``encode`` moves them into the rows' sides
+TINY = 1e-9
 # the largest affine map (inputs x outputs) written out as a matrix; larger graphs get no cuts
 MAX_ENTRIES = 3 * 10**7
 VALUE, INDICATOR = 0, 1
@@ -131,9 +133,25 @@ def encode(graph: Graph, box_lo: np.ndarray, box_hi: np.ndarray,
         if j in bounds:
             lo, hi = np.maximum(lo, bounds[j][0]), np.minimum(hi, bounds[j][1])
         var[j], span[j] = program.block(lo, hi, j, VALUE), (lo, hi)
-        n = len(lo)
-        program.add([(sp.identity(n), var[j]), (-jac, var[src])], offset, offset)
+        jac, slack = _without_tiny(jac, np.maximum(abs(l_in), abs(u_in)))
+        program.add([(sp.identity(len(lo)), var[j]), (-jac, var[src])], offset - slack, offset + slack)
     return program.finish(var[graph.output])
+
+
+def _without_tiny(jac, size: np.ndarray) -> tuple[object, np.ndarray]:
+    """The sparse matrix ``jac`` without its entries of magnitude at most ``TINY``, and per row what they
+    can add up to on inputs of magnitude at most ``size``: the equality ``z = jac v + b`` becomes the interval
+    ``z - jac' v in [b - slack, b + slack]``, which every point still satisfies. (HiGHS drops such entries
+    from its model itself, which would make its cuts those of a slightly different network.)"""
+    jac = jac.tocsr(copy=True)
+    tiny = abs(jac.data) <= TINY
+    if not tiny.any():
+        return jac, np.zeros(jac.shape[0])
+    small = jac.copy()
+    small.data = np.where(tiny, small.data, 0.0)
+    jac.data[tiny] = 0.0
+    jac.eliminate_zeros()
+    return jac, (abs(small) @ size) * (1 + 1e-6)  # (the margin: against the sum's rounding)
 
 
 def _numel(shape) -> int:
