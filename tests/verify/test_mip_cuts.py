@@ -34,8 +34,9 @@ from verifier.verify.spec_batch import spec_batch
 SEEDS = [3, 11, 29]
 
 
-def _setup(seed: int, sizes=SMALL):
-    net = random_net(seed, sizes)
+def _setup(seed: int, sizes=SMALL, net=None):
+    """A random net (or ``net``) with CROWN's bounds on its box, and its MILP encoding."""
+    net = random_net(seed, sizes) if net is None else net
     lo, hi = (torch.from_numpy(v)[None].double() for v in (net.lo, net.hi))
     model = verifier.load(net.module(), lo.float()).to(dtype=torch.float64)
     state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
@@ -80,13 +81,7 @@ def test_weights_that_highs_would_ignore_move_into_the_rows_sides():
     rng = np.random.default_rng(5)
     (w, b), *rest = net.layers
     w = np.where(rng.uniform(size=w.shape) < 0.5, np.float32(1e-9) * np.sign(w), w).astype(np.float32)
-    net = dataclasses.replace(net, layers=((w, b), *rest))
-    lo, hi = (torch.from_numpy(v)[None].double() for v in (net.lo, net.hi))
-    model = verifier.load(net.module(), lo.float()).to(dtype=torch.float64)
-    state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
-    intermediate_bounds(state)
-    bounds = {k: tuple(t[0].reshape(-1).numpy() for t in b) for k, b in state.bounds.items()}
-    encoding = mip_cuts.encode(model.graph, net.lo, net.hi, bounds)
+    net, model, _, encoding = _setup(5, net=dataclasses.replace(net, layers=((w, b), *rest)))
     assert (abs(encoding.matrix.data) > mip_cuts.TINY).all()
     both = np.isfinite(encoding.row_lower) & np.isfinite(encoding.row_upper)  # the affine rows
     assert (encoding.row_upper[both] > encoding.row_lower[both]).any()

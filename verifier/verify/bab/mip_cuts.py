@@ -12,7 +12,8 @@ solver runs in a child process beside the search (``CutJob``); its cuts reach th
 
 Soundness: the encoding's bounds are the engine's sound bounds (the box, the roots' intermediate bounds, and
 interval arithmetic in float64 elsewhere), the weights the graph's own float32 values in float64, so every
-point of the root and its activations satisfy it. HiGHS derives its cuts in floating point with feasibility
+point of the root and its activations satisfy it (entries HiGHS would drop, ``TINY``, widen their rows
+instead). HiGHS derives its cuts in floating point with feasibility
 tolerances of about 1e-6; each cut's right-hand side is relaxed by ``SLACK`` times its scale (``1 + |rhs| +
 sum |a_i| max|v_i|``), far beyond the error of such derivations."""
 
