@@ -174,8 +174,13 @@ def test_the_objective_as_a_cut_gives_its_right_hand_side(seed):
     assert lower > _bound(model, state, c, steps=0)  # far above CROWN's
 
 
+# HiGHS 1.15.1's cut pool at seed 10 excludes the MILP's optimum (by 0.61), below the cutoff: the reason
+# cuts are off by default (``mip_cuts``). Strict: should HiGHS's cuts become valid there, this fails.
+INVALID = pytest.mark.xfail(strict=True, reason="HiGHS's cut pool holds cuts invalid for the MILP")
+
+
 @pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")
-@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("seed", [0, 2, pytest.param(10, marks=INVALID)])
 def test_highs_root_cuts_hold_below_the_cutoff_and_serve_their_row_alone(seed):
     net, model, state, encoding = _setup(seed, HARD)
     rng = np.random.default_rng(seed)
@@ -212,7 +217,7 @@ def test_refined_roots_take_highs_cuts_and_stay_below_the_exact_minimum(tmp_path
     assert 0 < brancher.cut_seconds < 20
     assert roots["param:cut"].shape == (1, 1, brancher.cuts.count)
     assert float(roots["lower"][0, 0]) <= instance.d + instance.margin + 1e-4
-    without = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02))  # no convolution: no cuts by default
+    without = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02))  # cuts are off by default
     assert "param:cut" not in without.roots(np.arange(1), Deadline(20), refined=True)
     assert without.cuts is None
 

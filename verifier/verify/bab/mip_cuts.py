@@ -15,7 +15,17 @@ interval arithmetic in float64 elsewhere), the weights the graph's own float32 v
 point of the root and its activations satisfy it (entries HiGHS would drop, ``TINY``, widen their rows
 instead). HiGHS derives its cuts in floating point with feasibility
 tolerances of about 1e-6; each cut's right-hand side is relaxed by ``SLACK`` times its scale (``1 + |rhs| +
-sum |a_i| max|v_i|``), far beyond the error of such derivations."""
+sum |a_i| max|v_i|``), far beyond the error of such derivations.
+
+NOT SOUND, so off by default (``ReluSplitConfig.cuts``): the rows that HiGHS 1.15.1's cut-pool callback
+returns are not all valid for the MILP. On random 5-input nets of two hidden layers (``tests.exact.nets``,
+``HARD`` sizes, seeds 0-39), HiGHS's root cuts for seeds 10 and 25 exclude points of the box below the
+cutoff, by 0.61 and 0.80: at seed 10 the MILP optimum itself, which HiGHS's own search finds (-0.3072),
+and with no cutoff at all as well. HiGHS holds the same model (its matrix, bounds and integrality read
+back equal), and neither turning off symmetry detection, scaling or node separation nor ageing changes
+the cuts. The cause is not known; until it is, no verdict may rest on these cuts. (On oval21 cifar_deep
+img4405, img9931 and img1052 searches with them ended unsat, which the reference tools agree with, but
+that is no proof that their cuts were valid.)"""
 
 from __future__ import annotations
 
@@ -40,7 +50,6 @@ from verifier.engine.cuts import Cuts
 from verifier.graph.graph import Graph
 from verifier.ops.activations import ReLU
 from verifier.ops.base import Affine
-from verifier.ops.conv import Conv
 
 # relative slack of a cut's right-hand side against the solver's rounding (module docstring)
 SLACK = 1e-5
@@ -68,18 +77,6 @@ class Encoding:
     row_upper: np.ndarray
     owner: np.ndarray
     output: np.ndarray
-
-
-def wanted(graph: Graph, setting: bool | None) -> bool:
-    """Whether a search on ``graph`` should look for cuts: ``setting``, or where None, whether the graph has
-    a convolution. Measured at the instances' limits, two at a time on one thread each (the child a third
-    and fourth process): oval21 cifar_deep img4405 and img9931 went from timeouts to unsat (583 and 327 s;
-    img1052 unsat in 455 s alone); on the fully connected mnist_fc nets, where refining closes the roots,
-    the child only took their core: 256x6 prop_12_0.05 from 278 s to a timeout, prop_14_0.05 from 116 to
-    240 s."""
-    if setting is None:
-        return any(isinstance(node.op, Conv) for node in graph.nodes)
-    return setting
 
 
 def start(graph: Graph, state, objective: np.ndarray, threshold: float, seconds: float) -> CutJob | None:

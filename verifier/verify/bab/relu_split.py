@@ -74,13 +74,13 @@ class ReluSplitConfig:
     11_0.05, 13_0.05 and 14_0.05 (300 s) a quarter of the time left the roots open (-0.84 on prop_1
     after it) and the searches timed out; 0.85 verified them in 113-237 s. Where refining does not close
     the root, it takes that share from the search: on oval21 cifar_deep img1052 (720 s) it ran until about
-    620 s and left the root no tighter than 235 s of it had (both end open). ``cuts``: from the first
-    search on a single root left open by alpha-CROWN, HiGHS looks for cutting planes at the root of its
-    MILP (``mip_cuts``, in a child process, for at most ``cut_share`` of the time left), which join every
-    domain's bound (``engine.cuts``) once the refining root takes them; None decides by the network
-    (``mip_cuts.wanted``: on those with a convolution). HiGHS's root on oval21 cifar_wide img3458 took
-    418 s of a free core (its analytic centre 134 s of it), more than 0.6 of the 680 s left after the first
-    search: the job now starts with that search, and gets 0.75."""
+    620 s and left the root no tighter than 235 s of it had (both end open). ``cuts`` (off: NOT SOUND,
+    see ``mip_cuts``): from the first search on a single root left open by alpha-CROWN, HiGHS looks for
+    cutting planes at the root of its MILP (``mip_cuts``, in a child process, for at most ``cut_share`` of
+    the time left), which join every domain's bound (``engine.cuts``) once the refining root takes them.
+    HiGHS's root on oval21 cifar_wide img3458 took 418 s of a free core (its analytic centre 134 s of
+    it), more than 0.6 of the 680 s left after the first search: the job starts with that search, and
+    gets 0.75."""
 
     steps: int = 8
     lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
@@ -93,7 +93,7 @@ class ReluSplitConfig:
     probe_share: float = 0.05
     refine_share: float = 0.85
     refine: refine.RefineConfig = field(default_factory=refine.RefineConfig)
-    cuts: bool | None = None
+    cuts: bool = False  # research on the cut machinery only: HiGHS's cut pool holds invalid cuts
     cut_share: float = 0.75
 
     def __post_init__(self):
@@ -255,8 +255,8 @@ class ReluSplit:
                  deadline: Deadline) -> mip_cuts.CutJob | None:  # fmt: skip
         """HiGHS's root separation for the single root (``mip_cuts.start``) on its lowest row (``rows``
         [R, 1, n_out], bounds ``lower`` [R, 1]) at that row's threshold (``d`` plus the verdict's tolerance);
-        None where the network gets no cuts."""
-        if not mip_cuts.wanted(self.graph, self.config.cuts):
+        None unless ``cuts`` is on."""
+        if not self.config.cuts:
             return None
         r, c = int(lower[:, 0].argmin()), int(case[0])
         objective = rows[r, 0].detach().reshape(-1).double().numpy()
