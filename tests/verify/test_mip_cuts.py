@@ -174,8 +174,9 @@ def test_the_objective_as_a_cut_gives_its_right_hand_side(seed):
     assert lower > _bound(model, state, c, steps=0)  # far above CROWN's
 
 
-# HiGHS 1.15.1's cut pool at seed 10 excludes the MILP's optimum (by 0.61), below the cutoff: the reason
-# cuts are off by default (``mip_cuts``). Strict: should HiGHS's cuts become valid there, this fails.
+# HiGHS 1.15.1's cut pool at seed 10 excludes the MILP's optimum (by 0.61), and every other minimiser (the
+# MILP with its cuts has minimum -0.206, not -0.307): the reason cuts are off by default (``mip_cuts``).
+# Strict: should HiGHS's cuts become valid there, these fail.
 INVALID = pytest.mark.xfail(strict=True, reason="HiGHS's cut pool holds cuts invalid for the MILP")
 
 
@@ -204,6 +205,24 @@ def test_highs_root_cuts_hold_below_the_cutoff_and_serve_their_row_alone(seed):
     cuts = mip_cuts.to_cuts(encoding, model.graph, *found, torch.float64, row=c, cutoff=low)
     assert _bound(model, state, c, cuts) <= low
     assert _bound(model, state, other, cuts) == _bound(model, state, other)  # not their row: untouched
+
+
+@pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")
+@pytest.mark.parametrize("seed", [0, 2, pytest.param(10, marks=INVALID)])
+def test_highs_root_cuts_keep_a_minimiser_of_their_row(seed):
+    """What a lower bound of the row needs at the least: the MILP with the cuts added (solved exactly by
+    scipy's HiGHS) keeps the MILP's minimum."""
+    net, _, _, encoding = _setup(seed, HARD)
+    c = random_direction(net, np.random.default_rng(seed))
+    best = minimise(net, c)
+    matrix, lower, upper = mip_cuts.root_cuts(encoding, c, best.value + 0.05, 30.0)
+    cost = np.zeros(len(encoding.lower))
+    cost[encoding.output] = c
+    rows = [LinearConstraint(encoding.matrix, encoding.row_lower, encoding.row_upper),
+            LinearConstraint(matrix, lower, upper)]  # fmt: skip
+    result = milp(cost, constraints=rows, integrality=encoding.integer.astype(int),
+                  bounds=Bounds(encoding.lower, encoding.upper), options={"mip_rel_gap": 0})  # fmt: skip
+    assert result.success and result.fun <= best.value + 1e-6
 
 
 @pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")

@@ -21,9 +21,11 @@ NOT SOUND, so off by default (``ReluSplitConfig.cuts``): the rows that HiGHS 1.1
 returns are not all valid for the MILP. On random 5-input nets of two hidden layers (``tests.exact.nets``,
 ``HARD`` sizes, seeds 0-39), HiGHS's root cuts for seeds 10 and 25 exclude points of the box below the
 cutoff, by 0.61 and 0.80: at seed 10 the MILP optimum itself, which HiGHS's own search finds (-0.3072),
-and with no cutoff at all as well. HiGHS holds the same model (its matrix, bounds and integrality read
-back equal), and neither turning off symmetry detection, scaling or node separation nor ageing changes
-the cuts. The cause is not known; until it is, no verdict may rest on these cuts. (On oval21 cifar_deep
+and with no cutoff at all as well. Nor do they keep another minimiser, which is all a lower bound of
+their row would need: the MILP with them added has minimum -0.206 at seed 10 (-0.307 without) and -0.300
+at seed 25 (-0.363). HiGHS holds the same model (its matrix, bounds and integrality read back equal),
+and neither turning off symmetry detection, scaling or node separation nor ageing changes the cuts. The
+cause is not known; until it is, no verdict may rest on these cuts. (On oval21 cifar_deep
 img4405, img9931 and img1052 searches with them ended unsat, which the reference tools agree with, but
 that is no proof that their cuts were valid.)"""
 
