@@ -24,8 +24,10 @@ cutoff, by 0.61 and 0.80: at seed 10 the MILP optimum itself, which HiGHS's own 
 and with no cutoff at all as well. Nor do they keep another minimiser, which is all a lower bound of
 their row would need: the MILP with them added has minimum -0.206 at seed 10 (-0.307 without) and -0.300
 at seed 25 (-0.363). HiGHS holds the same model (its matrix, bounds and integrality read back equal),
-and neither turning off symmetry detection, scaling or node separation nor ageing changes the cuts. The
-cause is not known; until it is, no verdict may rest on these cuts. (On oval21 cifar_deep
+and neither turning off symmetry detection, scaling or node separation nor ageing changes the cuts;
+highspy 1.16.0 keeps seed 25's minimiser but not seed 10's. HiGHS's tracker holds bugs of this kind
+(invalid cuts that cut off optima: ERGO-Code/HiGHS issues 3170 and 3273, closed, and 2664, open). Until
+the cuts can be checked, no verdict may rest on them. (On oval21 cifar_deep
 img4405, img9931 and img1052 searches with them ended unsat, which the reference tools agree with, but
 that is no proof that their cuts were valid.)"""
 
