@@ -10,15 +10,14 @@ implied bounds, flow covers, ...); the separation rounds' cuts come back through
 enter every domain's bound with their own multipliers (``engine.cuts``), as abcrown's CPLEX cuts do. The
 solver runs in a child process beside the search (``CutJob``); its cuts reach the search once it ends.
 
-Soundness: the encoding's bounds are the engine's sound bounds (the box, the roots' intermediate bounds, and
-interval arithmetic in float64 elsewhere), the weights the graph's own float32 values in float64, so every
+The encoding is sound: its bounds are the engine's sound bounds (the box, the roots' intermediate bounds,
+and interval arithmetic in float64 elsewhere), the weights the graph's own float32 values in float64, so every
 point of the root and its activations satisfy it (entries HiGHS would drop, ``TINY``, widen their rows
-instead). HiGHS derives its cuts in floating point with feasibility
-tolerances of about 1e-6; each cut's right-hand side is relaxed by ``SLACK`` times its scale (``1 + |rhs| +
-sum |a_i| max|v_i|``), far beyond the error of such derivations.
+instead). Against the rounding of HiGHS's derivations (tolerances of about 1e-6), each cut's right-hand
+side is relaxed by ``SLACK`` times its scale (``1 + |rhs| + sum |a_i| max|v_i|``).
 
-NOT SOUND, so off by default (``ReluSplitConfig.cuts``): the rows that HiGHS 1.15.1's cut-pool callback
-returns are not all valid for the MILP. On random 5-input nets of two hidden layers (``tests.exact.nets``,
+HiGHS's cuts are NOT SOUND, so off by default (``ReluSplitConfig.cuts``): the rows that HiGHS 1.15.1's
+cut-pool callback returns are not all valid for the MILP. On random 5-input nets of two hidden layers (``tests.exact.nets``,
 ``HARD`` sizes, seeds 0-39), HiGHS's root cuts for seeds 10 and 25 exclude points of the box below the
 cutoff, by 0.61 and 0.80: at seed 10 the MILP optimum itself, which HiGHS's own search finds (-0.3072),
 and with no cutoff at all as well. Nor do they keep another minimiser, which is all a lower bound of
@@ -27,9 +26,9 @@ at seed 25 (-0.363). HiGHS holds the same model (its matrix, bounds and integral
 and neither turning off symmetry detection, scaling or node separation nor ageing changes the cuts;
 highspy 1.16.0 keeps seed 25's minimiser but not seed 10's. HiGHS's tracker holds bugs of this kind
 (invalid cuts that cut off optima: ERGO-Code/HiGHS issues 3170 and 3273, closed, and 2664, open). Until
-the cuts can be checked, no verdict may rest on them. (On oval21 cifar_deep
-img4405, img9931 and img1052 searches with them ended unsat, which the reference tools agree with, but
-that is no proof that their cuts were valid.)"""
+the cuts can be checked, no verdict may rest on them. (On oval21 cifar_deep img4405, img9931 and img1052
+searches with them ended unsat, which the reference tools agree with, but that is no proof that their
+cuts were valid.)"""
 
 from __future__ import annotations
 
@@ -344,8 +343,8 @@ def serve() -> None:
     """The child's side of ``CutJob``: ``(graph, box_lo, box_hi, bounds, objective, cutoff, seconds, parent
     pid)`` pickled on stdin; the engine's cuts (``to_cuts``, on the CPU, in float64) of
     ``root_cuts``'s answer on the MILP ``encode`` writes, or None, and the seconds it took, pickled on
-    stdout. It exits as soon as
-    its parent is gone (a verify-model worker killed at its deadline must not leave a solver running)."""
+    stdout. It exits as soon as its parent is gone (a verify-model worker killed at its deadline must not
+    leave a solver running)."""
     graph, lo, hi, bounds, objective, cutoff, seconds, parent = pickle.load(sys.stdin.buffer)
 
     def watch() -> None:
