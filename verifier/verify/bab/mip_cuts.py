@@ -17,18 +17,17 @@ instead). Against the rounding of HiGHS's derivations (tolerances of about 1e-6)
 side is relaxed by ``SLACK`` times its scale (``1 + |rhs| + sum |a_i| max|v_i|``).
 
 HiGHS's cuts are NOT SOUND, so off by default (``ReluSplitConfig.cuts``): the rows that HiGHS 1.15.1's
-cut-pool callback returns are not all valid for the MILP. On random 5-input nets of two hidden layers (``tests.exact.nets``,
-``HARD`` sizes, seeds 0-39), HiGHS's root cuts for seeds 10 and 25 exclude points of the box below the
-cutoff, by 0.61 and 0.80: at seed 10 the MILP optimum itself, which HiGHS's own search finds (-0.3072),
-and with no cutoff at all as well. Nor do they keep another minimiser, which is all a lower bound of
-their row would need: the MILP with them added has minimum -0.206 at seed 10 (-0.307 without) and -0.300
-at seed 25 (-0.363). HiGHS holds the same model (its matrix, bounds and integrality read back equal),
-and neither turning off symmetry detection, scaling or node separation nor ageing changes the cuts;
-highspy 1.16.0 keeps seed 25's minimiser but not seed 10's. HiGHS's tracker holds bugs of this kind
-(invalid cuts that cut off optima: ERGO-Code/HiGHS issues 3170 and 3273, closed, and 2664, open). Until
-the cuts can be checked, no verdict may rest on them. (On oval21 cifar_deep img4405, img9931 and img1052
-searches with them ended unsat, which the reference tools agree with, but that is no proof that their
-cuts were valid.)"""
+cut-pool callback returns are not all valid for the MILP. On random 5-input nets of two hidden layers
+(``tests.exact.nets``, ``HARD`` sizes, seeds 0-39), HiGHS's root cuts for seeds 10 and 25 exclude points of
+the box below the cutoff, by 0.61 and 0.80: at seed 10 the MILP optimum itself, which HiGHS's own search finds
+(-0.3072), and with no cutoff at all as well. Nor do they keep another minimiser, which is all a lower bound
+of their row would need: the MILP with them added has minimum -0.206 at seed 10 (-0.307 without) and -0.300 at
+seed 25 (-0.363). HiGHS holds the same model (its matrix, bounds and integrality read back equal), and neither
+turning off symmetry detection, scaling or node separation nor ageing changes the cuts; highspy 1.16.0 keeps
+seed 25's minimiser but not seed 10's. HiGHS's tracker holds bugs of this kind (invalid cuts that cut off
+optima: ERGO-Code/HiGHS issues 3170 and 3273, closed, and 2664, open). Until the cuts can be checked, no
+verdict may rest on them. (On oval21 cifar_deep img4405, img9931 and img1052 searches with them ended unsat,
+which the reference tools agree with, but that is no proof that their cuts were valid.)"""
 
 from __future__ import annotations
 
