@@ -233,7 +233,7 @@ def test_refined_roots_take_highs_cuts_and_stay_below_the_exact_minimum(tmp_path
     brancher = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02, cuts=True))
     roots = brancher.roots(np.arange(1), Deadline(20), refined=True)
     assert brancher.cuts is not None and brancher.cuts.count > 0
-    assert 0 < brancher.cut_seconds < 20
+    assert 0 < brancher.root_cuts.seconds < 20
     assert roots["param:cut"].shape == (1, 1, brancher.cuts.count)
     assert float(roots["lower"][0, 0]) <= instance.d + instance.margin + 1e-4
     without = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02))  # cuts are off by default
@@ -258,15 +258,15 @@ def test_the_cut_job_starts_with_the_first_roots_and_stays_in_their_process(tmp_
     bounder = Bounder(model, spec_batch(load_property(instance.vnnlib), checker.dtype))
     brancher = ReluSplit(bounder, ReluSplitConfig(cuts=True))
     brancher.roots(np.arange(1), Deadline(20))  # the first search's roots: open, so HiGHS starts
-    job = brancher._job
+    job = brancher.root_cuts._job
     assert job is not None and job._process.poll() is None
     copy = pickle.loads(pickle.dumps(brancher))  # as ``shards`` sends it to its workers
-    assert copy._job is None and brancher._job is job
-    brancher.close()
-    assert job._process.poll() is not None and brancher._job is None
+    assert not copy.root_cuts.running and brancher.root_cuts._job is job
+    brancher.root_cuts.close()
+    assert job._process.poll() is not None and not brancher.root_cuts.running
     default = ReluSplit(bounder, ReluSplitConfig())
     default.roots(np.arange(1), Deadline(20))
-    assert default._job is None
+    assert not default.root_cuts.running
 
 
 @pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")

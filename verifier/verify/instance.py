@@ -226,10 +226,11 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
         stats["domains"] = outcome.domains
         if getattr(brancher, "refined", 0):
             stats["refined_leaves"] = brancher.refined
-        if getattr(brancher, "cuts", None) is not None:
-            stats["cuts"] = brancher.cuts.count
-        if getattr(brancher, "cut_seconds", None) is not None:  # HiGHS's root ended, with cuts or without
-            stats["cut_seconds"] = round(brancher.cut_seconds, 1)
+        cuts = getattr(brancher, "root_cuts", None)
+        if cuts is not None and cuts.cuts is not None:
+            stats["cuts"] = cuts.cuts.count
+        if cuts is not None and cuts.seconds is not None:  # HiGHS's root ended, with cuts or without
+            stats["cut_seconds"] = round(cuts.seconds, 1)
         if outcome.stopped:
             stats["bab_stopped"] = outcome.stopped
         if outcome.verdict in ("sat", "unsat"):
@@ -284,7 +285,7 @@ def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack
 
     if not (isinstance(brancher, ReluSplit) and brancher.can_refine(cases)):
         return search(brancher.roots(cases, deadline), deadline)
-    try:  # the roots may start a cut job (``ReluSplit.close``)
+    try:  # the roots may start a cut job (``mip_cuts.RootCuts``)
         roots = brancher.roots(cases, deadline)
         # a first search on a short budget; if it gives no answer, refined roots and a second search
         first = search(roots, deadline.sub(config.relu_split.probe_share * deadline.remaining()))
@@ -293,7 +294,7 @@ def _branch_and_bound(brancher, loaded: LoadedInstance, bounder: Bounder, attack
         second = search(brancher.roots(cases, deadline, refined=True), deadline)
         return dataclasses.replace(second, domains=first.domains + second.domains)
     finally:
-        brancher.close()
+        brancher.root_cuts.close()
 
 
 def _extra_attack(attack: Attack, config: VerifyConfig, deadline: Deadline) -> Counterexample | None:

@@ -48,7 +48,9 @@ from torch import Tensor
 import verifier
 
 # scipy.sparse is imported where it is used: ~0.1 s that every verify-model start would otherwise pay
+from verifier.engine import cuts as cutting
 from verifier.engine.cuts import Cuts
+from verifier.engine.params import Params, nonnegative
 from verifier.graph.graph import Graph
 from verifier.ops.activations import ReLU
 from verifier.ops.base import Affine
@@ -81,18 +83,59 @@ class Encoding:
     output: np.ndarray
 
 
-def start(graph: Graph, state, objective: np.ndarray, threshold: float, seconds: float) -> CutJob | None:
-    """A ``CutJob`` on the MILP of the root ``state`` (its first domain: box and bounds), minimising
-    ``objective . f`` cut off just above ``threshold`` (by ``CUTOFF``), so that its cuts hold wherever
-    that row is at or below the threshold; None without HiGHS or an encoding."""
-    if not (available() and encodable(graph)):
-        return None
-    lo, hi = (t[0].detach().reshape(-1).double().cpu().numpy() for t in state.region.box())
-    bounds = {
-        k: tuple(t[0].detach().reshape(-1).double().cpu().numpy() for t in b) for k, b in state.bounds.items()
-    }
-    cutoff = threshold + CUTOFF * (1 + abs(threshold))
-    return CutJob(graph.to(device="cpu"), lo, hi, bounds, objective, cutoff, seconds)
+class RootCuts:
+    """The cuts of one search's single root, from its first roots to its refined ones (``ReluSplit.roots``):
+    ``start`` the job once, ``take`` its cuts into the refining root's state and parameters as soon as they
+    come, ``close`` it when the search ends. A pickled copy has no job: a child process belongs to the
+    process that started it (``shards`` sends the brancher to its workers)."""
+
+    def __init__(self):
+        self.cuts: Cuts | None = None
+        self.seconds: float | None = None  # what HiGHS's root took, if it ended before the cuts were taken
+        self._job: CutJob | None = None
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_job": None}
+
+    @property
+    def running(self) -> bool:
+        return self._job is not None
+
+    def remaining(self) -> float:
+        """Seconds until the job's own time limit (0 without a job)."""
+        return 0.0 if self._job is None else max(self._job.until - time.monotonic(), 0.0)
+
+    def start(self, graph: Graph, state, objective: np.ndarray, threshold: float, seconds: float) -> None:
+        """A ``CutJob`` on the MILP of the root ``state`` (its first domain: box and bounds), minimising
+        ``objective . f`` cut off just above ``threshold`` (by ``CUTOFF``), so that its cuts hold wherever
+        that row is at or below the threshold; nothing if one runs already, or without HiGHS or an
+        encoding."""
+        if self._job is not None or not (available() and encodable(graph)):
+            return
+        lo, hi = (t[0].detach().reshape(-1).double().cpu().numpy() for t in state.region.box())
+        bounds = {
+            k: tuple(t[0].detach().reshape(-1).double().cpu().numpy() for t in b)
+            for k, b in state.bounds.items()
+        }
+        cutoff = threshold + CUTOFF * (1 + abs(threshold))
+        self._job = CutJob(graph.to(device="cpu"), lo, hi, bounds, objective, cutoff, seconds)
+
+    def take(self, state, params: Params, lower: Tensor, wait: float = 0.0) -> None:
+        """The job's cuts, once it has answered (waiting ``wait`` seconds at most), into ``state`` and
+        ``params``, with multipliers from 0 for each bound of ``lower`` [R, B]."""
+        if self._job is None or self._job.answered:
+            return
+        self.cuts = state.cuts = self._job.cuts(state.region.box()[0], wait)
+        self.seconds = self._job.seconds
+        if self.cuts is not None:
+            params.tensors[cutting.KEY] = lower.new_zeros(*lower.shape, self.cuts.count).requires_grad_(True)
+            params.projections[cutting.KEY] = nonnegative
+
+    def close(self) -> None:
+        """Stop the job, if one is running (a search that ends before refining does not need it)."""
+        if self._job is not None:
+            self._job.stop()
+            self._job = None
 
 
 def encodable(graph: Graph) -> bool:

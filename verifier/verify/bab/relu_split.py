@@ -35,7 +35,6 @@ from torch import Tensor
 
 import verifier
 from verifier.engine import alpha, branching, crown, lp
-from verifier.engine import cuts as cutting
 from verifier.engine.bounds import intermediate_bounds, refresh_after
 from verifier.engine.cuts import Cuts
 from verifier.engine.params import Params, multiplier, nonnegative, of_output
@@ -141,20 +140,11 @@ class ReluSplit:
         self._root_bounds: dict[int, tuple[Tensor, Tensor]] = {}  # per node k, [cases, *shape_k] (roots)
         self.shallow = config.shallow  # None until the roots decide
         self.refined = 0  # leaves the roots' refinement of intermediate bounds bounded (``refine``)
-        self.cuts: Cuts | None = None  # the single root's cutting planes, once found (``mip_cuts``)
-        self._job: mip_cuts.CutJob | None = None  # the search for them, from the first roots to the refined
-        self.cut_seconds: float | None = None  # what that search took, if it ended in time to be asked
+        self.root_cuts = mip_cuts.RootCuts()  # the single root's cutting planes (``cuts``, off by default)
 
-    def __getstate__(self) -> dict:
-        """Without the cut job: a child process belongs to the process that started it (``shards`` sends
-        the brancher to its workers)."""
-        return self.__dict__ | {"_job": None}
-
-    def close(self) -> None:
-        """Stop the cut job, if one is running (a search that ends before refining does not need it)."""
-        if self._job is not None:
-            self._job.stop()
-            self._job = None
+    @property
+    def cuts(self) -> Cuts | None:
+        return self.root_cuts.cuts
 
     @property
     def refresh(self) -> bool:
@@ -201,41 +191,28 @@ class ReluSplit:
                 return alpha.optimise(state, rows, params=params, enough=enough)
 
         lower = optimise()
-        if self.can_refine(cases) and deadline is not None and not closed(lower) and self._job is None:
+        if self.can_refine(cases) and deadline is not None and not closed(lower):
             # HiGHS's root takes minutes on the oval21 CNNs: it starts with the first search, not after it
-            self._job = self._cut_job(state, case, rows, lower, deadline)
+            self._start_cuts(state, case, rows, lower, deadline)
         if refined and self.can_refine(cases) and deadline is not None and not closed(lower):
             until = time.monotonic() + self.config.refine_share * max(deadline.remaining(), 0.0)
-            job = self._job
-
-            def take(wait: float = 0.0) -> None:
-                """The job's cuts into the state and the (frozen) store, multipliers from 0, once it has
-                answered (waiting ``wait`` seconds at most)."""
-                if job is None or job.answered:
-                    return
-                self.cuts = state.cuts = job.cuts(state.region.box()[0], wait)
-                self.cut_seconds = job.seconds
-                if self.cuts is not None:
-                    params.tensors[cutting.KEY] = lower.new_zeros(
-                        *lower.shape, self.cuts.count
-                    ).requires_grad_(True)
-                    params.projections[cutting.KEY] = nonnegative
+            cuts = self.root_cuts
 
             def verified() -> bool:
                 """Whether the output's slopes, optimised again on the bounds so far (with the cuts, once they
                 are in), close the root already (the root's slopes were chosen for its old bounds)."""
-                take()
+                cuts.take(state, params, lower)
                 with torch.no_grad():
                     return closed(alpha.optimise(state, rows, params=params, enough=closed))
 
             try:
                 self.refined += refine.refine(state, until, self.config.refine, verified)
                 lower = torch.maximum(lower, optimise())
-                if job is not None and not closed(lower):
-                    take(job.until - time.monotonic())
+                if cuts.running and not closed(lower):
+                    cuts.take(state, params, lower, cuts.remaining())
                     lower = torch.maximum(lower, optimise())
             finally:
-                self.close()
+                cuts.close()
         keep = Params()
         keep.tensors = {k: v for k, v in params.tensors.items() if of_output(k)}
         keep.projections = {k: params.projections[k] for k in keep.tensors}
@@ -251,18 +228,18 @@ class ReluSplit:
         self._choose(domains, state, keep)
         return domains
 
-    def _cut_job(self, state: BoundState, case: Tensor, rows: Tensor, lower: Tensor,
-                 deadline: Deadline) -> mip_cuts.CutJob | None:  # fmt: skip
-        """HiGHS's root separation for the single root (``mip_cuts.start``) on its lowest row (``rows``
-        [R, 1, n_out], bounds ``lower`` [R, 1]) at that row's threshold (``d`` plus the verdict's tolerance);
-        None unless ``cuts`` is on."""
+    def _start_cuts(self, state: BoundState, case: Tensor, rows: Tensor, lower: Tensor,
+                    deadline: Deadline) -> None:  # fmt: skip
+        """Where ``cuts`` is on, HiGHS's root separation for the single root (``RootCuts.start``) on its lowest
+        row (``rows`` [R, 1, n_out], bounds ``lower`` [R, 1]) at that row's threshold (``d`` plus the
+        verdict's tolerance)."""
         if not self.config.cuts:
-            return None
+            return
         r, c = int(lower[:, 0].argmin()), int(case[0])
         objective = rows[r, 0].detach().reshape(-1).double().numpy()
         threshold = float(self.bounder.spec.d[c, r] + self.bounder.decide_tol[c, r])
         seconds = self.config.cut_share * max(deadline.remaining(), 0.0)
-        return mip_cuts.start(self.graph, state, objective, threshold, seconds)
+        self.root_cuts.start(self.graph, state, objective, threshold, seconds)
 
     def boxes(self, domains: Domains) -> tuple[Tensor, Tensor]:
         c = domains["case"].numpy()
