@@ -164,7 +164,7 @@ def test_refined_bounds_hold_sampled_values_on_a_net_with_s_shaped_neurons():
         assert (values[k] >= a - 1e-5).all() and (values[k] <= b + 1e-5).all(), f"node {k}"
 
 
-def test_refining_stops_at_the_first_check_that_says_enough():
+def test_refining_stops_at_the_first_check_that_finds_the_root_verified():
     net = random_net(0, DEEP)
     lo, hi = net.box()
     model = verifier.load(net.module(), lo)
@@ -175,5 +175,36 @@ def test_refining_stops_at_the_first_check_that_says_enough():
     objectives = 2 * int(((state.bounds[first][0] < 0) & (state.bounds[first][1] > 0)).sum())
     asked = []
     config = refine.RefineConfig(check_seconds=0.0)
-    visited = refine.refine(state, time.monotonic() + 60, config, lambda: asked.append(1) or True)
+    visited = refine.refine(state, time.monotonic() + 60, config, lambda: asked.append(1) or 1.0)
     assert asked == [1] and visited == objectives > 0  # the first leaves only, then the check
+
+
+@pytest.mark.parametrize(
+    ("gain", "rounds"),
+    [(0.0, 2), (0.09, 2), (0.11, 3), (None, 3)],  # a round's gain, as a share of the distance to 0
+)
+def test_refining_stops_after_a_round_that_gained_too_little(monkeypatch, gain, rounds):
+    """From the second round on, a round that raised the root's margin by less than ``stall`` of its
+    distance to 0 is the last (the first round is not judged); without a margin every round runs."""
+    net = random_net(0, DEEP)
+    lo, hi = net.box()
+    model = verifier.load(net.module(), lo)
+    state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
+    with torch.no_grad():
+        intermediate_bounds(state)
+    nodes = refine.targets(model.graph)
+    calls = []
+
+    def node(root, k, before, until, config, enough):
+        calls.append(k)
+        return 0, enough()
+
+    monkeypatch.setattr(refine, "_refine_node", node)
+
+    def margin() -> float:  # after round r (0-based): -(1 - gain)^(r + 1), so each round gains ``gain``
+        return -((1 - gain) ** ((len(calls) - 1) // len(nodes) + 1))
+
+    refine.refine(
+        state, time.monotonic() + 600, refine.RefineConfig(stall=0.1), None if gain is None else margin
+    )
+    assert len(calls) == rounds * len(nodes)

@@ -72,8 +72,10 @@ class ReluSplitConfig:
     root is verified, so a large share costs little where it succeeds: on mnist_fc 256x6 prop_1_0.03,
     11_0.05, 13_0.05 and 14_0.05 (300 s) a quarter of the time left the roots open (-0.84 on prop_1
     after it) and the searches timed out; 0.85 verified them in 113-237 s. Where refining does not close
-    the root, it takes that share from the search: on oval21 cifar_deep img1052 (720 s) it ran until about
-    620 s and left the root no tighter than 235 s of it had (both end open). ``cuts`` (off: NOT SOUND,
+    the root, it gives the search back what is left once a round stalls (``refine.RefineConfig.stall``):
+    on oval21 cifar_deep img1052 (720 s) it had run until about 620 s, leaving the root at -0.0785 against
+    -0.0792 at 292 s, and the search after it ended at -0.0033; stopped at 292 s, the search reached
+    -0.0006 with the open domains falling (both time out). ``cuts`` (off: NOT SOUND,
     see ``mip_cuts``): from the first search on a single root left open by alpha-CROWN, HiGHS looks for
     cutting planes at the root of its MILP (``mip_cuts``, in a child process, for at most ``cut_share`` of
     the time left), which join every domain's bound (``engine.cuts``) once the refining root takes them.
@@ -198,15 +200,15 @@ class ReluSplit:
             until = time.monotonic() + self.config.refine_share * max(deadline.remaining(), 0.0)
             cuts = self.root_cuts
 
-            def verified() -> bool:
-                """Whether the output's slopes, optimised again on the bounds so far (with the cuts, once they
-                are in), close the root already (the root's slopes were chosen for its old bounds)."""
+            def margin() -> float:
+                """The root's worst margin with the output's slopes optimised again on the bounds so far (with
+                the cuts, once they are in): the root's slopes were chosen for its old bounds."""
                 cuts.take(state, params, lower)
                 with torch.no_grad():
-                    return closed(alpha.optimise(state, rows, params=params, enough=closed))
+                    return self._margin(domains)(alpha.optimise(state, rows, params=params, enough=closed))
 
             try:
-                self.refined += refine.refine(state, until, self.config.refine, verified)
+                self.refined += refine.refine(state, until, self.config.refine, margin)
                 lower = torch.maximum(lower, optimise())
                 if cuts.running and not closed(lower):
                     cuts.take(state, params, lower, cuts.remaining())
@@ -325,13 +327,19 @@ class ReluSplit:
     def _closes(self, domains: Domains) -> Callable[[Tensor], bool]:
         """``enough`` for ``alpha.optimise`` on ``domains``: whether bounds [R, N] of their ``_rows`` close
         every one of them (with the bounds they carry, as ``driver.settle`` will combine them)."""
+        margin = self._margin(domains)
+        return lambda best: margin(best) > 0
 
-        def closed(best: Tensor) -> bool:
+    def _margin(self, domains: Domains) -> Callable[[Tensor], float]:
+        """The worst score (``driver.scores``) of ``domains`` with bounds [R, N] of their ``_rows``: positive
+        once every one is closed."""
+
+        def margin(best: Tensor) -> float:
             lower = torch.maximum(domains["lower"], self._spread(domains, best))
             rows = domains.get(driver.ROWS)
-            return bool((driver.scores(self.bounder, domains["case"], lower, rows) > 0).all())
+            return float(driver.scores(self.bounder, domains["case"], lower, rows).min())
 
-        return closed
+        return margin
 
     def _weights(self, domains: Domains) -> Tensor:
         """[R, N]: 1 on the bounded rows not yet above ``d`` plus the margin (the ones splitting must help)."""
