@@ -371,6 +371,32 @@ def test_relu_split_domains_store_parameters_at_half_precision_and_unpack_them_p
     assert brancher.bound(children).isfinite().any()
 
 
+def test_relu_split_domains_store_only_the_roots_unstable_neurons_and_bound_as_if_they_stored_all(tiny):
+    """Split states and per-neuron parameters are kept at the positions unstable at the root alone; three
+    generations of children bound exactly as with every position stored."""
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    compact = ReluSplit(problem.bounder, ReluSplitConfig(shallow=False))
+    full = ReluSplit(problem.bounder, ReluSplitConfig(shallow=False))
+    keep = full._keep_root_bounds
+    full._keep_root_bounds = lambda case, state: (keep(case, state), full._kept.clear())
+    generations = [driver.settle(b, b.roots(np.arange(1)), problem) for b in (compact, full)]
+    unstable = {k: int(((lo < 0) & (hi > 0)).sum()) for k, (lo, hi) in compact._root_bounds.items()}
+    assert sum(unstable.values()) < sum(lo.numel() for lo, _ in compact._root_bounds.values())
+    for k, n in unstable.items():
+        assert generations[0][f"split:{k}"].shape[1:] == (n,)
+        assert generations[1][f"split:{k}"].shape[1:] == compact._root_bounds[k][0].shape[1:]
+    nbytes = lambda domains: sum(t.nbytes for t in domains.values() if torch.is_tensor(t))
+    assert nbytes(generations[0]) < nbytes(generations[1])
+    for _ in range(3):
+        generations = [driver.settle(b, b.split(g), problem) for b, g in zip((compact, full), generations)]
+        torch.testing.assert_close(generations[0]["lower"], generations[1]["lower"], rtol=0, atol=1e-6)
+        got, _ = compact._unpack(generations[0])
+        want, _ = full._unpack(generations[1])
+        for k in compact.nodes:
+            assert torch.equal(got.splits.get(k, torch.zeros(0)), want.splits.get(k, torch.zeros(0))), k
+
+
 def test_relu_splitting_proves_a_disjunction_and_finds_a_counterexample_of_one_disjunct(tiny):
     path, _, low, high = tiny
     problem = problem_for(path, property_of(*(low - 2e-3)))
