@@ -2,7 +2,8 @@
 
 Domain keys (``N`` domains): ``case`` and ``lower`` (as for every brancher), per bounded node k
 ``split:k`` (int8: +1 ``z_k >= 0``, -1 ``z_k <= 0``, 0 free), per free parameter ``param:...`` (output
-slopes and split multipliers, domain dimension first), and the neuron chosen for the next split,
+slopes and split multipliers, domain dimension first; both at the neurons unstable at some root only, on
+nodes read by ReLU-like neurons alone: ``_pack``), and the neuron chosen for the next split,
 ``branch_node`` / ``branch_pos``. A domain's bounds of node k are its case's root bounds clamped by its
 split constraints, rebuilt when it is bounded (the brancher keeps the roots'); with ``refresh``, whose
 CROWN passes tighten them per domain, they are carried as ``lo:k`` / ``hi:k``. (Carried always, they were
