@@ -164,14 +164,20 @@ def test_refined_bounds_hold_sampled_values_on_a_net_with_s_shaped_neurons():
         assert (values[k] >= a - 1e-5).all() and (values[k] <= b + 1e-5).all(), f"node {k}"
 
 
-def test_refining_stops_at_the_first_check_that_finds_the_root_verified():
-    net = random_net(0, DEEP)
+def _crown_state(seed: int) -> BoundState:
+    """CROWN's bounds of every node of a ``DEEP`` random net over its box."""
+    net = random_net(seed, DEEP)
     lo, hi = net.box()
     model = verifier.load(net.module(), lo)
     state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
     with torch.no_grad():
         intermediate_bounds(state)
-    first = refine.targets(model.graph)[0][0]
+    return state
+
+
+def test_refining_stops_at_the_first_check_that_finds_the_root_verified():
+    state = _crown_state(0)
+    first = refine.targets(state.graph)[0][0]
     objectives = 2 * int(((state.bounds[first][0] < 0) & (state.bounds[first][1] > 0)).sum())
     asked = []
     config = refine.RefineConfig(check_seconds=0.0)
@@ -186,13 +192,8 @@ def test_refining_stops_at_the_first_check_that_finds_the_root_verified():
 def test_refining_stops_after_a_round_that_gained_too_little(monkeypatch, gain, rounds):
     """From the second round on, a round that raised the root's margin by less than ``stall`` of its
     distance to 0 is the last (the first round is not judged); without a margin every round runs."""
-    net = random_net(0, DEEP)
-    lo, hi = net.box()
-    model = verifier.load(net.module(), lo)
-    state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
-    with torch.no_grad():
-        intermediate_bounds(state)
-    nodes = refine.targets(model.graph)
+    state = _crown_state(0)
+    nodes = refine.targets(state.graph)
     calls = []
 
     def node(root, k, before, until, config, enough):
