@@ -379,7 +379,7 @@ def test_relu_split_domains_store_only_the_roots_unstable_neurons_and_bound_as_i
     compact = ReluSplit(problem.bounder, ReluSplitConfig(shallow=False))
     full = ReluSplit(problem.bounder, ReluSplitConfig(shallow=False))
     keep = full._keep_root_bounds
-    full._keep_root_bounds = lambda case, state: (keep(case, state), full._kept.clear())
+    full._keep_root_bounds = lambda case, state: (keep(case, state), full._stored.positions.clear())
     generations = [driver.settle(b, b.roots(np.arange(1)), problem) for b in (compact, full)]
     unstable = {k: int(((lo < 0) & (hi > 0)).sum()) for k, (lo, hi) in compact._root_bounds.items()}
     assert sum(unstable.values()) < sum(lo.numel() for lo, _ in compact._root_bounds.values())

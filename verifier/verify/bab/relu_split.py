@@ -2,12 +2,12 @@
 
 Domain keys (``N`` domains): ``case`` and ``lower`` (as for every brancher), per bounded node k
 ``split:k`` (int8: +1 ``z_k >= 0``, -1 ``z_k <= 0``, 0 free), per free parameter ``param:...`` (output
-slopes and split multipliers, domain dimension first; both at the neurons unstable at some root only, on
-nodes read by ReLU-like neurons alone: ``_pack``), and the neuron chosen for the next split,
-``branch_node`` / ``branch_pos``. A domain's bounds of node k are its case's root bounds clamped by its
-split constraints, rebuilt when it is bounded (the brancher keeps the roots'); with ``refresh``, whose
-CROWN passes tighten them per domain, they are carried as ``lo:k`` / ``hi:k``. (Carried always, they were
-about 40% of the queue's memory: 55 of 130 KB per domain on oval21 cifar_deep, 8 of 18 on mnist_fc 256x4.)
+slopes and split multipliers, domain dimension first; both at the positions ``stored.Stored`` keeps), and
+the neuron chosen for the next split, ``branch_node`` / ``branch_pos``. A domain's bounds of node k are
+its case's root bounds clamped by its split constraints, rebuilt when it is bounded (the brancher keeps
+the roots'); with ``refresh``, whose CROWN passes tighten them per domain, they are carried as ``lo:k`` /
+``hi:k``. (Carried always, they were about 40% of the queue's memory: 55 of 130 KB per domain on oval21
+cifar_deep, 8 of 18 on mnist_fc 256x4.)
 
 Soundness: the two children of a domain fix one neuron to each side, so they cover it; a child's bounds
 are its parent's intersected with its constraint (plus CROWN refreshes of later nodes intersected with
@@ -43,6 +43,7 @@ from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.base import Nonlinear
 from verifier.verify.bab import driver, mip_cuts, refine
 from verifier.verify.bab.queue import Domains, concat, take
+from verifier.verify.bab.stored import Stored
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline
 
@@ -141,7 +142,7 @@ class ReluSplit:
         self.nodes = sorted(self.graph.needs_bounds())
         self.max_parents = config.max_batch  # the driver's rate rule still applies below it
         self._root_bounds: dict[int, tuple[Tensor, Tensor]] = {}  # per node k, [cases, *shape_k] (roots)
-        self._kept: dict[int, Tensor] = {}  # per compactable node k, the positions domains store (``_pack``)
+        self._stored = Stored(self.graph, {})  # the positions domains store (``_pack``), from the roots
         self.shallow = config.shallow  # None until the roots decide
         self.refined = 0  # leaves the roots' refinement of intermediate bounds bounded (``refine``)
         self.root_cuts = mip_cuts.RootCuts()  # the single root's cutting planes (``cuts``, off by default)
@@ -408,53 +409,23 @@ class ReluSplit:
                 self._root_bounds[k] = tuple(t.new_full((cases, *t.shape[1:]), torch.nan) for t in (lo, hi))
             for kept, new in zip(self._root_bounds[k], (lo, hi)):
                 kept[case] = new.detach()
-        consumers = lambda k: [self.graph.nodes[j].op for j in self.graph.nonlinear_consumers(k)]
-        self._kept = {
-            k: ((lo < 0) & (hi > 0)).flatten(1).any(0).nonzero().flatten()
-            for k, (lo, hi) in self._root_bounds.items()
-            if consumers(k) and all(op.linear_on_each_side_of_zero for op in consumers(k))
-        }
+        self._stored = Stored(self.graph, self._root_bounds)
 
     def _pack(self, state: BoundState, params: Params) -> Domains:
-        """The domains' state as queue entries. Of a node read only by ReLU-like neurons, only the positions
-        unstable at some root are stored (``_kept``): a domain splits nowhere else, a split multiplier
-        elsewhere multiplies a zero split, and the slopes of stable neurons are not used; on oval21
-        cifar_deep 1,153 of 6,756 neurons."""
-        out = {}
+        """The domains' state as queue entries, at the positions ``Stored`` keeps."""
+        out, stored = {}, self._stored
         for k in self.nodes:
             lo, hi = state.bounds[k]
             if self.refresh:
                 out[f"lo:{k}"], out[f"hi:{k}"] = lo, hi
             split = state.splits.get(k)
             split = torch.zeros(lo.shape, dtype=torch.int8) if split is None else split
-            out[f"split:{k}"] = self._compact(k, split.flatten(1)) if k in self._kept else split
+            out[f"split:{k}"] = stored.compact(k, split) if k in stored.positions else split
         for key, t in params.tensors.items():  # see STORED
             t = t.detach().transpose(0, 1).to(_stored(t.dtype))
-            k = self._kept_node(key)
-            out["param:" + "/".join(map(str, key))] = t if k is None else self._compact(k, t.flatten(2))
+            k = stored.node(key)
+            out["param:" + "/".join(map(str, key))] = t if k is None else stored.compact(k, t)
         return out
-
-    def _kept_node(self, key: tuple) -> int | None:
-        """The compacted node (``_kept``) whose neurons the parameter ``key`` is per, if any: a split
-        multiplier's own node, or the input of the ReLU-like node whose slopes it holds."""
-        j = key[-1]
-        if not isinstance(j, int):
-            return None
-        k = j if multiplier(key) else self.graph.nodes[j].inputs[0]
-        return k if k in self._kept else None
-
-    def _compact(self, k: int, flat: Tensor) -> Tensor:
-        """``flat`` [..., numel_k] at the positions kept of node k."""
-        if flat.shape[-1] != self._root_bounds[k][0][0].numel():
-            raise ValueError(f"a tensor of {flat.shape[-1]} values per domain is not per neuron of node {k}")
-        return flat[..., self._kept[k]]
-
-    def _expand(self, k: int, stored: Tensor, fill: float = 0) -> Tensor:
-        """A compacted tensor [..., m] back at node k's full shape, ``fill`` at the positions not stored."""
-        shape = self._root_bounds[k][0].shape[1:]
-        full = stored.new_full((*stored.shape[:-1], shape.numel()), fill)
-        full[..., self._kept[k]] = stored
-        return full.reshape(*stored.shape[:-1], *shape)
 
     def _unpack(self, domains: Domains) -> tuple[BoundState, Params]:
         case = domains["case"]
@@ -462,7 +433,7 @@ class ReluSplit:
         for k in self.nodes:
             if domains[f"split:{k}"].any():
                 split = domains[f"split:{k}"]
-                state.splits[k] = self._expand(k, split) if k in self._kept else split
+                state.splits[k] = self._stored.expand(k, split) if k in self._stored.positions else split
             if self.refresh:
                 state.bounds[k] = (domains[f"lo:{k}"], domains[f"hi:{k}"])
             else:  # the root's, clamped by the splits (as ``branching.split`` made them)
@@ -474,8 +445,8 @@ class ReluSplit:
             if name.startswith("param:"):
                 kind, *rest = name[len("param:") :].split("/")
                 key = (kind, *(int(r) if r.lstrip("-").isdigit() else r for r in rest))
-                k = self._kept_node(key)
-                t = t if k is None else self._expand(k, t)
+                k = self._stored.node(key)
+                t = t if k is None else self._stored.expand(k, t)
                 params.tensors[key] = t.transpose(0, 1).to(dtype, copy=True).requires_grad_(True)
                 params.projections[key] = self._projection(key)
         params.project_()  # values rounded in storage may have left their sound set
