@@ -2,11 +2,11 @@
 
 Domain keys (``N`` domains): ``case`` and ``lower`` (as for every brancher), per bounded node k
 ``split:k`` (int8: +1 ``z_k >= 0``, -1 ``z_k <= 0``, 0 free), per free parameter ``param:...`` (output
-slopes and split multipliers, domain dimension first; both at the positions ``stored.Stored`` keeps), and
-the neuron chosen for the next split, ``branch_node`` / ``branch_pos``. A domain's bounds of node k are
-its case's root bounds clamped by its split constraints, rebuilt when it is bounded (the brancher keeps
-the roots'); with ``refresh``, whose CROWN passes tighten them per domain, they are carried as ``lo:k`` /
-``hi:k``. (Carried always, they were about 40% of the queue's memory: 55 of 130 KB per domain on oval21
+slopes and split multipliers, domain dimension first; both stored as ``stored`` says), and the neuron
+chosen for the next split, ``branch_node`` / ``branch_pos``. A domain's bounds of node k are its case's
+root bounds clamped by its split constraints, rebuilt when it is bounded (the brancher keeps the roots');
+with ``refresh``, whose CROWN passes tighten them per domain, they are carried as ``lo:k`` / ``hi:k``.
+(Carried always, they were about 40% of the queue's memory: 55 of 130 KB per domain on oval21
 cifar_deep, 8 of 18 on mnist_fc 256x4.)
 
 Soundness: the two children of a domain fix one neuron to each side, so they cover it; a child's bounds
@@ -104,16 +104,6 @@ class ReluSplitConfig:
             raise ValueError(f"unknown branching {self.branching!r}; choose one of {', '.join(BRANCHING)}")
 
 
-# the queue stores float32 slopes and multipliers as bfloat16, half the bytes (on the oval21 CNNs they are
-# most of a domain): they only warm-start the children's optimisation, and any value projected onto its
-# sound set (``_unpack``) gives a sound bound
-STORED = {torch.float32: torch.bfloat16}
-
-
-def _stored(dtype: torch.dtype) -> torch.dtype:
-    return STORED.get(dtype, dtype)
-
-
 def cascades(state: BoundState) -> bool:
     """Whether the roots' bounds look like a cascade: a network with several layers of ReLU-like neurons
     whose deepest such layer is at least ``CASCADE`` unstable (over every root), its bounds loose because
@@ -142,7 +132,7 @@ class ReluSplit:
         self.nodes = sorted(self.graph.needs_bounds())
         self.max_parents = config.max_batch  # the driver's rate rule still applies below it
         self._root_bounds: dict[int, tuple[Tensor, Tensor]] = {}  # per node k, [cases, *shape_k] (roots)
-        self._stored = Stored(self.graph, {})  # the positions domains store (``_pack``), from the roots
+        self._stored = Stored(self.graph, {})  # how domains are stored (``_pack``), from the roots
         self.shallow = config.shallow  # None until the roots decide
         self.refined = 0  # leaves the roots' refinement of intermediate bounds bounded (``refine``)
         self.root_cuts = mip_cuts.RootCuts()  # the single root's cutting planes (``cuts``, off by default)
@@ -412,7 +402,7 @@ class ReluSplit:
         self._stored = Stored(self.graph, self._root_bounds)
 
     def _pack(self, state: BoundState, params: Params) -> Domains:
-        """The domains' state as queue entries, at the positions ``Stored`` keeps."""
+        """The domains' state as queue entries (``stored``: fewer positions, fewer bytes)."""
         out, stored = {}, self._stored
         for k in self.nodes:
             lo, hi = state.bounds[k]
@@ -420,11 +410,9 @@ class ReluSplit:
                 out[f"lo:{k}"], out[f"hi:{k}"] = lo, hi
             split = state.splits.get(k)
             split = torch.zeros(lo.shape, dtype=torch.int8) if split is None else split
-            out[f"split:{k}"] = stored.compact(k, split) if k in stored.positions else split
-        for key, t in params.tensors.items():  # see STORED
-            t = t.detach().transpose(0, 1).to(_stored(t.dtype))
-            k = stored.node(key)
-            out["param:" + "/".join(map(str, key))] = t if k is None else stored.compact(k, t)
+            out[f"split:{k}"] = stored.compact(k, split)
+        for key, t in params.tensors.items():
+            out["param:" + "/".join(map(str, key))] = stored.pack(key, t)
         return out
 
     def _unpack(self, domains: Domains) -> tuple[BoundState, Params]:
@@ -432,8 +420,7 @@ class ReluSplit:
         state = BoundState(self.graph, self._box(case), self.cfg, cuts=self.cuts)
         for k in self.nodes:
             if domains[f"split:{k}"].any():
-                split = domains[f"split:{k}"]
-                state.splits[k] = self._stored.expand(k, split) if k in self._stored.positions else split
+                state.splits[k] = self._stored.expand(k, domains[f"split:{k}"])
             if self.refresh:
                 state.bounds[k] = (domains[f"lo:{k}"], domains[f"hi:{k}"])
             else:  # the root's, clamped by the splits (as ``branching.split`` made them)
@@ -445,9 +432,7 @@ class ReluSplit:
             if name.startswith("param:"):
                 kind, *rest = name[len("param:") :].split("/")
                 key = (kind, *(int(r) if r.lstrip("-").isdigit() else r for r in rest))
-                k = self._stored.node(key)
-                t = t if k is None else self._stored.expand(k, t)
-                params.tensors[key] = t.transpose(0, 1).to(dtype, copy=True).requires_grad_(True)
+                params.tensors[key] = self._stored.unpack(key, t, dtype).requires_grad_(True)
                 params.projections[key] = self._projection(key)
         params.project_()  # values rounded in storage may have left their sound set
         return state, params
