@@ -419,6 +419,35 @@ def test_a_disjunct_without_rows_keeps_the_domains_together(tiny):
     assert driver.by_disjunct(brancher, roots, problem) is roots
 
 
+def test_an_attack_round_attacks_each_distinct_box_once(tiny, monkeypatch):
+    """ReLU-split domains all have their case's box: a round over many of them attacks that box once
+    (64 copies were 64 rounds of the same PGD). Input-split domains keep one box each."""
+    path, _, low, _ = tiny
+    problem = problem_for(path, property_of(*(low - 2e-3)))
+    attacked = []
+    monkeypatch.setattr(problem.attacker, "attack_boxes", lambda lo, hi, cases, deadline: attacked.append(
+        (lo, hi, cases)))  # fmt: skip
+    brancher, roots = relu_split_roots(problem)
+    parents = driver.by_disjunct(brancher, roots, problem)
+    children = brancher.split(parents)
+    brancher.bound(children)
+    assert len(children["case"]) >= 2
+    driver._attack(brancher, children, problem, Deadline(30))
+    lo, hi, cases = attacked.pop()
+    np.testing.assert_array_equal(cases, [0])
+    np.testing.assert_array_equal(lo[0], problem.bounder.box_lo[0])
+    np.testing.assert_array_equal(hi[0], problem.bounder.box_hi[0])
+    splitter = InputSplit(problem.bounder)
+    parents = driver.settle(splitter, splitter.roots(np.array([0])), problem)
+    children = splitter.split(parents)
+    driver._attack(splitter, children, problem, Deadline(30))
+    lo, hi, cases = attacked.pop()
+    assert len(cases) == 2, "the two halves of the root's box"
+    expected = [t.double().numpy() for t in splitter.boxes(children)]
+    np.testing.assert_array_equal(lo, expected[0])
+    np.testing.assert_array_equal(hi, expected[1])
+
+
 def test_relu_splitting_roots_proved_at_once_leave_nothing_to_branch_on(tiny):
     path, _, low, _ = tiny
     problem = problem_for(path, property_of(*(low - 2e-3)))

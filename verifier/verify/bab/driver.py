@@ -421,10 +421,15 @@ def _check_joint(joint: Tensor, rows: np.ndarray, cases: np.ndarray, bounder: Bo
 
 
 def _attack(brancher: Brancher, domains: Domains, problem: Problem, deadline: Deadline):
-    """One attack round inside each domain's box (intersected with its case's box rounded inwards, so
-    iterates are points of the property); returns a checked counterexample or ``None``."""
+    """One attack round inside each distinct box of ``domains`` (intersected with its case's box rounded
+    inwards, so iterates are points of the property); returns a checked counterexample or ``None``.
+    Domains that share a box (every ReLU-split domain has its case's) share its attack: 64 copies of one
+    box were 64 rounds of the same PGD, a quarter of the search's time on oval21 cifar_wide img3458."""
     lo, hi = (t.double().numpy() for t in brancher.boxes(domains))
-    return problem.attacker.attack_boxes(lo, hi, domains["case"].numpy(), deadline)
+    cases = domains["case"].numpy()
+    _, first = np.unique(np.column_stack([cases, lo, hi]), axis=0, return_index=True)
+    first = np.sort(first)  # the given order: lowest margin first
+    return problem.attacker.attack_boxes(lo[first], hi[first], cases[first], deadline)
 
 
 def _confirm(x: np.ndarray, margin: np.ndarray, cases: np.ndarray, problem: Problem):
