@@ -196,7 +196,7 @@ def test_refining_stops_after_a_round_that_gained_too_little(monkeypatch, gain, 
     nodes = refine.targets(state.graph)
     calls = []
 
-    def node(root, k, before, until, config, enough):
+    def node(root, k, before, until, config, enough, reached):
         calls.append(k)
         return 0, enough()
 
@@ -209,3 +209,28 @@ def test_refining_stops_after_a_round_that_gained_too_little(monkeypatch, gain, 
         state, time.monotonic() + 600, refine.RefineConfig(stall=0.1), None if gain is None else margin
     )
     assert len(calls) == rounds * len(nodes)
+
+
+def test_each_neurons_values_at_points_are_found_once_over_the_rounds(monkeypatch):
+    """The descent to the values an objective reaches at points (``_reached``) does not depend on the
+    bounds that refining tightens: a later round reuses the first one's (on oval21 cifar_deep it took
+    most of a first round)."""
+    state = _crown_state(0)
+    visits, descents = [], []
+    node, reached = refine._refine_node, refine._reached
+
+    def counted_node(root, k, *args):
+        visits.append(k)
+        return node(root, k, *args)
+
+    def counted_descent(root, k, pos, sign, steps, starts):
+        descents.append((k, len(pos)))
+        return reached(root, k, pos, sign, steps, starts)
+
+    monkeypatch.setattr(refine, "_refine_node", counted_node)
+    monkeypatch.setattr(refine, "_reached", counted_descent)
+    refine.refine(state, time.monotonic() + 3.0, refine.RefineConfig(max_batch=8))
+    nodes = [k for k, _ in refine.targets(state.graph)]
+    assert len(visits) > len(nodes), "a second round must visit the nodes again"
+    assert sorted(k for k, _ in descents) == sorted(set(visits)), "one descent per node"
+
