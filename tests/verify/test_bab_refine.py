@@ -233,4 +233,3 @@ def test_each_neurons_values_at_points_are_found_once_over_the_rounds(monkeypatc
     nodes = [k for k, _ in refine.targets(state.graph)]
     assert len(visits) > len(nodes), "a second round must visit the nodes again"
     assert sorted(k for k, _ in descents) == sorted(set(visits)), "one descent per node"
-
