@@ -109,3 +109,20 @@ def test_an_override_of_relax_alone_is_refused_where_it_would_be_bypassed():
         class Shifted(ReLU):  # defining it is the test
             def relax(self, lo, hi, cfg, param=None):
                 return super().relax(lo, hi, cfg, param)
+
+
+def test_the_offsets_are_tested_once_per_bounds():
+    """Every step's lines share the chord's offsets: whether they are 0 (``offsets``: a pass over every
+    neuron) is asked of the first lines only, and the answer is the same tensors."""
+    state, relu, pre = _state()
+    lo = torch.tensor([[-1.0] * 6, [-2.0] * 6])
+    hi = torch.tensor([[1.0] * 6, [0.5] * 6])
+    state.set_bounds(pre, (lo, hi))
+    first = state.relaxation(relu, torch.full((2, 6), 0.1))
+    b_lo, b_up = first.offsets
+    assert b_lo is None and b_up is first.b_up  # ReLU's lower line passes through the origin
+    later = state.relaxation(relu, torch.full((2, 6), 0.7))
+    assert "offsets" in vars(later), "taken over, not tested again"
+    assert later.offsets[0] is None and later.offsets[1] is first.b_up
+    state.set_bounds(pre, (lo - 1.0, hi + 1.0))  # new bounds, new offsets: tested anew
+    assert "offsets" not in vars(state.relaxation(relu, torch.full((2, 6), 0.1)))

@@ -202,6 +202,14 @@ class _Offsets:
         and backward. Tested once per relaxation: a chunked pass applies the same one many times."""
         return tuple(b if b.requires_grad or b.any() else None for b in (self.b_lo, self.b_up))
 
+    def sharing_offsets(self, earlier: _Offsets) -> _Offsets:
+        """This relaxation, its ``offsets`` taken from ``earlier``'s (once tested there) when both hold the
+        very same offset tensors (a relaxer's lines for each new parameter): the test is a pass over every
+        neuron, which an optimiser's steps would repeat (5% of a ReLU-split search on oval21 cifar_wide)."""
+        if "offsets" in vars(earlier) and self.b_lo is earlier.b_lo and self.b_up is earlier.b_up:
+            vars(self)["offsets"] = earlier.offsets
+        return self
+
 
 @dataclass(frozen=True)
 class Relaxation(_Offsets):
