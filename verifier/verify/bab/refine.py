@@ -54,12 +54,11 @@ class RefineConfig:
     leaves' optimisation of slopes and split multipliers (warm-started from the parent's);
     ``max_bytes``: memory the open leaves may hold (beyond it a node's search ends); ``reach_steps`` /
     ``reach_starts``: the descent that finds the values each objective reaches at points (``_reached``);
-    ``check_seconds``:
-    how often a node's search writes its bounds back and asks whether they are enough; ``stall``: the
-    least share of the distance to verified that a round must gain for the next to run (``refine``). On
-    oval21 cifar_deep img1052 (720 s) the second round raised the root from -0.0828 to -0.0792 in 163 s
-    and the third to -0.0785 in 327 s, which the search after it then lacked; on mnist_fc 256x6
-    prop_12_0.05 and prop_13_0.05 (300 s) the second round gained 91% and 99.5% of the gap. The
+    ``check_seconds``: how often a node's search writes its bounds back and asks whether they are enough;
+    ``stall``: the least share of the distance to verified that a round must gain for the next to run
+    (``refine``). On oval21 cifar_deep img1052 (720 s) the second round raised the root from -0.0828 to
+    -0.0792 in 163 s and the third to -0.0785 in 327 s, which the search after it then lacked; on mnist_fc
+    256x6 prop_12_0.05 and prop_13_0.05 (300 s) the second round gained 91% and 99.5% of the gap. The
     descent's values are found once per neuron and kept for the later rounds: on cifar_deep img9931,
     100 steps from 4 starts took 54 s for the 4 nodes (one thread), most of the first round's time, and 30
     steps from 4 starts 15 s, reaching within 0.5% of the same gap per node."""
