@@ -85,6 +85,7 @@ class BoundState:
         default_factory=dict, repr=False
     )
     _plain: dict[int, Relaxation | JointRelaxation] = field(default_factory=dict, repr=False)
+    _first: dict[int, Relaxation | JointRelaxation] = field(default_factory=dict, repr=False)
     _box_forms: dict[int, object] = field(default_factory=dict, repr=False)
 
     @property
@@ -103,6 +104,7 @@ class BoundState:
         for j in self.graph.nonlinear_consumers(k):
             self._relaxers.pop(j, None)
             self._plain.pop(j, None)
+            self._first.pop(j, None)
 
     def input_bounds(self, j: int) -> list[Tensor]:
         """The bounds of node j's inputs, flattened in order (``lo_0, hi_0, lo_1, hi_1, ...``): what
@@ -112,13 +114,15 @@ class BoundState:
     def relaxation(self, j: int, param: Tensor | None = None) -> Relaxation | JointRelaxation:
         """The relaxation of nonlinear node j from the current bounds of its inputs, with ``param`` (its
         operator's ``relaxer`` is kept until those bounds change: what does not depend on the parameter
-        is built once per bounds, not once per optimiser step; without a parameter, the relaxation itself
-        is kept, for the chunks of a pass)."""
+        is built once per bounds, not once per optimiser step, and lines that keep the first step's offset
+        tensors take its test of them, ``sharing_offsets``; without a parameter, the relaxation itself is
+        kept, for the chunks of a pass)."""
         if j not in self._relaxers:
             op = self.graph.nodes[j].op
             self._relaxers[j] = op.relaxer(*self.input_bounds(j), cfg=self.cfg.relax)
         if param is not None:
-            return self._relaxers[j](param)
+            rel = self._relaxers[j](param)
+            return rel.sharing_offsets(self._first.setdefault(j, rel))
         if j not in self._plain:
             self._plain[j] = self._relaxers[j](None)
         return self._plain[j]

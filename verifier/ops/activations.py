@@ -108,7 +108,6 @@ class ReLU(Nonlinear):
         a_chord = torch.where(unstable, chord_a, piece)
         b_chord = torch.where(unstable, alpha * lo - chord_a * lo if alpha else -(chord_a * lo), 0.0)
         default: list[Tensor] = []
-        first: list[Relaxation] = []  # every call's lines share their offsets
 
         def lines(param: Tensor | None = None) -> Relaxation:
             # any slope between the pieces' slopes gives a line through the origin on the far side of the
@@ -120,13 +119,8 @@ class ReLU(Nonlinear):
             else:
                 a_tangent = torch.where(unstable, param, piece)
             if alpha <= 1.0:  # convex: the chord lies above
-                rel = Relaxation(a_tangent, zero, a_chord, b_chord)
-            else:
-                rel = Relaxation(a_chord, b_chord, a_tangent, zero)
-            if not first:
-                first.append(rel)
-                return rel
-            return rel.sharing_offsets(first[0])
+                return Relaxation(a_tangent, zero, a_chord, b_chord)
+            return Relaxation(a_chord, b_chord, a_tangent, zero)
 
         return lines
 

@@ -204,9 +204,15 @@ class _Offsets:
 
     def sharing_offsets(self, earlier: _Offsets) -> _Offsets:
         """This relaxation, its ``offsets`` taken from ``earlier``'s (once tested there) when both hold the
-        very same offset tensors (a relaxer's lines for each new parameter): the test is a pass over every
-        neuron, which an optimiser's steps would repeat (5% of a ReLU-split search on oval21 cifar_wide)."""
-        if "offsets" in vars(earlier) and self.b_lo is earlier.b_lo and self.b_up is earlier.b_up:
+        very same offset tensors (a relaxer's lines for each new parameter, as ReLU's keep them): the test
+        is a pass over every neuron, which an optimiser's steps would repeat (5% of a ReLU-split search on
+        oval21 cifar_wide)."""
+        if (
+            earlier is not self
+            and "offsets" in vars(earlier)
+            and self.b_lo is earlier.b_lo
+            and self.b_up is earlier.b_up
+        ):
             vars(self)["offsets"] = earlier.offsets
         return self
 
