@@ -16,18 +16,16 @@ point of the root and its activations satisfy it (entries HiGHS would drop, ``TI
 instead). Against the rounding of HiGHS's derivations (tolerances of about 1e-6), each cut's right-hand
 side is relaxed by ``SLACK`` times its scale (``1 + |rhs| + sum |a_i| max|v_i|``).
 
-HiGHS's cuts are NOT SOUND, so off by default (``ReluSplitConfig.cuts``): the rows that HiGHS 1.15.1's
-cut-pool callback returns are not all valid for the MILP. On random 5-input nets of two hidden layers
-(``tests.exact.nets``, ``HARD`` sizes, seeds 0-39), HiGHS's root cuts for seeds 10 and 25 exclude points of
-the box below the cutoff, by 0.61 and 0.80: at seed 10 the MILP optimum itself, which HiGHS's own search finds
-(-0.3072), and with no cutoff at all as well. Nor do they keep another minimiser, which is all a lower bound
-of their row would need: the MILP with them added has minimum -0.206 at seed 10 (-0.307 without) and -0.300 at
-seed 25 (-0.363). HiGHS holds the same model (its matrix, bounds and integrality read back equal), and neither
-turning off symmetry detection, scaling or node separation nor ageing changes the cuts; highspy 1.16.0 keeps
-seed 25's minimiser but not seed 10's. HiGHS's tracker holds bugs of this kind (invalid cuts that cut off
-optima: ERGO-Code/HiGHS issues 3170 and 3273, closed, and 2664, open). Until the cuts can be checked, no
-verdict may rest on them. (On oval21 cifar_deep img4405, img9931 and img1052 searches with them ended unsat,
-which the reference tools agree with, but that is no proof that their cuts were valid.)"""
+HiGHS's cut pool is not trusted: the rows that HiGHS 1.15.1's cut-pool callback returns are not all valid
+for the MILP. On random 5-input nets of two hidden layers (``tests.exact.nets``, ``HARD`` sizes, seeds 0-39),
+HiGHS's root cuts for seeds 10 and 25 exclude points of the box below the cutoff, by 0.61 and 0.80: at seed
+10 the MILP optimum itself, which HiGHS's own search finds (-0.3072), and with no cutoff at all as well; the
+MILP with them added has minimum -0.206 at seed 10 (-0.307 without). HiGHS holds the same model (its matrix,
+bounds and integrality read back equal), and neither turning off symmetry detection, scaling or node
+separation nor ageing changes the cuts; highspy 1.16.0 keeps seed 25's minimiser but not seed 10's. HiGHS's
+tracker holds bugs of this kind (invalid cuts that cut off optima: ERGO-Code/HiGHS issues 3170 and 3273,
+closed, and 2664, open). So every cut is proven before it is used (``proven_rows``, ``cut_proofs``: on a
+relaxation of the MILP, with bounds of our own arithmetic), and the ones that are not are dropped."""
 
 from __future__ import annotations
 
@@ -54,6 +52,7 @@ from verifier.engine.params import Params, nonnegative
 from verifier.graph.graph import Graph
 from verifier.ops.activations import ReLU
 from verifier.ops.base import Affine
+from verifier.verify.bab import cut_proofs
 
 # relative slack of a cut's right-hand side against the solver's rounding (module docstring)
 SLACK = 1e-5
@@ -279,22 +278,49 @@ class _Program:
                         np.concatenate(self.owner), output)  # fmt: skip
 
 
-def to_cuts(encoding: Encoding, graph: Graph, matrix, lower: np.ndarray, upper: np.ndarray,
-            dtype: torch.dtype = torch.float32, row: np.ndarray | None = None,
-            cutoff: float = float("inf"), device=None) -> Cuts | None:  # fmt: skip
-    """The engine's cuts (``a v <= rhs``) of rows ``lower <= matrix v <= upper`` over the encoding's
-    variables, each right-hand side relaxed by ``SLACK`` times its scale, for the spec row ``row`` alone
-    if given, valid where it is at most ``cutoff`` (``engine.cuts``); None for no finite side."""
+def one_sided(encoding: Encoding, matrix, lower: np.ndarray, upper: np.ndarray, slack: float):
+    """The rows ``lower <= matrix v <= upper`` as cuts ``a v <= rhs`` (sparse ``a``), each finite side
+    one, its right-hand side relaxed by ``slack`` times its scale; with the row each came from."""
     import scipy.sparse as sp
 
     matrix = sp.csr_matrix(matrix)
     below, above = np.isfinite(upper), np.isfinite(lower)
     a = sp.vstack([matrix[below], -matrix[above]]).tocsr()
     rhs = np.concatenate([upper[below], -lower[above]])
+    size = np.maximum(abs(encoding.lower), abs(encoding.upper))
+    source = np.concatenate([np.flatnonzero(below), np.flatnonzero(above)])
+    return a, rhs + slack * (1 + abs(rhs) + abs(a) @ size), source
+
+
+def proven_rows(encoding: Encoding, matrix, lower: np.ndarray, upper: np.ndarray, objective: np.ndarray,
+                cutoff: float, seconds: float):  # fmt: skip
+    """The rows ``lower <= matrix v <= upper`` whose every finite side ``cut_proofs`` proves on the
+    encoding's MILP where ``objective . v[output] <= cutoff`` within ``seconds``, with half the slack
+    ``to_cuts`` gives them: the other half covers the rounding of the cuts to the search's dtype (float32's
+    relative 6e-8 of a side's scale, far below ``SLACK / 2``)."""
+    import scipy.sparse as sp
+
+    a, rhs, source = one_sided(encoding, matrix, lower, upper, SLACK / 2)
+    row = np.zeros((1, len(encoding.lower)))
+    row[0, encoding.output] = objective
+    program = sp.vstack([encoding.matrix, sp.csr_matrix(row)]).tocsr()
+    sides = np.append(encoding.row_lower, -np.inf), np.append(encoding.row_upper, cutoff)
+    ok = cut_proofs.proven(a, rhs, program, *sides, encoding.lower, encoding.upper, encoding.integer, seconds)
+    keep = np.ones(len(lower), dtype=bool)
+    keep[source[~ok]] = False
+    matrix = sp.csr_matrix(matrix)[keep]
+    return matrix, lower[keep], upper[keep]
+
+
+def to_cuts(encoding: Encoding, graph: Graph, matrix, lower: np.ndarray, upper: np.ndarray,
+            dtype: torch.dtype = torch.float32, row: np.ndarray | None = None,
+            cutoff: float = float("inf"), device=None) -> Cuts | None:  # fmt: skip
+    """The engine's cuts (``a v <= rhs``) of rows ``lower <= matrix v <= upper`` over the encoding's
+    variables, each right-hand side relaxed by ``SLACK`` times its scale, for the spec row ``row`` alone
+    if given, valid where it is at most ``cutoff`` (``engine.cuts``); None for no finite side."""
+    a, rhs, _ = one_sided(encoding, matrix, lower, upper, SLACK)
     if not len(rhs):
         return None
-    size = np.maximum(abs(encoding.lower), abs(encoding.upper))
-    rhs = rhs + SLACK * (1 + abs(rhs) + abs(a) @ size)
     coo = a.tocoo()
     owner = encoding.owner[coo.col]
     parts: tuple[dict[int, Tensor], dict[int, Tensor]] = ({}, {})
@@ -383,10 +409,9 @@ def root_cuts(encoding: Encoding, objective: np.ndarray, cutoff: float, seconds:
 
 def serve() -> None:
     """The child's side of ``CutJob``: ``(graph, box_lo, box_hi, bounds, objective, cutoff, seconds, parent
-    pid)`` pickled on stdin; the engine's cuts (``to_cuts``, on the CPU, in float64) of
-    ``root_cuts``'s answer on the MILP ``encode`` writes, or None, and the seconds it took, pickled on
-    stdout. It exits as soon as its parent is gone (a verify-model worker killed at its deadline must not
-    leave a solver running)."""
+    pid)`` pickled on stdin; ``job_cuts``'s answer and the seconds it took, pickled on stdout. It exits as
+    soon as its parent is gone (a verify-model worker killed at its deadline must not leave a solver
+    running)."""
     graph, lo, hi, bounds, objective, cutoff, seconds, parent = pickle.load(sys.stdin.buffer)
 
     def watch() -> None:
@@ -396,11 +421,22 @@ def serve() -> None:
 
     threading.Thread(target=watch, daemon=True).start()
     start = time.monotonic()
-    encoding = encode(graph, lo, hi, bounds)
-    found = root_cuts(encoding, objective, cutoff, max(start + seconds - time.monotonic(), 0.0))
-    cuts = None if found is None else to_cuts(encoding, graph, *found, torch.float64, objective, cutoff)
+    cuts = job_cuts(graph, lo, hi, bounds, objective, cutoff, seconds)
     pickle.dump((cuts, time.monotonic() - start), sys.stdout.buffer)
     sys.stdout.flush()
+
+
+def job_cuts(graph: Graph, lo: np.ndarray, hi: np.ndarray, bounds: dict[int, tuple[np.ndarray, np.ndarray]],
+             objective: np.ndarray, cutoff: float, seconds: float) -> Cuts | None:  # fmt: skip
+    """What a ``CutJob`` answers: the engine's cuts (on the CPU, in float64) of the rows of ``root_cuts``'s
+    pool on the MILP ``encode`` writes that ``proven_rows`` proves, all within ``seconds``; or None."""
+    until = time.monotonic() + seconds
+    encoding = encode(graph, lo, hi, bounds)
+    found = root_cuts(encoding, objective, cutoff, max(until - time.monotonic(), 0.0))
+    if found is None:
+        return None
+    found = proven_rows(encoding, *found, objective, cutoff, max(until - time.monotonic(), 0.0))
+    return to_cuts(encoding, graph, *found, torch.float64, objective, cutoff)
 
 
 class CutJob:
