@@ -85,9 +85,9 @@ class _Lp:
         return str(status), None, None
 
 
-def _search(a, rhs, matrix, row_lower, row_upper, lower, upper, integer, nodes: int):
+def _search(a, rhs, matrix, row_lower, row_upper, lower, upper, integer, nodes: int, until: float):
     """Whether ``a v <= rhs`` on the relaxation (True), else the integral point of it that violates the cut
-    (or None: out of nodes, or an LP HiGHS did not solve)."""
+    (or None: out of nodes or time, or an LP HiGHS did not solve)."""
     cost = -a
     lp = _Lp(cost, matrix, row_lower, row_upper, lower, upper)
     zero = np.zeros_like(cost)
@@ -96,6 +96,8 @@ def _search(a, rhs, matrix, row_lower, row_upper, lower, upper, integer, nodes: 
     for _ in range(nodes):
         if not stack:
             return True
+        if time.monotonic() > until:
+            return None
         lo, hi = stack.pop()
         status, point, y = lp.solve(lo, hi)
         if status == "infeasible":
@@ -122,7 +124,7 @@ def proven(a, rhs: np.ndarray, matrix, row_lower: np.ndarray, row_upper: np.ndar
            rounds: int = 6) -> np.ndarray:  # fmt: skip
     """[m] bool: which cuts ``a[i] v <= rhs[i]`` (``a`` sparse [m, n]) were proven on the program
     ``row_lower <= matrix v <= row_upper`` (sparse [R, n]), ``lower <= v <= upper`` (finite), ``v`` integral
-    where ``integer``, within ``seconds`` (the cuts not reached by then are not), each by at most ``rounds``
+    where ``integer``, within ``seconds`` (the cuts not done by then are not), each by at most ``rounds``
     relaxations of at most ``nodes`` LPs (module docstring)."""
     import scipy.sparse as sp
 
@@ -140,7 +142,7 @@ def proven(a, rhs: np.ndarray, matrix, row_lower: np.ndarray, row_upper: np.ndar
             local = by_row[rows]
             cols = np.union1d(np.unique(local.indices), cut.indices)
             found = _search(cut[:, cols].toarray()[0], rhs[i], local[:, cols], row_lower[rows],
-                            row_upper[rows], lower[cols], upper[cols], integer[cols], nodes)  # fmt: skip
+                            row_upper[rows], lower[cols], upper[cols], integer[cols], nodes, until)  # fmt: skip
             if found is True:
                 ok[i] = True
             if found is None or found is True:
