@@ -120,6 +120,59 @@ def test_a_cut_that_only_the_whole_network_could_justify_is_not_proven():
     assert ok.tolist() == [False, False, True]
 
 
+def _chain():
+    """Two ReLUs in a row, big-M: ``h = x - 0.5``, ``y = relu(h)`` (indicator ``d``), ``h2 = y - 0.25``,
+    ``y2 = relu(h2)`` (indicator ``d2``); variables x, h, y, d, h2, y2, d2, rows as ``encode`` writes them.
+    Probing ``d2 = 1`` gives ``h2 >= 0``, ``y >= 0.25``, ``d = 1``, ``h >= 0.25``, ``x >= 0.75``."""
+    rows = [  # (coefficients by variable, lower side, upper side)
+        ({1: 1, 0: -1}, -0.5, -0.5),
+        ({2: 1, 1: -1}, 0.0, np.inf),
+        ({2: 1, 3: -0.5}, -np.inf, 0.0),
+        ({2: 1, 1: -1, 3: 0.5}, -np.inf, 0.5),
+        ({4: 1, 2: -1}, -0.25, -0.25),
+        ({5: 1, 4: -1}, 0.0, np.inf),
+        ({5: 1, 6: -0.25}, -np.inf, 0.0),
+        ({5: 1, 4: -1, 6: 0.25}, -np.inf, 0.25),
+    ]
+    matrix = np.zeros((len(rows), 7))
+    for i, (coefficients, _, _) in enumerate(rows):
+        matrix[i, list(coefficients)] = list(coefficients.values())
+    sides = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+    lower = np.array([0.0, -0.5, 0.0, 0.0, -0.25, 0.0, 0.0])
+    upper = np.array([1.0, 0.5, 0.5, 1.0, 0.25, 0.25, 1.0])
+    integer = np.array([False, False, False, True, False, False, True])
+    return sp.csr_matrix(matrix), *sides, lower, upper, integer
+
+
+def test_a_probing_cut_is_proven_once_the_cone_of_its_variables_joins():
+    """``0.75 d2 <= x`` holds (``_chain``), but no point that violates it breaks a row around the ones that
+    hold x and d2 whatever the other variables are, so growing by broken rows stalls; the cone (here every
+    row) proves it. ``0.8 d2 <= x`` fails at x = 0.75 and is proven by neither."""
+    program = _chain()
+    a = sp.csr_matrix(np.array([[-1.0, 0, 0, 0, 0, 0, 0.75], [-1.0, 0, 0, 0, 0, 0, 0.8]]))
+    rhs = np.full(2, 1e-6)  # the first is tight at x = 0.75: a proof's rounding needs room
+    alone = cut_proofs.proven(a, rhs, *program, 10.0)
+    coned = cut_proofs.proven(a, rhs, *program, 10.0, cone=lambda columns: np.arange(program[0].shape[0]))
+    assert alone.tolist() == [False, False] and coned.tolist() == [True, False]
+
+
+def test_the_cone_of_a_variable_reaches_the_input_through_its_definitions():
+    """``mip_cuts._cones``: an output variable's cone holds its own defining row, only rows of its node or
+    below, and rows of the first affine node (written over the input), and stays within its limit."""
+    _, _, _, encoding = _setup(3, HARD)
+    node = encoding.owner[:, 0]
+    by_row = encoding.matrix.tocsr()
+    latest = np.array([node[by_row[i].indices].max() for i in range(by_row.shape[0])])
+    variable = encoding.output[:1]
+    rows = mip_cuts._cones(encoding, encoding.matrix)(variable)
+    own = np.flatnonzero(encoding.matrix.tocsc()[:, variable].toarray()[:, 0])
+    assert np.isin(own, rows).all()
+    assert (latest[rows] <= node[variable[0]]).all() and (latest[rows] == 1).any()
+    assert len(rows) < encoding.matrix.shape[0]  # not the other outputs' rows
+    small = mip_cuts._cones(encoding, encoding.matrix, limit=len(own))(variable)
+    assert np.array_equal(small, own)
+
+
 def test_the_cut_job_hands_on_proven_cuts_only(monkeypatch):
     """``serve``'s path: HiGHS's pool at seed 10 goes through ``proven_rows`` before it becomes the
     engine's cuts."""

@@ -63,6 +63,9 @@ CUTOFF = 1e-4
 TINY = 1e-9
 # the largest affine map (inputs x outputs) written out as a matrix; larger graphs get no cuts
 MAX_ENTRIES = 3 * 10**7
+# the most rows of a cut's first relaxation that ``_cones`` adds (its LP must stay small: a proof solves
+# up to 64 of them)
+CONE_ROWS = 2000
 VALUE, INDICATOR = 0, 1
 
 
@@ -305,11 +308,51 @@ def proven_rows(encoding: Encoding, matrix, lower: np.ndarray, upper: np.ndarray
     row[0, encoding.output] = objective
     program = sp.vstack([encoding.matrix, sp.csr_matrix(row)]).tocsr()
     sides = np.append(encoding.row_lower, -np.inf), np.append(encoding.row_upper, cutoff)
-    ok = cut_proofs.proven(a, rhs, program, *sides, encoding.lower, encoding.upper, encoding.integer, seconds)
+    cutoff_row, cone = np.array([program.shape[0] - 1]), _cones(encoding, program)
+    bounds = encoding.lower, encoding.upper, encoding.integer
+    ok = cut_proofs.proven(a, rhs, program, *sides, *bounds, seconds, start=cutoff_row, cone=cone)
     keep = np.ones(len(lower), dtype=bool)
     keep[source[~ok]] = False
     matrix = sp.csr_matrix(matrix)[keep]
     return matrix, lower[keep], upper[keep]
+
+
+def _cones(encoding: Encoding, program, limit: int = CONE_ROWS):
+    """``cone(columns)``: the rows that define the variables ``columns`` (an affine node's equalities, a
+    ReLU's rows for its output and indicator: the rows whose latest node is the variable's), then those that
+    define the variables of these, and so on down to the input, while the rows stay within ``limit``. A cut
+    HiGHS found by probing an indicator (fixing it, propagating through the layers below) holds on the cone of
+    its variables, which the rows that hold them alone do not show."""
+    import scipy.sparse as sp
+
+    node = encoding.owner[:, 0]
+    coo = sp.coo_matrix(program)
+    own = _latest(encoding, program)[coo.row] == node[coo.col]
+    defines = sp.csr_matrix((np.ones(own.sum()), (coo.col[own], coo.row[own])), shape=program.shape[::-1])
+    by_row = sp.csr_matrix(program)
+
+    def cone(columns: np.ndarray) -> np.ndarray:
+        rows, seen, frontier = np.zeros(0, dtype=np.int64), set(columns.tolist()), columns
+        while len(frontier):
+            new = np.setdiff1d(defines[frontier].indices, rows)
+            if not len(new) or len(rows) + len(new) > limit:
+                break
+            rows = np.union1d(rows, new)
+            frontier = np.array(sorted(set(by_row[new].indices.tolist()) - seen), dtype=np.int64)
+            seen.update(frontier.tolist())
+        return rows
+
+    return cone
+
+
+def _latest(encoding: Encoding, program) -> np.ndarray:
+    """[rows] the latest node whose variables each row of ``program`` holds."""
+    import scipy.sparse as sp
+
+    coo = sp.coo_matrix(program)
+    latest = np.full(program.shape[0], -1)
+    np.maximum.at(latest, coo.row, encoding.owner[coo.col, 0])
+    return latest
 
 
 def to_cuts(encoding: Encoding, graph: Graph, matrix, lower: np.ndarray, upper: np.ndarray,
