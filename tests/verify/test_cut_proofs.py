@@ -15,7 +15,7 @@ from tests.exact.milp import minimise
 from tests.exact.nets import random_direction
 from tests.verify.test_bab_refine import HARD
 from tests.verify.test_mip_cuts import _point_values, _setup, milp_minimum
-from verifier.verify.bab import cut_proofs, mip_cuts
+from verifier.verify.bab import cut_proofs, milp, mip_cuts
 
 pytestmark = pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")
 
@@ -157,19 +157,19 @@ def test_a_probing_cut_is_proven_once_the_cone_of_its_variables_joins():
 
 
 def test_the_cone_of_a_variable_reaches_the_input_through_its_definitions():
-    """``mip_cuts._cones``: an output variable's cone holds its own defining row, only rows of its node or
+    """``milp.cones``: an output variable's cone holds its own defining row, only rows of its node or
     below, and rows of the first affine node (written over the input), and stays within its limit."""
     _, _, _, encoding = _setup(3, HARD)
     node = encoding.owner[:, 0]
     by_row = encoding.matrix.tocsr()
     latest = np.array([node[by_row[i].indices].max() for i in range(by_row.shape[0])])
     variable = encoding.output[:1]
-    rows = mip_cuts._cones(encoding, encoding.matrix)(variable)
+    rows = milp.cones(encoding, encoding.matrix)(variable)
     own = np.flatnonzero(encoding.matrix.tocsc()[:, variable].toarray()[:, 0])
     assert np.isin(own, rows).all()
     assert (latest[rows] <= node[variable[0]]).all() and (latest[rows] == 1).any()
     assert len(rows) < encoding.matrix.shape[0]  # not the other outputs' rows
-    small = mip_cuts._cones(encoding, encoding.matrix, limit=len(own))(variable)
+    small = milp.cones(encoding, encoding.matrix, limit=len(own))(variable)
     assert np.array_equal(small, own)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.optimize import Bounds, LinearConstraint
+from scipy.optimize import milp as solve_milp
 
 import verifier
 from tests.exact.milp import minimise
@@ -24,7 +25,7 @@ from verifier.engine.params import Params, nonnegative
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.activations import ReLU
 from verifier.spec.vnnlib import load_property
-from verifier.verify.bab import mip_cuts
+from verifier.verify.bab import milp, mip_cuts
 from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline
@@ -42,7 +43,7 @@ def _setup(seed: int, sizes=SMALL, net=None):
     state = BoundState(model.graph, verifier.Box(lo, hi), BoundConfig(method="crown"))
     intermediate_bounds(state)
     bounds = {k: tuple(t[0].reshape(-1).numpy() for t in b) for k, b in state.bounds.items()}
-    encoding = mip_cuts.encode(model.graph, net.lo, net.hi, bounds)
+    encoding = milp.encode(model.graph, net.lo, net.hi, bounds)
     return net, model, state, encoding
 
 
@@ -55,7 +56,7 @@ def _point_values(model, encoding, x: np.ndarray) -> np.ndarray:
         values[j] = node.op.forward(*[values[i] for i in node.inputs])
     v = np.empty(len(encoding.lower))
     for i, (node, kind, pos) in enumerate(encoding.owner):
-        if kind == mip_cuts.VALUE:
+        if kind == milp.VALUE:
             v[i] = float(values[node].reshape(-1)[pos])
         else:
             v[i] = float(values[graph.nodes[node].inputs[0]].reshape(-1)[pos] > 0)
@@ -65,7 +66,7 @@ def _point_values(model, encoding, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_every_point_of_the_box_solves_the_encoding(seed):
     net, model, _, encoding = _setup(seed)
-    assert mip_cuts.encodable(model.graph)
+    assert milp.encodable(model.graph)
     rng = np.random.default_rng(seed)
     for x in net.lo + (net.hi - net.lo) * rng.uniform(size=(64, net.n_in)):
         v = _point_values(model, encoding, x)
@@ -82,7 +83,7 @@ def test_weights_that_highs_would_ignore_move_into_the_rows_sides():
     (w, b), *rest = net.layers
     w = np.where(rng.uniform(size=w.shape) < 0.5, np.float32(1e-9) * np.sign(w), w).astype(np.float32)
     net, model, _, encoding = _setup(5, net=dataclasses.replace(net, layers=((w, b), *rest)))
-    assert (abs(encoding.matrix.data) > mip_cuts.TINY).all()
+    assert (abs(encoding.matrix.data) > milp.TINY).all()
     both = np.isfinite(encoding.row_lower) & np.isfinite(encoding.row_upper)  # the affine rows
     assert (encoding.row_upper[both] > encoding.row_lower[both]).any()
     for x in net.lo + (net.hi - net.lo) * rng.uniform(size=(64, net.n_in)):
@@ -120,7 +121,7 @@ def _valid_cuts(encoding, rng: np.random.Generator, count: int) -> tuple[sp.csr_
         a = np.zeros(n)
         pick = rng.choice(n, size=min(6, n), replace=False)
         a[pick] = rng.standard_normal(len(pick))
-        result = milp(-a, constraints=constraint, integrality=encoding.integer.astype(int),
+        result = solve_milp(-a, constraints=constraint, integrality=encoding.integer.astype(int),
                       bounds=Bounds(encoding.lower, encoding.upper), options={"mip_rel_gap": 0.0})  # fmt: skip
         assert result.success
         rows.append(a)
@@ -226,7 +227,7 @@ def milp_minimum(encoding, c: np.ndarray, matrix, lower: np.ndarray, upper: np.n
     cost[encoding.output] = c
     rows = [LinearConstraint(encoding.matrix, encoding.row_lower, encoding.row_upper),
             LinearConstraint(matrix, lower, upper)]  # fmt: skip
-    result = milp(cost, constraints=rows, integrality=encoding.integer.astype(int),
+    result = solve_milp(cost, constraints=rows, integrality=encoding.integer.astype(int),
                   bounds=Bounds(encoding.lower, encoding.upper), options={"mip_rel_gap": 0})  # fmt: skip
     assert result.success
     return result.fun
