@@ -228,6 +228,9 @@ def test_the_domain_budget_ends_the_search_with_unknown(tiny):
     roots = brancher.roots(np.arange(1))
     result = driver.run(brancher, roots, problem, driver.BabConfig(max_domains=4), Deadline(60))
     assert result.verdict == "unknown" and 4 <= result.domains
+    # where it stood: its open domains' lowest score, which only rises as the search goes on
+    longer = driver.run(brancher, roots, problem, driver.BabConfig(max_domains=8), Deadline(60))
+    assert longer.verdict == "unknown" and result.bound <= longer.bound <= 0
     assert driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(0)).verdict == "timeout"
 
 

@@ -38,10 +38,12 @@ def test_a_search_stopped_by_its_memory_budget_says_so_in_the_result_and_the_sui
     config = VerifyConfig(extra_attack_seconds=0.2, bab=BabConfig(max_queue_bytes=1))
     result = verify_instance(*OPEN_TO_CROWN, config)
     assert result.verdict == "unknown" and "budget" in result.stats["bab_stopped"]
+    assert result.stats["bab_bound"] <= 0  # where it stood
     base = MODELS.parent
     onnx, vnnlib = (str(p.relative_to(base)) for p in OPEN_TO_CROWN)
     row = run_one(Instance("suite", base, onnx, vnnlib, 60.0), Deadline(60), config, ModelCache())
     assert row.verdict == "unknown" and row.note.startswith("branch and bound gave up:")
+    assert f"lowest open score {result.stats['bab_bound']:.3g}" in row.note
 
 
 @pytest.mark.slow

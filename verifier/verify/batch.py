@@ -99,7 +99,10 @@ def run_one(instance: Instance, deadline: Deadline, config: VerifyConfig, cache:
         result = InstanceResult("error", "", deadline.elapsed())
         return _row(instance, result, deadline.seconds, str(error).splitlines()[0])
     stopped = result.stats.get("bab_stopped", "") if result.verdict == "unknown" else ""
-    return _row(instance, result, deadline.seconds, f"branch and bound gave up: {stopped}" if stopped else "")
+    bound = result.stats.get("bab_bound") if result.verdict in ("unknown", "timeout") else None
+    notes = [f"branch and bound gave up: {stopped}" if stopped else "",
+             f"lowest open score {bound:.3g} (verified above 0)" if bound is not None else ""]  # fmt: skip
+    return _row(instance, result, deadline.seconds, "; ".join(n for n in notes if n))
 
 
 def run_in(worker: Worker, instance: Instance, deadline: Deadline) -> BatchRow:

@@ -233,6 +233,8 @@ def decide(loaded: LoadedInstance, methods: tuple[str, ...], config: VerifyConfi
             stats["cut_seconds"] = round(cuts.seconds, 1)
         if outcome.stopped:
             stats["bab_stopped"] = outcome.stopped
+        if outcome.bound is not None:
+            stats["bab_bound"] = outcome.bound
         if outcome.verdict in ("sat", "unsat"):
             # proved at the roots (no split needed): that was the roots' alpha-CROWN
             roots = (

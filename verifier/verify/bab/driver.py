@@ -118,13 +118,16 @@ class BabConfig:
 @dataclass(frozen=True)
 class BabResult:
     """``verdict``: ``unsat``, ``sat`` (with a checked counterexample), ``unknown`` or ``timeout``;
-    ``stopped``: why an ``unknown`` search gave up."""
+    ``stopped``: why an ``unknown`` search gave up; ``bound``: where an ``unknown`` or ``timeout`` search
+    stood, the lowest score of its open domains (how far the least verified one is from verified: ``unsat``
+    once every score is above 0)."""
 
     verdict: str
     counterexample: Counterexample | None
     domains: int
     iterations: int
     stopped: str = ""
+    bound: float | None = None
 
 
 @dataclass
@@ -340,16 +343,22 @@ class Search:
 
     def settle(self, busy: bool) -> None:
         """Set ``result`` when the search is over: the queue is empty and nothing is being bounded
-        (``unsat``), the deadline has passed, or the domain or memory budget is spent (``unknown``)."""
+        (``unsat``), the deadline has passed, or the domain or memory budget is spent (``unknown``). While
+        batches are out (``busy``), their domains are in no queue: the result gets no ``bound``."""
+
+        def bound() -> float | None:
+            lowest = None if busy else self.queue.global_bound()
+            return lowest if lowest is not None and math.isfinite(lowest) else None
+
         if self.deadline.expired():
-            self.result = BabResult("timeout", None, self.visited, self.iteration)
+            self.result = BabResult("timeout", None, self.visited, self.iteration, bound=bound())
         elif self.visited >= self.config.max_domains:
             stopped = f"{self.visited} domains bounded (the budget: {self.config.max_domains})"
-            self.result = BabResult("unknown", None, self.visited, self.iteration, stopped)
+            self.result = BabResult("unknown", None, self.visited, self.iteration, stopped, bound())
         elif (held := self.queue.nbytes()) > (budget := queue_budget(self.config)):
             stopped = (f"{len(self.queue)} open domains hold {held / 2**30:.2f} GiB (the queue's budget: "
                        f"{budget / 2**30:.2f} GiB)")  # fmt: skip
-            self.result = BabResult("unknown", None, self.visited, self.iteration, stopped)
+            self.result = BabResult("unknown", None, self.visited, self.iteration, stopped, bound())
         elif not len(self.queue) and not busy:
             self.result = BabResult("unsat", None, self.visited, self.iteration)
 
