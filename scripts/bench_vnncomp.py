@@ -41,6 +41,7 @@ from verifier.verify.batch import (
     read_instances,
     result_fields,
     run_batch,
+    search_note,
 )
 from verifier.verify.instance import VerifyConfig
 from verifier.verify.report import BenchmarkSummary, format_table, read_consensus, summarise
@@ -121,11 +122,10 @@ def run_process(instance: Instance, seconds: float, args) -> BatchRow:
         text = out.read_text() if out.exists() else ""
     verdict = text.split("\n", 1)[0] if done.returncode == 0 and text else "error"
     reported = _reported(done.stdout)
-    stopped = reported.get("stats", {}).get("bab_stopped", "") if verdict == "unknown" else ""
     if verdict == "error":
         note = (done.stderr.strip().splitlines() or ["no result file"])[-1]
     else:  # as batch mode's rows say it
-        note = f"branch and bound gave up: {stopped}" if stopped else ""
+        note = search_note(verdict, reported.get("stats", {}))
     row = BatchRow(instance.benchmark, instance.onnx, instance.vnnlib, verdict, wall,
                    str(reported.get("method") or ""), seconds, note)  # fmt: skip
     if not args.no_progress:

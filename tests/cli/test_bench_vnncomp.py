@@ -38,6 +38,8 @@ def fake_run(verdict: str, reported: dict, returncode: int = 0, stderr: str = ""
         ("unknown", {"verdict": "unknown", "method": "", "stats": {"bab_stopped": "domain budget spent"}}, "",
          "branch and bound gave up: domain budget spent"),
         ("timeout", {"verdict": "timeout", "stats": {"bab_stopped": "ignored"}}, "", ""),
+        ("timeout", {"verdict": "timeout", "stats": {"bab_bound": -0.0123}}, "",
+         "lowest open score -0.0123 (verified above 0)"),
     ],
 )  # fmt: skip
 def test_a_process_row_takes_the_stage_and_why_branch_and_bound_gave_up(bench, monkeypatch, tmp_path, verdict,

@@ -98,11 +98,17 @@ def run_one(instance: Instance, deadline: Deadline, config: VerifyConfig, cache:
     except VerifierError as error:
         result = InstanceResult("error", "", deadline.elapsed())
         return _row(instance, result, deadline.seconds, str(error).splitlines()[0])
-    stopped = result.stats.get("bab_stopped", "") if result.verdict == "unknown" else ""
-    bound = result.stats.get("bab_bound") if result.verdict in ("unknown", "timeout") else None
+    return _row(instance, result, deadline.seconds, search_note(result.verdict, result.stats))
+
+
+def search_note(verdict: str, stats: dict) -> str:
+    """A suite row's note on an undecided branch and bound (from its result's ``stats``): why it gave up,
+    and where it stood."""
+    stopped = stats.get("bab_stopped", "") if verdict == "unknown" else ""
+    bound = stats.get("bab_bound") if verdict in ("unknown", "timeout") else None
     notes = [f"branch and bound gave up: {stopped}" if stopped else "",
              f"lowest open score {bound:.3g} (verified above 0)" if bound is not None else ""]  # fmt: skip
-    return _row(instance, result, deadline.seconds, "; ".join(n for n in notes if n))
+    return "; ".join(n for n in notes if n)
 
 
 def run_in(worker: Worker, instance: Instance, deadline: Deadline) -> BatchRow:
