@@ -122,11 +122,12 @@ def one_sided(encoding: Encoding, matrix, lower: np.ndarray, upper: np.ndarray, 
 
 
 def proven_rows(encoding: Encoding, matrix, lower: np.ndarray, upper: np.ndarray, objective: np.ndarray,
-                cutoff: float, seconds: float):  # fmt: skip
+                cutoff: float, seconds: float, with_cones: bool = True):  # fmt: skip
     """The rows ``lower <= matrix v <= upper`` whose every finite side ``cut_proofs`` proves on the
     encoding's MILP where ``objective . v[output] <= cutoff`` within ``seconds``, with half the slack
     ``to_cuts`` gives them: the other half covers the rounding of the cuts to the search's dtype (float32's
-    relative 6e-8 of a side's scale, far below ``SLACK / 2``)."""
+    relative 6e-8 of a side's scale, far below ``SLACK / 2``). ``with_cones``: a proof whose growth
+    stalls may take the cut's cone (``milp.cones``; off only to measure what the cones give)."""
     import scipy.sparse as sp
 
     a, rhs, source = one_sided(encoding, matrix, lower, upper, SLACK / 2)
@@ -134,7 +135,7 @@ def proven_rows(encoding: Encoding, matrix, lower: np.ndarray, upper: np.ndarray
     row[0, encoding.output] = objective
     program = sp.vstack([encoding.matrix, sp.csr_matrix(row)]).tocsr()
     sides = np.append(encoding.row_lower, -np.inf), np.append(encoding.row_upper, cutoff)
-    cutoff_row, cone = np.array([program.shape[0] - 1]), cones(encoding, program)
+    cutoff_row, cone = np.array([program.shape[0] - 1]), cones(encoding, program) if with_cones else None
     bounds = encoding.lower, encoding.upper, encoding.integer
     ok = cut_proofs.proven(a, rhs, program, *sides, *bounds, seconds, start=cutoff_row, cone=cone)
     keep = np.ones(len(lower), dtype=bool)
