@@ -231,6 +231,13 @@ def test_the_domain_budget_ends_the_search_with_unknown(tiny):
     # where it stood: its open domains' lowest score, which only rises as the search goes on
     longer = driver.run(brancher, roots, problem, driver.BabConfig(max_domains=8), Deadline(60))
     assert longer.verdict == "unknown" and result.bound <= longer.bound <= 0
+    # while batches are out (workers), their domains are in no queue: no bound rather than too high a one
+    search = driver.Search.start(brancher, roots, problem, driver.BabConfig(), Deadline(60))
+    search.deadline = Deadline(0)
+    search.settle(busy=True)
+    assert search.result.verdict == "timeout" and search.result.bound is None
+    search.settle(busy=False)
+    assert search.result.bound == search.queue.global_bound() <= 0
     assert driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(0)).verdict == "timeout"
 
 
