@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from verifier.spec.vnnlib import load_property
-from verifier.verify.bab import driver
+from verifier.verify.bab import disjuncts, driver
 from verifier.verify.bab.queue import BOUND, DomainQueue, take
 from verifier.verify.bab.relu_split import ReluSplit
 from verifier.verify.bounding import Bounder
@@ -44,7 +44,7 @@ def run(suite: Path, onnx: str, vnnlib: str, iterations: int) -> dict:
     brancher = ReluSplit(bounder)
     problem = driver.Problem(bounder, None, None, None)
     roots = driver.settle(brancher, brancher.roots(np.flatnonzero(~bounder.case_excluded())), problem)
-    roots = driver.by_disjunct(brancher, take(roots, roots[BOUND] <= 0), problem)
+    roots = disjuncts.by_disjunct(take(roots, roots[BOUND] <= 0), bounder, brancher.narrow)
     queue = DomainQueue()
     queue.push(take(roots, roots[BOUND] <= 0))
     bounded, marks, start = 0, {}, time.perf_counter()

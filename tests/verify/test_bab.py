@@ -16,7 +16,7 @@ from verifier.engine.bounds import refresh_after
 from verifier.errors import BoundComputationError
 from verifier.spec.property import Case, Disjunct, Property
 from verifier.verify.attack import Attack, AttackConfig
-from verifier.verify.bab import driver
+from verifier.verify.bab import disjuncts, driver
 from verifier.verify.bab.input_split import InputSplit, InputSplitConfig, joint_gaps
 from verifier.verify.bab.relu_split import ReluSplit, ReluSplitConfig
 from verifier.verify.bounding import Bounder, UnsoundBoundError
@@ -204,11 +204,11 @@ def test_unsound_child_bounds_raise_instead_of_unsat(tiny):
 
 
 class OverconfidentJoint(InputSplit):
-    """Input splitting whose joint bounds (``driver.JOINT``) are raised by 10: unsound, to be noticed."""
+    """Input splitting whose joint bounds (``disjuncts.JOINT``) are raised by 10: unsound, to be noticed."""
 
     def bound(self, children):
         lower = super().bound(children)
-        children[driver.JOINT] = children[driver.JOINT] + 10.0
+        children[disjuncts.JOINT] = children[disjuncts.JOINT] + 10.0
         return lower
 
 
@@ -322,8 +322,8 @@ def test_relu_splitting_branches_on_each_open_disjunct_with_its_own_rows(tiny):
     assert roots["lower"].shape == (1, 2)
     open_rows = (roots["lower"][0] - torch.as_tensor(low - 2e-3) <= 0).nonzero().flatten().tolist()
     assert len(open_rows) >= 1, "the root must leave a disjunct open"
-    domains = driver.by_disjunct(brancher, roots, problem)
-    assert domains[driver.ROWS].tolist() == [[r] for r in open_rows]
+    domains = disjuncts.by_disjunct(roots, problem.bounder, brancher.narrow)
+    assert domains[disjuncts.ROWS].tolist() == [[r] for r in open_rows]
     for key, t in domains.items():
         if key.startswith("param:"):
             assert t.shape[:2] == (len(open_rows), 1), key
@@ -331,7 +331,7 @@ def test_relu_splitting_branches_on_each_open_disjunct_with_its_own_rows(tiny):
     for n, r in enumerate(open_rows):
         assert torch.isfinite(lower[n, r]) and torch.isneginf(lower[n, 1 - r])
     gap = domains["lower"] - torch.as_tensor(low - 2e-3 + problem.bounder.decide_tol[0])
-    assert torch.equal(domains[driver.BOUND], gap.gather(1, domains[driver.ROWS])[:, 0])
+    assert torch.equal(domains[driver.BOUND], gap.gather(1, domains[disjuncts.ROWS])[:, 0])
 
 
 @pytest.mark.parametrize("refresh", [False, True])
@@ -426,7 +426,7 @@ def test_a_disjunct_without_rows_keeps_the_domains_together(tiny):
                                               empty)),))  # fmt: skip
     problem = problem_for(path, prop)
     brancher, roots = relu_split_roots(problem)
-    assert driver.by_disjunct(brancher, roots, problem) is roots
+    assert disjuncts.by_disjunct(roots, problem.bounder, brancher.narrow) is roots
 
 
 def test_an_attack_round_attacks_each_distinct_box_once(tiny, monkeypatch):
@@ -438,7 +438,7 @@ def test_an_attack_round_attacks_each_distinct_box_once(tiny, monkeypatch):
     monkeypatch.setattr(problem.attacker, "attack_boxes", lambda lo, hi, cases, deadline: attacked.append(
         (lo, hi, cases)))  # fmt: skip
     brancher, roots = relu_split_roots(problem)
-    parents = driver.by_disjunct(brancher, roots, problem)
+    parents = disjuncts.by_disjunct(roots, problem.bounder, brancher.narrow)
     children = brancher.split(parents)
     brancher.bound(children)
     assert len(children["case"]) >= 2
@@ -464,7 +464,7 @@ def test_relu_splitting_roots_proved_at_once_leave_nothing_to_branch_on(tiny):
     brancher, roots = relu_split_roots(problem)
     roots["lower"] = torch.full_like(roots["lower"], 1e3)  # as if alpha-CROWN had excluded both rows
     roots = driver.settle(brancher, roots, problem)
-    assert driver.domain_count(driver.by_disjunct(brancher, roots, problem)) == 0
+    assert driver.domain_count(disjuncts.by_disjunct(roots, problem.bounder, brancher.narrow)) == 0
     result = driver.run(brancher, roots, problem, driver.BabConfig(), Deadline(30))
     assert result.verdict == "unsat" and result.domains == 0
 

@@ -3,21 +3,17 @@
 Every domain belongs to one case (key ``case``, ``(N,)``) and carries ``lower`` (``(N, S)``, float64):
 lower bounds of ``(C f(x))_s`` over the domain, for the case's spec rows. Each iteration pops open
 domains (of lowest bound, and of lowest model margin seen: ``BabConfig.sat_share``), lets a ``Brancher``
-split them, bounds all children in one batched engine call and keeps a child only while its score is
-not positive:
-
-    score_n = min_j max_{s in j} (lower_ns - d_s - tol_s)       (j over the case's valid disjuncts)
-
-``score_n > 0`` says every disjunct has a row whose bound exceeds ``d_s`` by the safety margin ``tol_s`` of
-``bounding`` (its ``decide_tol``: for a float query, widened by the rounding of the network's
-evaluation): the child is verified. A child keeps ``max(parent, child)`` bound per row -- the parent's bound
-holds on every subset of the parent -- so scores never decrease along a branch. A brancher may also
-give a disjunct a bound of a convex combination of its rows (``JOINT``, see ``scores``). The children
-of a domain cover it, so when no open domain is left every case is verified (``unsat``).
+split them, bounds all children in one batched engine call and keeps a child only while its score
+(``disjuncts.scores``) is not positive: a positive score says every disjunct of the case has a row whose
+bound exceeds its threshold ``d_s`` by the safety margin ``tol_s`` of ``bounding`` (its ``decide_tol``: for
+a float query, widened by the rounding of the network's evaluation), and the child is verified. A child
+keeps ``max(parent, child)`` bound per row -- the parent's bound holds on every subset of the parent -- so
+scores never decrease along a branch. The children of a domain cover it, so when no open domain is left
+every case is verified (``unsat``).
 
 A brancher whose cost grows with the rows it bounds (``Brancher.by_disjunct``) gets, after the roots, one
-domain per open disjunct of each root (``by_disjunct``): each is closed by its own rows, so the splits one
-disjunct needs do not multiply the domains of another, and each domain bounds only its rows (``ROWS``).
+domain per open disjunct of each root (``disjuncts.by_disjunct``): each is closed by its own rows, so the
+splits one disjunct needs do not multiply the domains of another, and each domain bounds only its rows.
 
 Bounds are checked against the model's values at points of every child (``check_against_samples``), and
 those points, plus PGD runs in the popped domains of lowest margin, are counterexample candidates; only
@@ -40,15 +36,14 @@ from torch import Tensor
 from verifier.errors import BoundComputationError
 from verifier.spec.property import Property
 from verifier.verify.attack import Attack
+from verifier.verify.bab.disjuncts import JOINT, ROWS, by_disjunct, check_joint, scores
 from verifier.verify.bab.queue import BOUND, DomainQueue, Domains, concat, domain_count, take
-from verifier.verify.bounding import Bounder, UnsoundBoundError, check_against_samples
+from verifier.verify.bounding import Bounder, check_against_samples
 from verifier.verify.deadline import Deadline, DeadlineReached
 from verifier.verify.onnx_check import Counterexample, OnnxChecker
-from verifier.verify.spec_batch import disjunct_min, lowest, per_disjunct
+from verifier.verify.spec_batch import disjunct_min
 
 MARGIN = "margin"  # per domain: the lowest spec margin of the model at the brancher's points
-ROWS = "rows"  # per domain of one disjunct: the indices of its rows (``by_disjunct``)
-JOINT = "joint"  # per domain and disjunct, (N, D): a lower bound of a convex combination of its rows' gaps
 
 
 class Brancher(Protocol):
@@ -161,53 +156,6 @@ def batch_size(n_rows: int, widest: int, config: BabConfig) -> int:
     return int(min(config.max_batch, max(1, config.max_elements // per_parent)))
 
 
-def scores(bounder: Bounder, cases: Tensor, lower: Tensor, rows: Tensor | None = None,
-           joint: Tensor | None = None) -> Tensor:  # fmt: skip
-    """``score_n`` of the module docstring, ``(N,)``, for domains of ``cases`` with row bounds ``lower``
-    (``bounder``: the cases' spec and tolerances). Domains of one disjunct (``rows``, see ``by_disjunct``)
-    score ``max_{s in rows_n} (lower_ns - d_s - tol_s)``.
-
-    ``joint`` (``(N, D)``, ``JOINT``): per disjunct j a lower bound of ``sum_{s in j} lam_s (C f(x) - d -
-    tol)_s`` over the domain for some ``lam >= 0`` summing to 1 (``joint_gaps``). Where it is positive, no
-    point of the domain has every row of j at or below its threshold, which is what j's unsafe set needs:
-    j is excluded even when no single row is (the rows take turns being the high one across the domain).
-    A disjunct then scores the larger of the two."""
-    spec, c = bounder.spec, cases.numpy()
-    gap = lower - torch.as_tensor(spec.d[c] + bounder.decide_tol[c])
-    if rows is not None:
-        return gap.gather(1, rows).amax(1)
-    best = per_disjunct(gap, torch.as_tensor(spec.member[c]))
-    return lowest(best if joint is None else torch.maximum(best, joint), torch.as_tensor(spec.valid[c]))
-
-
-def by_disjunct(brancher: Brancher, domains: Domains, problem: Problem) -> Domains:
-    """One domain per open disjunct of each domain, holding that disjunct's rows (key ``ROWS``, ``(N, R)``
-    row indices, R the most rows of any disjunct, repeated to fill).
-
-    A case is verified when each of its disjuncts is excluded on the whole box, so the disjuncts can be
-    branched on apart: a domain of disjunct j is closed once one of j's rows is above its threshold,
-    whatever the other rows do, and it only needs j's rows bounded. Splits that help one disjunct do not
-    multiply the domains of another. A disjunct without rows can never be excluded; then the domains are
-    returned as they are."""
-    spec, c = problem.bounder.spec, domains["case"].numpy()
-    gap = domains["lower"].numpy() - spec.d[c] - problem.bounder.decide_tol[c]
-    member = spec.member[c]  # (N, S, D)
-    excluded = (member & (gap > 0)[..., None]).any(axis=1)
-    open_ = spec.valid[c] & ~excluded
-    if (open_ & ~member.any(axis=1)).any():
-        return domains
-    n, j = np.nonzero(open_)
-    if not len(n):  # every disjunct is excluded already: nothing to branch on
-        return take(domains, torch.zeros(0, dtype=torch.long))
-    width = max(1, int(spec.member.sum(axis=1).max()))
-    rows = np.stack([np.resize(np.flatnonzero(member[a, :, b]), width) for a, b in zip(n, j)])
-    out = take(domains, torch.as_tensor(n, dtype=torch.long))
-    out[ROWS] = torch.as_tensor(rows, dtype=torch.long)
-    out = brancher.narrow(out)
-    out[BOUND] = scores(problem.bounder, out["case"], out["lower"], out[ROWS])
-    return out
-
-
 def run(brancher: Brancher, roots: Domains, problem: Problem, config: BabConfig, deadline: Deadline):
     """Branch and bound from ``roots`` (domains with ``case`` and ``lower``, bounded once more here) until
     every domain is verified (``unsat``), a checked counterexample is found (``sat``),
@@ -309,7 +257,7 @@ class Search:
             search.result = BabResult("sat", found, 0, 0)
             return search
         if brancher.by_disjunct:
-            roots = by_disjunct(brancher, take(roots, roots[BOUND] <= 0), problem)
+            roots = by_disjunct(take(roots, roots[BOUND] <= 0), problem.bounder, brancher.narrow)
         queue.push(take(roots, roots[BOUND] <= 0))
         search.settle(busy=False)
         return search
@@ -409,24 +357,11 @@ def check_points(brancher: Brancher, domains: Domains, problem: Problem) -> Coun
     gap = domains["lower"].numpy().repeat(k, axis=0) - spec.d[cases]
     check_against_samples(gap, rows, spec, cases, problem.bounder.tol[cases], brancher.name, "domain")
     if JOINT in domains:
-        _check_joint(domains[JOINT].repeat_interleave(k, 0), rows, cases, problem.bounder, brancher.name)
+        check_joint(domains[JOINT].repeat_interleave(k, 0), rows, cases, problem.bounder, brancher.name)
     margin = disjunct_min(torch.as_tensor(rows), torch.as_tensor(spec.member[cases]),
                           torch.as_tensor(spec.valid[cases])).numpy()  # fmt: skip
     domains[MARGIN] = torch.as_tensor(margin).reshape(n, k).amin(dim=1)
     return _confirm(x, margin, cases, problem)
-
-
-def _check_joint(joint: Tensor, rows: np.ndarray, cases: np.ndarray, bounder: Bounder, name: str) -> None:
-    """Raise ``UnsoundBoundError`` where a disjunct's ``JOINT`` bound (``(N, D)``, of a convex combination of
-    its rows' ``C f(x) - d - decide_tol``) exceeds the largest of those rows at a point of the domain
-    (``rows``: ``C f(x) - d`` there, ``(N, S)``), beyond the rounding that ``tol`` covers."""
-    member = torch.as_tensor(bounder.spec.member[cases])
-    at = per_disjunct(torch.as_tensor(rows - bounder.decide_tol[cases]), member).numpy()
-    wrong = joint.numpy() > at + bounder.tol[cases].max(axis=1, initial=0)[:, None]
-    if wrong.any():
-        n, j = (int(i) for i in np.argwhere(wrong)[0])
-        raise UnsoundBoundError(f"{name} joint lower bound {joint[n, j].item()!r} of disjunct {j} exceeds "
-                                f"its largest row {at[n, j]!r} at a point of domain {n} (case {cases[n]})")  # fmt: skip
 
 
 def _attack(brancher: Brancher, domains: Domains, problem: Problem, deadline: Deadline):

@@ -28,7 +28,7 @@ Domains needed on ACAS Xu (property / net; bound score alone, + smear, + width):
 Bounding: CROWN by default (``method``); this is a pure input-box refinement, so every child's bound is
 a sound bound of the same quantity on a smaller box. A disjunct of several rows (ACAS Xu's "output 0 is
 the largest": ``y_j <= y_0`` for every j) is also bounded as a whole: from the rows' linear lower bounds
-``A_s x + c_s``, the best convex combination over the box (``joint_gaps``, key ``driver.JOINT``) can be
+``A_s x + c_s``, the best convex combination over the box (``joint_gaps``, key ``disjuncts.JOINT``) can be
 positive where no single row's bound is, because different rows are high in different parts of the box.
 Used when the flat input has at most ``max_inputs`` coordinates: splitting halves one coordinate per
 level, which only pays in few dimensions.
@@ -58,8 +58,7 @@ import verifier
 from verifier.engine import alpha
 from verifier.engine.bounds import intermediate_bounds
 from verifier.engine.state import BoundConfig, BoundState
-from verifier.verify.bab import driver
-from verifier.verify.bab.driver import JOINT
+from verifier.verify.bab.disjuncts import JOINT, scores
 from verifier.verify.bab.queue import Domains, concat
 from verifier.verify.bounding import Bounder
 from verifier.verify.deadline import Deadline
@@ -193,7 +192,7 @@ class InputSplit:
         depth = self.config.alpha_depth
         if depth is None:
             return lower
-        score = driver.scores(self.bounder, domains["case"], lower, joint=domains[JOINT])
+        score = scores(self.bounder, domains["case"], lower, joint=domains[JOINT])
         todo = ((score <= 0) & (domains["depth"] >= depth)).nonzero().flatten()
         if not len(todo):
             return lower

@@ -41,7 +41,7 @@ from verifier.engine.cuts import Cuts
 from verifier.engine.params import Params, multiplier, nonnegative, of_output
 from verifier.engine.state import BoundConfig, BoundState
 from verifier.ops.base import Nonlinear
-from verifier.verify.bab import driver, mip_cuts, refine
+from verifier.verify.bab import disjuncts, mip_cuts, refine
 from verifier.verify.bab.queue import Domains, concat, take
 from verifier.verify.bab.stored import Stored
 from verifier.verify.bounding import Bounder
@@ -127,7 +127,7 @@ class ReluSplit:
     """The ``Brancher`` of ReLU splitting (see the module docstring) for the cases of ``bounder``."""
 
     name = "bab-relu"
-    by_disjunct = True  # each disjunct's domains bound its own rows only (``driver.by_disjunct``)
+    by_disjunct = True  # each disjunct's domains bound its own rows only (``disjuncts.by_disjunct``)
 
     def __init__(self, bounder: Bounder, config: ReluSplitConfig = ReluSplitConfig()):
         self.bounder, self.config = bounder, config
@@ -261,7 +261,7 @@ class ReluSplit:
             with torch.no_grad():
                 refresh_after(child, int(nodes.min()))
         index = torch.arange(len(nodes)).repeat_interleave(2)
-        children = {key: movable[key][index] for key in ("case", "lower", driver.ROWS) if key in movable}
+        children = {key: movable[key][index] for key in ("case", "lower", disjuncts.ROWS) if key in movable}
         children.update(self._pack(child, child_params))
         if not stuck.any():
             return children
@@ -298,7 +298,7 @@ class ReluSplit:
     def narrow(self, domains: Domains) -> Domains:
         """Cut the output slopes and multipliers (one per spec row) to the domains' ``ROWS``, and choose
         the next split for those rows alone."""
-        rows = domains[driver.ROWS]
+        rows = domains[disjuncts.ROWS]
         for key, t in domains.items():
             if key.startswith("param:"):
                 index = rows.reshape(*rows.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
@@ -309,17 +309,17 @@ class ReluSplit:
     def _rows(self, domains: Domains) -> Tensor:
         """[R, N, n_out]: the spec rows each domain bounds (its ``ROWS``, else all of its case's)."""
         C = torch.as_tensor(self.bounder.spec.C[domains["case"].numpy()])
-        if driver.ROWS in domains:
-            C = C.gather(1, domains[driver.ROWS][..., None].expand(-1, -1, C.shape[-1]))
+        if disjuncts.ROWS in domains:
+            C = C.gather(1, domains[disjuncts.ROWS][..., None].expand(-1, -1, C.shape[-1]))
         return self.bounder.tensor(C.numpy()).transpose(0, 1)
 
     def _spread(self, domains: Domains, lower: Tensor) -> Tensor:
         """[N, S] float64 from bounds [R, N] of the domains' ``_rows`` (-inf on rows not bounded)."""
         lower = lower.T.double()
-        if driver.ROWS not in domains:
+        if disjuncts.ROWS not in domains:
             return lower
         full = torch.full((lower.shape[0], self.bounder.spec.d.shape[1]), -torch.inf, dtype=torch.float64)
-        return full.scatter(1, domains[driver.ROWS], lower)
+        return full.scatter(1, domains[disjuncts.ROWS], lower)
 
     def _closes(self, domains: Domains) -> Callable[[Tensor], bool]:
         """``enough`` for ``alpha.optimise`` on ``domains``: whether bounds [R, N] of their ``_rows`` close
@@ -328,13 +328,13 @@ class ReluSplit:
         return lambda best: margin(best) > 0
 
     def _margin(self, domains: Domains) -> Callable[[Tensor], float]:
-        """The worst score (``driver.scores``) of ``domains`` with bounds [R, N] of their ``_rows``: positive
+        """The worst score (``disjuncts.scores``) of ``domains`` with bounds [R, N] of their ``_rows``: positive
         once every one is closed."""
 
         def margin(best: Tensor) -> float:
             lower = torch.maximum(domains["lower"], self._spread(domains, best))
-            rows = domains.get(driver.ROWS)
-            return float(driver.scores(self.bounder, domains["case"], lower, rows).min())
+            rows = domains.get(disjuncts.ROWS)
+            return float(disjuncts.scores(self.bounder, domains["case"], lower, rows).min())
 
         return margin
 
@@ -343,8 +343,8 @@ class ReluSplit:
         b, c = self.bounder, domains["case"].numpy()
         gap = torch.as_tensor(domains["lower"].numpy() - b.spec.d[c] - b.decide_tol[c])
         wanted = (gap <= 0) & torch.as_tensor(b.spec.member[c].any(-1))
-        if driver.ROWS in domains:
-            wanted = wanted.gather(1, domains[driver.ROWS])
+        if disjuncts.ROWS in domains:
+            wanted = wanted.gather(1, domains[disjuncts.ROWS])
         return wanted.to(torch.float32).T
 
     def _choose(self, domains: Domains, state: BoundState, params: Params,
@@ -369,7 +369,7 @@ class ReluSplit:
     def _smart_pick(self, domains: Domains, state: BoundState, params: Params, nodes: Tensor, pos: Tensor,
                     ok: Tensor) -> Tensor:  # fmt: skip
         """Per domain the column [N] of the candidate (``nodes``/``pos``/``ok`` [N, K], best-scored first)
-        whose two children have the highest summed score (``driver.scores``, estimated by
+        whose two children have the highest summed score (``disjuncts.scores``, estimated by
         ``branching.children_lower``); column 0 unless another candidate is strictly better. A verified
         child counts as score 0: how far beyond does not matter. (The sum, not the worse child alone: a
         split that closes one side outright was measured to need fewer domains than one that moves both
@@ -386,9 +386,9 @@ class ReluSplit:
                 child = branching.children_lower(state.select(live), params.select(live), rows[:, live],
                                                  nodes[live, c], pos[live, c])  # fmt: skip
             index = live.repeat_interleave(2)
-            pairs = {key: domains[key][index] for key in ("case", driver.ROWS) if key in domains}
+            pairs = {key: domains[key][index] for key in ("case", disjuncts.ROWS) if key in domains}
             lower = self._spread(pairs, child)
-            score = driver.scores(self.bounder, pairs["case"], lower, pairs.get(driver.ROWS))
+            score = disjuncts.scores(self.bounder, pairs["case"], lower, pairs.get(disjuncts.ROWS))
             score = score.clamp(max=0).reshape(-1, 2)
             value[live, c] = score.sum(1)
         best, pick = value.max(1)
