@@ -265,13 +265,20 @@ def test_the_cut_job_starts_with_the_first_roots_and_stays_in_their_process(tmp_
     checker, model = load_model(instance.onnx)
     bounder = Bounder(model, spec_batch(load_property(instance.vnnlib), checker.dtype))
     brancher = ReluSplit(bounder, ReluSplitConfig(cuts=True))
-    brancher.roots(np.arange(1), Deadline(20))  # the first search's roots: open, so HiGHS starts
-    job = brancher.root_cuts._job
-    assert job is not None and job._process.poll() is None
-    copy = pickle.loads(pickle.dumps(brancher))  # as ``shards`` sends it to its workers
-    assert not copy.root_cuts.running and brancher.root_cuts._job is job
-    brancher.root_cuts.close()
-    assert job._process.poll() is not None and not brancher.root_cuts.running
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        brancher.roots(np.arange(1), Deadline(20))  # the first search's roots: open, so HiGHS starts
+        job = brancher.root_cuts._job
+        assert job is not None and job._process.poll() is None
+        assert torch.get_num_threads() == 1  # the job's core is no longer the search's
+        copy = pickle.loads(pickle.dumps(brancher))  # as ``shards`` sends it to its workers
+        assert not copy.root_cuts.running and brancher.root_cuts._job is job
+        brancher.root_cuts.close()
+        assert job._process.poll() is not None and not brancher.root_cuts.running
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     default = ReluSplit(bounder, ReluSplitConfig())
     default.roots(np.arange(1), Deadline(20))
     assert not default.root_cuts.running

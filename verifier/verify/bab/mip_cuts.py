@@ -62,6 +62,7 @@ class RootCuts:
         self.cuts: Cuts | None = None
         self.seconds: float | None = None  # what HiGHS's root took, if it ended before the cuts were taken
         self._job: CutJob | None = None
+        self._threads: int | None = None  # the search's torch threads before the job took one of them
 
     def __getstate__(self) -> dict:
         return self.__dict__ | {"_job": None}
@@ -88,6 +89,9 @@ class RootCuts:
         }
         cutoff = threshold + CUTOFF * (1 + abs(threshold))
         self._job = CutJob(graph.to(device="cpu"), lo, hi, bounds, objective, cutoff, seconds)
+        self._threads = torch.get_num_threads()
+        if self._threads > 1:  # the job keeps a core busy: the search gives it one of its threads
+            torch.set_num_threads(self._threads - 1)
 
     def take(self, state, params: Params, lower: Tensor, wait: float = 0.0) -> None:
         """The job's cuts, once it has answered (waiting ``wait`` seconds at most), into ``state`` and
@@ -96,6 +100,8 @@ class RootCuts:
             return
         self.cuts = state.cuts = self._job.cuts(state.region.box()[0], wait)
         self.seconds = self._job.seconds
+        if self._job.answered:
+            self._give_back_threads()
         if self.cuts is not None:
             params.tensors[cutting.KEY] = lower.new_zeros(*lower.shape, self.cuts.count).requires_grad_(True)
             params.projections[cutting.KEY] = nonnegative
@@ -105,6 +111,12 @@ class RootCuts:
         if self._job is not None:
             self._job.stop()
             self._job = None
+        self._give_back_threads()
+
+    def _give_back_threads(self) -> None:
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            self._threads = None
 
 
 def one_sided(encoding: Encoding, matrix, lower: np.ndarray, upper: np.ndarray, slack: float):
