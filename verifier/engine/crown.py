@@ -49,7 +49,7 @@ def _backward(state, start, a, params, tag, beta, record, linear):
     """``backward``; with ``linear``, the linear function of the input instead of its minimum."""
     pending: dict[int, Tensor] = {start: a}
     const = a.new_zeros(a.shape[:2])
-    indicators: dict[int, Tensor] = {}
+    indicators: dict[int, tuple[Tensor, Tensor]] = {}
     cut = beta and params is not None and state.cuts is not None and start == state.graph.output
     if cut:
         const = const + _cut_terms(state, a, params, pending, indicators)
@@ -82,9 +82,10 @@ def _backward(state, start, a, params, tag, beta, record, linear):
 
 
 def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | None, tag,
-          linear: bool = False, indicator: Tensor | None = None) -> Tensor:  # fmt: skip
+          linear: bool = False, indicator: tuple[Tensor, Tensor] | None = None) -> Tensor:  # fmt: skip
     """Pass node j's coefficients ``a`` to its inputs; return the constant term it adds ([S, B]).
-    ``indicator``: coefficients [S, B, *shape_j] of cuts on ReLU node j's indicators (``_cut_terms``)."""
+    ``indicator``: flat positions [r] of ReLU node j and the coefficients [S, B, r] of cuts on its
+    indicators there (``_cut_terms``)."""
     nodes = state.graph.nodes
     node, (s, b) = nodes[j], a.shape[:2]
     if isinstance(node.op, Affine):
@@ -115,9 +116,11 @@ def _step(state: BoundState, j: int, a: Tensor, pending: dict, params: Params | 
     shape = nodes[src].shape
     extra = 0
     if indicator is not None:  # <q, d> >= <out, z_j> + <into, z_src> + extra (the op's big-M lines)
-        out, into, extra = node.op.indicator_lines(indicator, *state.bounds[src])
-        a = a + out
-        _accumulate(pending, src, into)
+        rows, q = indicator  # at the positions the cuts use; q is 0 elsewhere, and so are the lines
+        lo, hi = (t.flatten(1).index_select(1, rows) for t in state.bounds[src])
+        out, into, extra = node.op.indicator_lines(q, lo, hi)
+        a = a.flatten(2).index_add(2, rows, out).reshape(a.shape)
+        _accumulate_at(pending, src, rows, into, shape)
     new, const = apply_relaxation(a, rel, int(torch.Size(shape).numel()))
     _accumulate(pending, src, new.reshape(s, b, *shape))
     return const + extra
@@ -155,7 +158,8 @@ def _cut_terms(state: BoundState, a: Tensor, params: Params, pending: dict[int, 
                indicators: dict[int, Tensor]) -> Tensor:  # fmt: skip
     """The Lagrangian term ``mu . (H z + Q d - rhs)`` of the state's cuts (``engine.cuts``), never positive
     on the region: ``mu H_j`` joins node j's pending coefficients, ``mu Q_j`` goes to ``indicators[j]``
-    for ReLU node j's step, and ``-mu . rhs`` [S, B] is returned."""
+    for ReLU node j's step (both at the positions the cuts use, ``cuts.Part``), and ``-mu . rhs`` [S, B] is
+    returned."""
     cuts = state.cuts
     s, b = a.shape[:2]
     mu = params.get(cutting.KEY, lambda: a.new_zeros(s, b, cuts.count), nonnegative)
@@ -163,17 +167,26 @@ def _cut_terms(state: BoundState, a: Tensor, params: Params, pending: dict[int, 
         return 0
     mu = mu * cuts.applies(a).unsqueeze(-1)  # rows the cuts do not hold for take none of them
     nodes = state.graph.nodes
-    for j, matrix in cuts.values.items():
-        _accumulate(pending, j, cutting.spread(matrix, mu, nodes[j].shape))
-    for j, matrix in cuts.indicators.items():
-        indicators[j] = cutting.spread(matrix, mu, nodes[j].shape)
+    for j, part in cuts.value_parts.items():
+        _accumulate_at(pending, j, part.rows, part.weights(mu), nodes[j].shape)
+    for j, part in cuts.indicator_parts.items():
+        indicators[j] = (part.rows, part.weights(mu))
         if j not in pending:  # the step must run even where nothing else reaches node j
-            pending[j] = torch.zeros_like(indicators[j])
+            pending[j] = mu.new_zeros(s, b, *nodes[j].shape)
     return -(mu * cuts.rhs).sum(-1)
 
 
 def _accumulate(pending: dict[int, Tensor], k: int, a: Tensor) -> None:
     pending[k] = pending[k] + a if k in pending else a
+
+
+def _accumulate_at(
+    pending: dict[int, Tensor], k: int, rows: Tensor, a: Tensor, shape: tuple[int, ...]
+) -> None:
+    """Add ``a`` [S, B, r] at the flat positions ``rows`` [r] of node k (shape ``shape``)."""
+    s, b = a.shape[:2]
+    base = pending[k].flatten(2) if k in pending else a.new_zeros(s, b, int(torch.Size(shape).numel()))
+    pending[k] = base.index_add(2, rows, a).reshape(s, b, *shape)
 
 
 def select_rows(state: BoundState, k: int, mask: Tensor) -> tuple[Tensor, Tensor]:

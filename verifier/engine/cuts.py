@@ -26,6 +26,7 @@ on every sub-domain of a branch and bound."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -56,6 +57,16 @@ class Cuts:
         row = None if self.row is None else self.row.to(device, dtype)
         return Cuts(move(self.values), move(self.indicators), self.rhs.to(device, dtype), row, self.cutoff)
 
+    @cached_property
+    def value_parts(self) -> dict[int, Part]:
+        """``values`` on the positions some cut uses (``Part``)."""
+        return {j: Part.of(matrix) for j, matrix in self.values.items()}
+
+    @cached_property
+    def indicator_parts(self) -> dict[int, Part]:
+        """``indicators`` on the positions some cut uses (``Part``)."""
+        return {j: Part.of(matrix) for j, matrix in self.indicators.items()}
+
     def applies(self, rows: Tensor) -> Tensor:
         """[S, B] bool: which of the rows [S, B, *out] may use the cuts."""
         if self.row is None:
@@ -63,9 +74,29 @@ class Cuts:
         return (rows.flatten(2) == self.row).all(-1)
 
 
-def spread(matrix: Tensor, mu: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """``sum_c mu[s, b, c] matrix[:, c]`` as [S, B, *shape]: the coefficients the multipliers ``mu``
-    [S, B, m] put on one node's values (or indicators)."""
-    s, b, m = mu.shape
-    out = torch.sparse.mm(matrix, mu.reshape(s * b, m).T)  # [numel, S*B]
-    return out.T.reshape(s, b, *shape)
+@dataclass(frozen=True)
+class Part:
+    """The cuts' coefficients on one node at the flat positions ``rows`` [r] that some cut uses: ``matrix``
+    sparse [r, m]. A MILP solver's cuts touch few of a layer's neurons (on oval21 cifar_deep, 37-916 of
+    2,048 per node), so the multipliers' terms are formed and added there alone rather than over the
+    whole node, where most of them are zero (a bound pass with 722 cuts took 4x as long that way)."""
+
+    rows: Tensor
+    matrix: Tensor
+
+    @staticmethod
+    def of(matrix: Tensor) -> Part:
+        """The part of ``matrix`` (sparse [numel, m]) on its nonzero rows."""
+        matrix = matrix.coalesce()
+        rows, local = matrix.indices()[0].unique(return_inverse=True)
+        index = torch.stack([local, matrix.indices()[1]])
+        shape = (rows.numel(), matrix.shape[1])
+        return Part(
+            rows, torch.sparse_coo_tensor(index, matrix.values(), shape, check_invariants=True).coalesce()
+        )
+
+    def weights(self, mu: Tensor) -> Tensor:
+        """``sum_c mu[s, b, c] matrix[:, c]`` [S, B, r]: the coefficients the multipliers ``mu`` [S, B, m]
+        put on the positions ``rows``."""
+        s, b, m = mu.shape
+        return torch.sparse.mm(self.matrix, mu.reshape(s * b, m).T).T.reshape(s, b, -1)

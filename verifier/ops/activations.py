@@ -51,7 +51,8 @@ class ReLU(Nonlinear):
     def indicator_lines(self, q: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Lines bounding ``<q, d>`` from below, where ``d = 1[h > 0]`` is ReLU's indicator in the big-M
         encoding (``y <= u d``, ``y <= h - l (1 - d)``, d in {0, 1}) and q [S, B, *shape] coefficients of
-        cutting planes on it (``engine.cuts``): ``(out, into, const)`` with ``<q, d> >= <out, y> +
+        cutting planes on it (``engine.cuts``; ``lo``, ``hi`` [B, *shape]: any positions of the node, taken
+        alike): ``(out, into, const)`` with ``<q, d> >= <out, y> +
         <into, h> + const`` [S, B] at every h in ``[lo, hi]`` and ``y = relu(h)``, for d = 1 where
         ``lo >= 0`` and d = 0 where ``hi <= 0`` (a choice of d the encoding allows there). Crossing zero,
         ``d >= y / u`` bounds the positive coefficients and ``d <= 1 + (y - h) / l`` the negative ones."""
