@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -239,9 +240,9 @@ def test_refined_roots_take_highs_cuts_and_stay_below_the_exact_minimum(tmp_path
     checker, model = load_model(instance.onnx)
     bounder = Bounder(model, spec_batch(load_property(instance.vnnlib), checker.dtype))
     brancher = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02, cuts=True))
-    roots = brancher.roots(np.arange(1), Deadline(20), refined=True)
+    roots = brancher.roots(np.arange(1), Deadline(60), refined=True)  # a tenth of it for the job
     assert brancher.cuts is not None and brancher.cuts.count > 0
-    assert 0 < brancher.root_cuts.seconds < 20
+    assert 0 < brancher.root_cuts.seconds < 60
     assert roots["param:cut"].shape == (1, 1, brancher.cuts.count)
     assert float(roots["lower"][0, 0]) <= instance.d + instance.margin + 1e-4
     without = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02))  # cuts are off by default
@@ -257,6 +258,31 @@ def test_a_search_with_cuts_gives_the_exact_answer(tmp_path):
     config = dataclasses.replace(CONFIG, timeout=15, relu_split=ReluSplitConfig(refine_share=0.05, cuts=True))
     result = verify_instance(instance.onnx, instance.vnnlib, config)
     assert result.verdict in ("unsat", "timeout") and result.stats["cuts"] > 0
+
+
+@pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")
+def test_refined_roots_wait_a_tenth_of_the_time_left_at_most_for_cuts_still_coming(tmp_path, monkeypatch):
+    waits = []
+
+    class Silent:  # a job that does not answer within its time
+        def __init__(self, *args):
+            self.until, self.answered, self.seconds = time.monotonic() + args[-1], False, None
+
+        def cuts(self, like, wait=0.0):
+            waits.append(wait)
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(mip_cuts, "CutJob", Silent)
+    instance = _instance(tmp_path)
+    checker, model = load_model(instance.onnx)
+    bounder = Bounder(model, spec_batch(load_property(instance.vnnlib), checker.dtype))
+    brancher = ReluSplit(bounder, ReluSplitConfig(refine_share=0.02, cuts=True, cut_share=0.9))
+    deadline = Deadline(20)
+    brancher.roots(np.arange(1), deadline, refined=True)
+    assert waits and max(waits) <= 0.1 * 20 and waits[-1] > 0
+    assert brancher.cuts is None and not brancher.root_cuts.running
 
 
 @pytest.mark.skipif(not mip_cuts.available(), reason="highspy (HiGHS) not installed")

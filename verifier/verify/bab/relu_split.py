@@ -53,6 +53,10 @@ BRANCHING = ("fsb", "babsr")
 # (prop_3: bound -18.6, unsat in 53 s shallow-first, nowhere near by output scores), 256x4 prop_0_0.05
 # 67/256 (output scores do better there)
 CASCADE = 0.9
+# the share of the time left that refined roots wait for a cut job still running: on oval21 cifar_deep
+# img1052 (720 s, two threads) HiGHS had not answered when refining ended, and waiting for the job's own
+# limit left the search 175 s where it needs about 180 without cuts
+CUT_WAIT = 0.1
 
 
 @dataclass(frozen=True)
@@ -77,17 +81,19 @@ class ReluSplitConfig:
     the root, it gives the search back what is left once a round stalls (``refine.RefineConfig.stall``):
     on oval21 cifar_deep img1052 (720 s) it had run until about 620 s, leaving the root at -0.0785 against
     -0.0792 at 292 s, and the search after it ended at -0.0033; stopped at 292 s, the search reached
-    -0.0006 with the open domains falling (both time out). ``cuts`` (off: the
-    job's HiGHS root takes a core for minutes, and no verdict has come of it yet): from the first search on a single root left open by alpha-CROWN, HiGHS looks for
-    cutting planes at the root of its MILP (``mip_cuts``, in a child process, for at most ``cut_share`` of
-    the time left), of which those ``cut_proofs`` proves join every domain's bound (``engine.cuts``) once
-    the refining root takes them (HiGHS's pool holds invalid cuts). On oval21 cifar_deep img9931 (720 s,
-    one thread) the 663 proven of HiGHS's 903 cuts took the search after refining to -0.0082, against
-    -0.0114 without cuts: still a timeout (the whole pool, unproven, ends it unsat in 178 s); with cones
-    in the proofs, 752 proven: a timeout too, at -0.0016 against -0.0161 without cuts (``stats.bab_bound``).
-    HiGHS's root on oval21 cifar_wide img3458 took 418 s of a free core (its analytic centre 134 s of
-    it), more than 0.6 of the 680 s left after the first search: the job starts with that search, and
-    gets 0.75."""
+    -0.0006 with the open domains falling (both time out). ``cuts`` (off: no instance has yet been
+    decided by them that was not lost to the core their job takes): from the first search on a single
+    root left open by alpha-CROWN, HiGHS looks for cutting planes at the root of its MILP (``mip_cuts``,
+    in a child process that takes one of the search's torch threads while it runs, for at most
+    ``cut_share`` of the time left), of which those ``cut_proofs`` proves join every domain's bound
+    (``engine.cuts``) once the refining root takes them (HiGHS's pool holds invalid cuts; once refining
+    ends, the root waits ``CUT_WAIT`` of the time left at most for them). On oval21 cifar_deep img9931
+    (720 s, one thread) 752 proven of HiGHS's 924 cuts took the search after refining to -0.0016, against
+    -0.0161 without cuts (``stats.bab_bound``); as the competition runs it (one process, two threads, one
+    of them the job's while it runs), img9931 was unsat in 661 s once and ended at -0.0007 once, while
+    img1052, unsat without cuts, timed out (at -0.0012 and -0.0020). HiGHS's root on oval21 cifar_wide
+    img3458 took 418 s of a free core (its analytic centre 134 s of it), more than 0.6 of the 680 s left
+    after the first search: the job starts with that search, and gets 0.75."""
 
     steps: int = 8
     lr: float = 0.05  # Adam's rate for the children's slopes and multipliers (warm-started: small steps)
@@ -207,8 +213,8 @@ class ReluSplit:
             try:
                 self.refined += refine.refine(state, until, self.config.refine, margin)
                 lower = torch.maximum(lower, optimise())
-                if cuts.running and not closed(lower):
-                    cuts.take(state, params, lower, cuts.remaining())
+                if cuts.running and not closed(lower):  # the search waits a tenth of what is left at most
+                    cuts.take(state, params, lower, min(cuts.remaining(), CUT_WAIT * deadline.remaining()))
                     lower = torch.maximum(lower, optimise())
             finally:
                 cuts.close()
