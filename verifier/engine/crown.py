@@ -155,7 +155,7 @@ def _split_multipliers(state: BoundState, k: int, a: Tensor, params: Params | No
 
 
 def _cut_terms(state: BoundState, a: Tensor, params: Params, pending: dict[int, Tensor],
-               indicators: dict[int, Tensor]) -> Tensor:  # fmt: skip
+               indicators: dict[int, tuple[Tensor, Tensor]]) -> Tensor:  # fmt: skip
     """The Lagrangian term ``mu . (H z + Q d - rhs)`` of the state's cuts (``engine.cuts``), never positive
     on the region: ``mu H_j`` joins node j's pending coefficients, ``mu Q_j`` goes to ``indicators[j]``
     for ReLU node j's step (both at the positions the cuts use, ``cuts.Part``), and ``-mu . rhs`` [S, B] is
